@@ -1,0 +1,209 @@
+package main
+
+import (
+	"bytes"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+)
+
+// Config is the reference server's JSON configuration file, plus our own
+// keys (spool, timeouts). Only the keys this build acts on are fields here;
+// others are reported by Load.
+type Config struct {
+	Host            string              `json:"host"`
+	Port            int                 `json:"port"`
+	LogLevel        string              `json:"log_level"`
+	JSONLogEnable   bool                `json:"json_log_enable"`
+	Namespace       string              `json:"namespace"`
+	Records         map[string][]string `json:"records"`
+	TLS             TLSConfig           `json:"tls"`
+	UseDefaultEngCA bool                `json:"use_default_eng_ca"`
+	Spool           SpoolConfig         `json:"spool"`
+}
+
+// TLSConfig is the "tls" section.
+type TLSConfig struct {
+	ServerCert string `json:"server_cert"`
+	ServerKey  string `json:"server_key"`
+	CAFile     string `json:"ca_file"`
+}
+
+// SpoolConfig is our "spool" section.
+type SpoolConfig struct {
+	// Dir is the spool's data directory (default /var/lib/fleet-telemetry/spool).
+	Dir string `json:"dir"`
+	// MaxBytes bounds the spool (0: unlimited).
+	MaxBytes int64 `json:"max_bytes"`
+}
+
+//go:embed dev-config.json
+var devConfigJSON []byte
+
+// usedKeys are the top-level keys this build acts on.
+var usedKeys = map[string]bool{
+	"host": true, "port": true, "log_level": true, "json_log_enable": true,
+	"namespace": true, "records": true, "tls": true, "use_default_eng_ca": true, "spool": true,
+}
+
+// referenceKeys are keys of the reference's format this build does not act
+// on yet: they load with a warning, never silently.
+var referenceKeys = map[string]bool{
+	"status_port": true, "reliable_ack": true, "reliable_ack_sources": true,
+	"kafka": true, "kinesis": true, "pubsub": true, "zmq": true, "mqtt": true, "redis": true,
+	"monitoring": true, "rate_limit": true, "transmit_decoded_records": true,
+	"vins_signal_tracking_enabled": true, "airbrake": true, "logger": true,
+}
+
+// knownRecordTypes are the record types the protocol defines.
+var knownRecordTypes = map[string]bool{"V": true, "alerts": true, "errors": true, "connectivity": true}
+
+// knownDispatchers are the sinks this build has.
+var knownDispatchers = map[string]bool{"logger": true}
+
+// referenceDispatchers exist in the reference but not (yet) here.
+var referenceDispatchers = map[string]bool{"kafka": true, "kinesis": true, "pubsub": true, "zmq": true, "mqtt": true, "redis": true}
+
+// ParseConfig decodes a configuration file's bytes. It returns the config,
+// warnings for keys it does not act on, and an error for a file it cannot
+// use.
+func ParseConfig(data []byte) (*Config, []string, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, nil, fmt.Errorf("config: %w", describeJSONError(data, err))
+	}
+	var warnings []string
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		switch {
+		case usedKeys[k]:
+		case referenceKeys[k]:
+			warnings = append(warnings, fmt.Sprintf("config key %q is not supported by this version and is ignored", k))
+		default:
+			warnings = append(warnings, fmt.Sprintf("config key %q is unknown and is ignored", k))
+		}
+	}
+	c := &Config{}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(c); err != nil {
+		return nil, nil, fmt.Errorf("config: %w", describeJSONError(data, err))
+	}
+	if _, ok := raw["port"]; !ok {
+		c.Port = 443 // the reference's port; 0 given explicitly picks a free one
+	}
+	if c.Namespace == "" {
+		c.Namespace = "tesla_telemetry"
+	}
+	if c.Spool.Dir == "" {
+		c.Spool.Dir = "/var/lib/fleet-telemetry/spool"
+	}
+	return c, warnings, nil
+}
+
+// Validate reports every mistake at once, before anything starts.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Port < 0 || c.Port > 65535 {
+		errs = append(errs, fmt.Errorf("port %d is out of range", c.Port))
+	}
+	if c.TLS.ServerCert == "" || c.TLS.ServerKey == "" {
+		errs = append(errs, errors.New("tls.server_cert and tls.server_key are required"))
+	}
+	if len(c.Records) == 0 {
+		errs = append(errs, errors.New("records: no record type is routed to any dispatcher"))
+	}
+	types := make([]string, 0, len(c.Records))
+	for t := range c.Records {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	for _, t := range types {
+		if !knownRecordTypes[t] {
+			errs = append(errs, fmt.Errorf("records: unknown record type %q (known: V, alerts, errors, connectivity)", t))
+		}
+		for _, d := range c.Records[t] {
+			switch {
+			case knownDispatchers[d]:
+			case referenceDispatchers[d]:
+				errs = append(errs, fmt.Errorf("records.%s: dispatcher %q is not supported by this version", t, d))
+			default:
+				errs = append(errs, fmt.Errorf("records.%s: unknown dispatcher %q", t, d))
+			}
+		}
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "", "debug", "info", "warn", "warning", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log_level %q is not one of debug, info, warn, error", c.LogLevel))
+	}
+	if c.Spool.MaxBytes < 0 {
+		errs = append(errs, fmt.Errorf("spool.max_bytes %d is negative", c.Spool.MaxBytes))
+	}
+	return errors.Join(errs...)
+}
+
+// Dispatchers returns each dispatcher with the record types routed to it.
+func (c *Config) Dispatchers() map[string][]string {
+	out := map[string][]string{}
+	for t, ds := range c.Records {
+		for _, d := range ds {
+			out[d] = append(out[d], t)
+		}
+	}
+	for _, ts := range out {
+		sort.Strings(ts)
+	}
+	return out
+}
+
+// RoutedTopics are the record types some dispatcher takes.
+func (c *Config) RoutedTopics() []string {
+	var ts []string
+	for t, ds := range c.Records {
+		if len(ds) > 0 {
+			ts = append(ts, t)
+		}
+	}
+	sort.Strings(ts)
+	return ts
+}
+
+// LoadConfig reads and parses a configuration file.
+func LoadConfig(path string) (*Config, []string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: %w", err)
+	}
+	c, warnings, err := ParseConfig(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, warnings, nil
+}
+
+// describeJSONError adds the line and column to a JSON syntax or type error.
+func describeJSONError(data []byte, err error) error {
+	var off int64 = -1
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		off = se.Offset
+	case errors.As(err, &te):
+		off = te.Offset
+	}
+	if off < 0 || off > int64(len(data)) {
+		return err
+	}
+	line := 1 + bytes.Count(data[:off], []byte("\n"))
+	col := off - int64(bytes.LastIndexByte(data[:off], '\n'))
+	return fmt.Errorf("line %d column %d: %w", line, col, err)
+}

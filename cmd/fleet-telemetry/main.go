@@ -1,0 +1,50 @@
+// Command fleet-telemetry is the vehicle telemetry ingest daemon and its
+// tools.
+//
+//	fleet-telemetry [serve] -config FILE   run the daemon
+//	fleet-telemetry [serve] -dev           run on the embedded dev config
+//	fleet-telemetry check-config -config FILE
+//	fleet-telemetry certs dev DIR [-vins A,B]
+//	fleet-telemetry send [-addr HOST:PORT] [-certs DIR] [-vin VIN] [-topic V] [-n N]
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+const usage = `usage:
+  fleet-telemetry [serve] -config FILE     run the daemon with a reference-format config
+  fleet-telemetry [serve] -dev             run on the embedded dev config (creates ./var/dev-certs)
+  fleet-telemetry check-config -config FILE
+  fleet-telemetry certs dev DIR [-vins A,B]
+  fleet-telemetry send [-addr 127.0.0.1:4443] [-certs var/dev-certs] [-vin VIN] [-topic V] [-n 1]
+`
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	if len(args) == 0 {
+		return serve(args)
+	}
+	switch args[0] {
+	case "serve":
+		return serve(args[1:])
+	case "check-config":
+		return checkConfig(args[1:])
+	case "certs":
+		return certs(args[1:])
+	case "send":
+		return send(args[1:])
+	case "help", "-h", "-help", "--help":
+		fmt.Print(usage)
+		return 0
+	}
+	if len(args[0]) > 0 && args[0][0] == '-' {
+		return serve(args)
+	}
+	fmt.Fprintf(os.Stderr, "fleet-telemetry: unknown command %q\n%s", args[0], usage)
+	return 2
+}

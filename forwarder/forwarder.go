@@ -1,0 +1,185 @@
+// Package forwarder drains the spool to a sink: each forwarder reads from
+// its own cursor, sends batches, and advances the cursor only once the sink
+// confirmed a batch (at-least-once), retrying with capped exponential
+// backoff. Sinks live in the sub-packages (stdout, kafka, ...).
+package forwarder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fleet-telemetry/fleet-telemetry/spool"
+)
+
+// Sink delivers records somewhere. Send returns nil only once the sink has
+// confirmed every record of the batch; it must be safe to call again with
+// the same batch after an error (records may then arrive twice).
+type Sink interface {
+	Send(ctx context.Context, batch []spool.Record) error
+}
+
+// Options configure one forwarder.
+type Options struct {
+	// Name is the forwarder's cursor in the spool: the reference's dispatcher
+	// name ("logger", "kafka", ...).
+	Name string
+	// Topics are the record types routed to this sink; others are skipped
+	// (but the cursor passes them).
+	Topics []string
+	// BatchRecords and BatchBytes bound one Send (defaults 500, 4 MiB).
+	BatchRecords, BatchBytes int
+	// MinBackoff and MaxBackoff bound retry waits (defaults 100ms, 30s).
+	MinBackoff, MaxBackoff time.Duration
+	// Logger gets retry and skip lines (default slog.Default).
+	Logger *slog.Logger
+}
+
+// Forwarder moves records from a spool to a sink.
+type Forwarder struct {
+	opts   Options
+	spool  *spool.Spool
+	sink   Sink
+	topics map[string]bool
+	log    *slog.Logger
+
+	sent, failed, retries, skipped *metrics.Counter
+	lag                            *metrics.Gauge
+}
+
+// New prepares a forwarder; Run starts it.
+func New(sp *spool.Spool, sink Sink, o Options) (*Forwarder, error) {
+	if o.Name == "" {
+		return nil, errors.New("forwarder: no name")
+	}
+	if o.BatchRecords <= 0 {
+		o.BatchRecords = 500
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = 4 << 20
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 100 * time.Millisecond
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	f := &Forwarder{opts: o, spool: sp, sink: sink, topics: map[string]bool{}, log: o.Logger.With("forwarder", o.Name)}
+	for _, t := range o.Topics {
+		f.topics[t] = true
+	}
+	label := `{forwarder="` + o.Name + `"}`
+	f.sent = metrics.GetOrCreateCounter("fleet_forwarder_sent_total" + label)
+	f.failed = metrics.GetOrCreateCounter("fleet_forwarder_failed_batches_total" + label)
+	f.retries = metrics.GetOrCreateCounter("fleet_forwarder_retries_total" + label)
+	f.skipped = metrics.GetOrCreateCounter("fleet_forwarder_skipped_total" + label)
+	f.lag = metrics.GetOrCreateGauge("fleet_forwarder_lag_records"+label, nil)
+	return f, nil
+}
+
+// Run forwards until ctx ends. It returns nil on ctx's end and an error only
+// when the spool itself fails.
+func (f *Forwarder) Run(ctx context.Context) error {
+	return f.run(ctx, false)
+}
+
+// Drain forwards until the forwarder has passed every record committed when
+// it was called, or ctx ends (then it returns ctx's error).
+func (f *Forwarder) Drain(ctx context.Context) error {
+	return f.run(ctx, true)
+}
+
+func (f *Forwarder) run(ctx context.Context, drain bool) error {
+	cursor, err := f.spool.Cursor(f.opts.Name)
+	if err != nil {
+		return fmt.Errorf("forwarder %s: %w", f.opts.Name, err)
+	}
+	target := f.spool.LastSeq()
+	var buf []spool.Record
+	var batch []spool.Record
+	// A poll interval backs up the commit signal.
+	poll := time.NewTicker(250 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		if drain && cursor >= target {
+			return nil
+		}
+		committed := f.spool.Committed() // fetched before Read: no lost wake-up
+		recs, err := f.spool.Read(cursor+1, f.opts.BatchRecords, f.opts.BatchBytes, buf[:0])
+		if err != nil {
+			return fmt.Errorf("forwarder %s: read from %d: %w", f.opts.Name, cursor+1, err)
+		}
+		buf = recs
+		if last := f.spool.LastSeq(); last > cursor {
+			f.lag.Set(float64(last - cursor))
+		} else {
+			f.lag.Set(0)
+		}
+		if len(recs) == 0 {
+			if drain {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-committed:
+			case <-poll.C:
+			}
+			continue
+		}
+		batch = batch[:0]
+		for _, r := range recs {
+			if f.topics[string(r.Topic)] {
+				batch = append(batch, r)
+			}
+		}
+		if len(batch) > 0 {
+			if err := f.send(ctx, batch); err != nil {
+				if drain {
+					return err
+				}
+				return nil // ctx ended; the cursor stays where it was
+			}
+		}
+		last := recs[len(recs)-1].Seq
+		if err := f.spool.SetCursor(f.opts.Name, last); err != nil {
+			return fmt.Errorf("forwarder %s: set cursor %d: %w", f.opts.Name, last, err)
+		}
+		cursor = last
+	}
+}
+
+// send retries one batch until the sink confirms it or ctx ends.
+func (f *Forwarder) send(ctx context.Context, batch []spool.Record) error {
+	backoff := f.opts.MinBackoff
+	for attempt := 0; ; attempt++ {
+		err := f.sink.Send(ctx, batch)
+		if err == nil {
+			f.sent.Add(len(batch))
+			return nil
+		}
+		f.failed.Inc()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		f.retries.Inc()
+		f.log.Warn("send failed; retrying", "records", len(batch), "first_seq", batch[0].Seq,
+			"attempt", attempt+1, "backoff", backoff, "err", err)
+		// Full jitter keeps many forwarders from retrying in lockstep.
+		wait := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, f.opts.MaxBackoff)
+	}
+}

@@ -1,0 +1,579 @@
+package netloop
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
+	"github.com/fleet-telemetry/fleet-telemetry/spool"
+	"github.com/fleet-telemetry/fleet-telemetry/wsframe"
+)
+
+type phase uint8
+
+const (
+	phaseHandshake phase = iota // TLS handshake running in the pool
+	phaseRequest                // waiting for the HTTP upgrade request
+	phaseWebSocket              // records flow
+	phaseClosing                // close frame sent; input is ignored
+	phaseClosed                 // OnClose ran
+)
+
+// errorText is what the reference replies to a record it cannot use.
+const errorText = "incorrect message format"
+
+// statusTryAgainLater is WebSocket close 1013 (RFC 6455 registry): shed load,
+// the vehicle reconnects and resends what was not acked.
+const statusTryAgainLater ws.StatusCode = 1013
+
+// maxRequestBytes caps the HTTP upgrade request (slowloris and garbage).
+const maxRequestBytes = 8 << 10
+
+// keepBufferBytes is the largest per-connection buffer kept while empty;
+// bigger ones are released so idle vehicles stay small.
+const keepBufferBytes = 4 << 10
+
+// conn is one vehicle connection. Fields without a comment are owned by the
+// connection's event loop.
+type conn struct {
+	srv *Server
+	gc  gnet.Conn
+	mc  *memConn
+	tls *tls.Conn // set by the handshake worker before hsDone
+
+	phase    phase
+	accepted time.Time
+
+	// Set by the handshake worker; hsDone publishes hsErr and tls.
+	hsErr  error
+	hsDone atomic.Bool
+
+	// deadline (unix ns, 0 = none) is when the ticker should expire the
+	// connection; expired is its flag to the loop. goAway asks the loop to
+	// finish and close (shutdown).
+	deadline atomic.Int64
+	expired  atomic.Bool
+	goAway   atomic.Bool
+
+	id    Identity
+	idErr error
+	// Request headers kept for records and connectivity events.
+	clientVersion, connectionID, networkInterface string
+
+	plain []byte // plaintext not yet parsed (partial frame or request)
+	dec   *wsframe.Decoder
+
+	// replies holds encoded WebSocket frames (acks, error replies) in the
+	// order their records arrived; queue marks where each ends and whether
+	// it may leave. Token t is queue[t-headToken].
+	replies   []byte
+	queue     []pendingReply
+	headToken uint64
+
+	// The mailbox is written by the spool's committer goroutine.
+	mbMu       sync.Mutex
+	mailbox    []commitNote
+	mbSpare    []commitNote
+	wakeQueued bool
+}
+
+type pendingReply struct {
+	end        int   // offset in replies just past this reply's frame
+	receivedAt int64 // unix ns, for the ack latency histogram
+	ready      bool
+}
+
+type commitNote struct {
+	token uint64
+	err   error
+}
+
+func newConn(s *Server, gc gnet.Conn) *conn {
+	c := &conn{srv: s, gc: gc, mc: newMemConn(gc), accepted: time.Now()}
+	// A little longer than the handshake's own deadline: a safety net for a
+	// connection stuck in the queue.
+	c.deadline.Store(c.accepted.Add(s.opts.HandshakeTimeout + time.Second).UnixNano())
+	return c
+}
+
+// handshake runs in a handshake worker, off the loop.
+func (c *conn) handshake(base context.Context) {
+	deadline := c.accepted.Add(c.srv.opts.HandshakeTimeout)
+	ctx, cancel := context.WithDeadline(base, deadline)
+	c.tls = tls.Server(c.mc, c.srv.tlsCfg.Load())
+	err := c.tls.HandshakeContext(ctx)
+	if err != nil && ctx.Err() != nil {
+		err = errHandshakeTimeout
+	}
+	cancel()
+	if err != nil {
+		// Counted here: the peer may already be gone, and then the loop
+		// never looks at this connection again.
+		if errors.Is(err, errHandshakeTimeout) {
+			refusedHandshakeTimeout.Inc()
+		} else {
+			refusedHandshakeFailed.Inc()
+		}
+		if !c.srv.quietHandshakeErrors {
+			c.srv.log.Info("tls handshake failed", "remote", c.mc.remote.String(), "err", err)
+		}
+	}
+	c.hsErr = err
+	c.hsDone.Store(true)
+	// The TLS writes above were queued with AsyncWrite at high priority; a
+	// Wake runs after them, so the loop cannot overtake a session ticket.
+	_ = c.gc.Wake(nil)
+}
+
+var errHandshakeTimeout = errors.New("tls handshake timed out")
+
+func (c *conn) onTraffic() gnet.Action {
+	data, _ := c.gc.Next(-1)
+	if c.phase == phaseHandshake {
+		if len(data) > 0 {
+			c.mc.feed(data)
+		}
+		if !c.hsDone.Load() {
+			return gnet.None
+		}
+		if act := c.finishHandshake(); act != gnet.None {
+			return act
+		}
+		data = nil
+	}
+	if c.phase >= phaseClosing {
+		return gnet.None
+	}
+	now := time.Now()
+	if act := c.readTLS(data, now); act != gnet.None {
+		return act
+	}
+	if c.phase == phaseWebSocket && len(data) > 0 && c.srv.opts.IdleTimeout > 0 {
+		c.deadline.Store(now.Add(c.srv.opts.IdleTimeout).UnixNano())
+	}
+	if act := c.drainMailbox(); act != gnet.None {
+		return act
+	}
+	if act := c.flush(now); act != gnet.None {
+		return act
+	}
+	if c.expired.Load() {
+		if act := c.expire(now); act != gnet.None {
+			return act
+		}
+	}
+	if c.goAway.Load() {
+		return c.finishForShutdown()
+	}
+	return gnet.None
+}
+
+func (c *conn) finishHandshake() gnet.Action {
+	if c.hsErr != nil {
+		return gnet.Close
+	}
+	handshakesOK.Inc()
+	state := c.tls.ConnectionState()
+	if len(state.VerifiedChains) == 0 || len(state.VerifiedChains[0]) == 0 {
+		refusedHandshakeFailed.Inc()
+		return gnet.Close
+	}
+	c.id, c.idErr = IdentityFromCertificate(state.VerifiedChains[0][0])
+	c.mc.switchToLoop()
+	c.phase = phaseRequest
+	c.deadline.Store(time.Now().Add(c.srv.opts.RequestTimeout).UnixNano())
+	return gnet.None
+}
+
+// readTLS decrypts everything gnet delivered and parses it.
+func (c *conn) readTLS(data []byte, now time.Time) gnet.Action {
+	c.mc.setLoopInput(data)
+	bp := scratchPool.Get().(*[]byte)
+	defer scratchPool.Put(bp)
+	buf := *bp
+	for c.phase < phaseClosing {
+		n, err := c.tls.Read(buf)
+		if n > 0 {
+			if act := c.onPlaintext(buf[:n], now); act != gnet.None {
+				c.mc.detach()
+				return act
+			}
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Temporary() {
+				break
+			}
+			c.mc.detach()
+			return gnet.Close // close_notify, EOF or a TLS alert
+		}
+		if n == 0 {
+			break
+		}
+	}
+	c.mc.detach()
+	return gnet.None
+}
+
+// scratchPool holds plaintext buffers (one TLS record is at most 16 KiB).
+var scratchPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (c *conn) onPlaintext(p []byte, now time.Time) gnet.Action {
+	if len(c.plain) == 0 {
+		n, act := c.parse(p, now)
+		if act == gnet.None && n < len(p) && c.phase < phaseClosing {
+			c.plain = append(c.plain[:0], p[n:]...)
+		}
+		return act
+	}
+	c.plain = append(c.plain, p...)
+	n, act := c.parse(c.plain, now)
+	if c.phase >= phaseClosing {
+		c.plain = nil
+		return act
+	}
+	rest := copy(c.plain, c.plain[n:])
+	c.plain = c.plain[:rest]
+	if rest == 0 && cap(c.plain) > keepBufferBytes {
+		c.plain = nil
+	}
+	return act
+}
+
+// parse consumes what it can of buf: HTTP requests, then frames.
+func (c *conn) parse(buf []byte, now time.Time) (int, gnet.Action) {
+	off := 0
+	for c.phase == phaseRequest {
+		end := bytes.Index(buf[off:], []byte("\r\n\r\n"))
+		if end < 0 {
+			if len(buf)-off > maxRequestBytes {
+				refusedRequestTooLarge.Inc()
+				c.writeHTTP(431, "request header too large")
+				return len(buf), gnet.Close
+			}
+			return off, gnet.None
+		}
+		req := buf[off : off+end+4]
+		off += end + 4
+		if act := c.handleRequest(req); act != gnet.None {
+			return len(buf), act
+		}
+	}
+	if c.phase != phaseWebSocket {
+		return len(buf), gnet.None
+	}
+	n, act := c.parseFrames(buf[off:], now)
+	return off + n, act
+}
+
+func (c *conn) parseFrames(buf []byte, now time.Time) (int, gnet.Action) {
+	off := 0
+	for c.phase == phaseWebSocket {
+		if c.goAway.Load() {
+			// Shutting down: records after this point are not taken; the
+			// vehicle resends them to another daemon or after restart.
+			return len(buf), gnet.None
+		}
+		msg, n, err := c.dec.Decode(buf[off:])
+		if err != nil {
+			return len(buf), c.protocolError(err)
+		}
+		if n == 0 {
+			break
+		}
+		off += n
+		switch msg.Kind {
+		case wsframe.KindBinary:
+			if act := c.onRecord(msg.Payload, now); act != gnet.None {
+				return len(buf), act
+			}
+		case wsframe.KindTooLarge:
+			recTooBig.Inc()
+			c.queueReply(nil, nil, nil, true, errorText)
+		case wsframe.KindText:
+			refusedTextFrame.Inc()
+			c.srv.log.Info("text frame refused", "vin", c.id.DeviceID)
+			return len(buf), c.closeWith(ws.StatusUnsupportedData, "binary frames only")
+		case wsframe.KindPing:
+			pingsAnswered.Inc()
+			c.replies = wsframe.AppendFrame(c.replies, ws.OpPong, true, msg.Payload)
+			c.queue = append(c.queue, pendingReply{end: len(c.replies), ready: true})
+		case wsframe.KindClose:
+			code := msg.CloseCode
+			if code == ws.StatusNoStatusRcvd {
+				code = ws.StatusNormalClosure
+			}
+			return len(buf), c.closeWith(code, "")
+		}
+	}
+	return off, gnet.None
+}
+
+// onRecord decides what one binary message gets: an ack once durable, an
+// ack at once (nothing to keep), or an error reply.
+func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
+	recordsReceived.Inc()
+	bytesReceived.Add(len(msg))
+	if len(c.queue) >= c.srv.opts.MaxInFlight {
+		refusedInFlightFull.Inc()
+		return c.shed("too many records waiting for acks", reasonInFlightFull)
+	}
+	var env envelope.Envelope
+	if err := envelope.Decode(msg, &env); err != nil {
+		recBadEnvelope.Inc()
+		c.queueReply(nil, nil, nil, true, errorText)
+		return gnet.None
+	}
+	switch {
+	case env.Type == envelope.TypeStreamAck:
+		recClientAck.Inc()
+		c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
+		return gnet.None
+	case env.Type != envelope.TypeStream || !env.HasMessage:
+		recEmptyEnvelope.Inc()
+		c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
+		return gnet.None
+	}
+	if !c.id.MatchesSender(env.Stream.SenderID) {
+		// Acked so the vehicle does not resend forever, never dispatched:
+		// a stolen key must not speak for another VIN.
+		recSenderMismatch.Inc()
+		c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
+		return gnet.None
+	}
+	if !c.srv.routed[string(env.Topic)] {
+		recordsUnrouted.Inc()
+		c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
+		return gnet.None
+	}
+	if err := record.Validate(env.Topic, env.Stream.Payload); err != nil {
+		recBadPayload.Inc()
+		c.queueReply(env.TxID, env.Topic, nil, true, errorText)
+		return gnet.None
+	}
+	token := c.headToken + uint64(len(c.queue))
+	c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
+	c.queue[len(c.queue)-1].ready = false
+	c.queue[len(c.queue)-1].receivedAt = now.UnixNano()
+	r := spool.Record{
+		ReceivedAtMs:  now.UnixMilli(),
+		CreatedAtSec:  env.Stream.CreatedAt,
+		VIN:           c.id.DeviceID,
+		ClientVersion: c.clientVersion,
+		Topic:         env.Topic,
+		TxID:          env.TxID,
+		Payload:       env.Stream.Payload,
+	}
+	if err := c.srv.opts.Spool.Append(&r, c, token); err != nil {
+		// Not kept, so not acked: drop the reply we queued for it.
+		c.queue = c.queue[:len(c.queue)-1]
+		prevEnd := 0
+		if len(c.queue) > 0 {
+			prevEnd = c.queue[len(c.queue)-1].end
+		}
+		c.replies = c.replies[:prevEnd]
+		switch {
+		case errors.Is(err, spool.ErrFull):
+			refusedSpoolFull.Inc()
+			return c.shed("spool full", reasonSpoolFull)
+		case errors.Is(err, spool.ErrBusy):
+			refusedSpoolBusy.Inc()
+			return c.shed("spool busy", reasonSpoolBusy)
+		default:
+			refusedSpoolClosed.Inc()
+			return c.shed("spool closed", reasonSpoolClosed)
+		}
+	}
+	recordsSpooled.Inc()
+	return gnet.None
+}
+
+// queueReply encodes an ack (or, with isError, an error reply carrying
+// text) behind the replies already queued. It is ready unless the caller
+// marks it pending.
+func (c *conn) queueReply(txid, topic, messageID []byte, isError bool, text string) {
+	var tmp [256]byte
+	var body []byte
+	if isError {
+		body = envelope.AppendError(tmp[:0], txid, topic, text)
+		errorReplies.Inc()
+	} else {
+		body = envelope.AppendAck(tmp[:0], txid, topic, messageID)
+	}
+	c.replies = wsframe.AppendFrame(c.replies, ws.OpBinary, true, body)
+	c.queue = append(c.queue, pendingReply{end: len(c.replies), ready: true})
+}
+
+// Committed implements spool.Waiter. It runs on the spool's committer
+// goroutine: it only posts to the mailbox and wakes the loop once.
+func (c *conn) Committed(token uint64, _ uint64, err error) {
+	c.mbMu.Lock()
+	c.mailbox = append(c.mailbox, commitNote{token: token, err: err})
+	wake := !c.wakeQueued
+	c.wakeQueued = true
+	c.mbMu.Unlock()
+	if wake {
+		_ = c.gc.Wake(nil)
+	}
+}
+
+func (c *conn) drainMailbox() gnet.Action {
+	c.mbMu.Lock()
+	notes := c.mailbox
+	c.mailbox = c.mbSpare[:0]
+	c.mbSpare = nil
+	c.wakeQueued = false
+	c.mbMu.Unlock()
+	act := gnet.None
+	for _, n := range notes {
+		if n.err != nil {
+			// Not durable: never ack it. The vehicle resends after it
+			// reconnects.
+			refusedSpoolCommitFailed.Inc()
+			c.srv.log.Warn("spool commit failed; closing connection", "vin", c.id.DeviceID, "err", n.err)
+			act = c.shed("spool commit failed", reasonSpoolCommitFailed)
+			break
+		}
+		if i := n.token - c.headToken; i < uint64(len(c.queue)) {
+			c.queue[i].ready = true
+		}
+	}
+	c.mbMu.Lock()
+	if c.mbSpare == nil && cap(notes) <= 1024 {
+		c.mbSpare = notes[:0]
+	}
+	c.mbMu.Unlock()
+	return act
+}
+
+// flush writes every reply at the head of the queue that may leave, in one
+// TLS write.
+func (c *conn) flush(now time.Time) gnet.Action {
+	k := 0
+	for k < len(c.queue) && c.queue[k].ready {
+		k++
+	}
+	if k == 0 {
+		return gnet.None
+	}
+	end := c.queue[k-1].end
+	if _, err := c.tls.Write(c.replies[:end]); err != nil {
+		return gnet.Close
+	}
+	nowNs := now.UnixNano()
+	acks := 0
+	for _, r := range c.queue[:k] {
+		if r.receivedAt > 0 {
+			acks++
+			ackLatencySeconds.Update(float64(nowNs-r.receivedAt) / 1e9)
+		}
+	}
+	recordsAcked.Add(acks)
+	rest := copy(c.replies, c.replies[end:])
+	c.replies = c.replies[:rest]
+	m := copy(c.queue, c.queue[k:])
+	c.queue = c.queue[:m]
+	for i := range c.queue {
+		c.queue[i].end -= end
+	}
+	c.headToken += uint64(k)
+	if m == 0 {
+		if cap(c.replies) > keepBufferBytes {
+			c.replies = nil
+		}
+		if cap(c.queue) > keepBufferBytes/16 {
+			c.queue = nil
+		}
+	}
+	return gnet.None
+}
+
+// shed closes the connection with 1013 (try again later) after writing the
+// replies that may already leave. Records not acked are the vehicle's to
+// resend.
+func (c *conn) shed(why, reason string) gnet.Action {
+	c.srv.log.Warn("shedding connection", "vin", c.id.DeviceID, "reason", reason)
+	return c.closeWith(statusTryAgainLater, why)
+}
+
+func (c *conn) protocolError(err error) gnet.Action {
+	refusedProtocolError.Inc()
+	code := ws.StatusProtocolError
+	var pe *wsframe.ProtocolError
+	if errors.As(err, &pe) {
+		code = pe.Code
+	}
+	c.srv.log.Info("websocket protocol error", "vin", c.id.DeviceID, "err", err)
+	return c.closeWith(code, "")
+}
+
+// closeWith flushes ready replies, sends a close frame and closes.
+func (c *conn) closeWith(code ws.StatusCode, reason string) gnet.Action {
+	if c.phase >= phaseClosing {
+		return gnet.Close
+	}
+	_ = c.flush(time.Now())
+	if c.phase == phaseClosed {
+		return gnet.Close
+	}
+	frame := wsframe.AppendClose(nil, code, reason)
+	_, _ = c.tls.Write(frame)
+	c.phase = phaseClosing
+	return gnet.Close
+}
+
+// expire closes a connection whose deadline passed, if it still has.
+func (c *conn) expire(now time.Time) gnet.Action {
+	c.expired.Store(false)
+	if d := c.deadline.Load(); d == 0 || now.UnixNano() <= d {
+		return gnet.None
+	}
+	switch c.phase {
+	case phaseHandshake:
+		refusedHandshakeTimeout.Inc()
+		return gnet.Close
+	case phaseRequest:
+		refusedRequestTimeout.Inc()
+		c.srv.log.Info("no upgrade request in time", "vin", c.id.DeviceID, "remote", c.mc.remote.String())
+		return gnet.Close
+	case phaseWebSocket:
+		refusedIdleTimeout.Inc()
+		c.srv.log.Info("idle connection closed", "vin", c.id.DeviceID)
+		return c.closeWith(ws.StatusGoingAway, "idle")
+	}
+	return gnet.None
+}
+
+// finishForShutdown closes once every record taken has been acked (or its
+// commit failed).
+func (c *conn) finishForShutdown() gnet.Action {
+	if c.phase != phaseWebSocket {
+		return gnet.Close
+	}
+	if len(c.queue) > 0 {
+		return gnet.None // a later wake from the committer brings us back
+	}
+	return c.closeWith(ws.StatusGoingAway, "server shutting down")
+}
+
+func (c *conn) onClose(err error) {
+	if c.phase == phaseWebSocket || c.phase == phaseClosing {
+		c.srv.log.Debug("vehicle disconnected", "vin", c.id.DeviceID, "connection_id", c.connectionID, "err", err)
+	}
+	c.phase = phaseClosed
+	c.mc.Close()
+	c.plain = nil
+	c.replies = nil
+	c.queue = nil
+	c.dec = nil
+}

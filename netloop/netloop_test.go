@@ -1,0 +1,526 @@
+package netloop
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+	"github.com/fleet-telemetry/fleet-telemetry/spool"
+	"github.com/fleet-telemetry/fleet-telemetry/wsframe"
+)
+
+const (
+	vinA = "5YJ3E1EA1KF000001"
+	vinB = "5YJ3E1EA1KF000002"
+)
+
+var allTopics = []string{"V", "alerts", "errors", "connectivity"}
+
+// testEnv is a real server (real TLS on 127.0.0.1, real spool) and the dev
+// certificates its vehicles use.
+type testEnv struct {
+	srv   *Server
+	sp    *spool.Spool
+	certs string
+}
+
+func newTestEnv(t *testing.T, routed []string, tweak func(*Options)) *testEnv {
+	t.Helper()
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	if _, err := devca.WriteDir(certs, []string{vinA, vinB}); err != nil {
+		t.Fatal(err)
+	}
+	d := devca.Dir{Path: certs}
+	tlsCfg, err := NewTLSConfig(TLSOptions{CertFile: d.File(devca.ServerCertFile), KeyFile: d.File(devca.ServerKeyFile), CAFile: d.File(devca.CACertFile)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spool.Open(spool.Options{Dir: filepath.Join(dir, "spool"), Consumers: []string{"test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{Addr: "127.0.0.1:0", TLS: tlsCfg, Spool: sp, RoutedTopics: routed, Loops: 2}
+	if tweak != nil {
+		tweak(&o)
+	}
+	srv, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+		if err := sp.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return &testEnv{srv: srv, sp: sp, certs: certs}
+}
+
+func (e *testEnv) addr() string { return e.srv.Addr().String() }
+
+func (e *testEnv) clientTLS(t *testing.T, vin string) *tls.Config {
+	t.Helper()
+	cfg, err := vehicle.TLSFromDir(e.certs, vin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func (e *testEnv) dial(t *testing.T, vin string) *vehicle.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := vehicle.Dial(ctx, vehicle.Config{Addr: e.addr(), TLS: e.clientTLS(t, vin),
+		Header: http.Header{"Version": []string{"test-1.0"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+var rng = rand.New(rand.NewPCG(1, 2))
+
+func newRecord(vin, topic, txid string) *envelope.StreamMessage {
+	return &envelope.StreamMessage{
+		TxID: []byte(txid), Topic: []byte(topic), MessageID: []byte("m-" + txid),
+		CreatedAt: uint32(time.Now().Unix()), SenderID: []byte("vehicle_device." + vin),
+		Payload: vehicle.Payload(rng, topic, vin, time.Now()), DeviceType: []byte("vehicle_device"), DeviceID: []byte(vin),
+	}
+}
+
+func mustReply(t *testing.T, c *vehicle.Client) vehicle.Reply {
+	t.Helper()
+	r, err := c.ReadReply(5 * time.Second)
+	if err != nil {
+		t.Fatalf("read reply: %v", err)
+	}
+	return r
+}
+
+func expectAck(t *testing.T, c *vehicle.Client, txid, topic string) {
+	t.Helper()
+	r := mustReply(t, c)
+	if !r.Ack || r.TxID != txid || r.Topic != topic {
+		t.Fatalf("got %+v, want ack txid=%q topic=%q", r, txid, topic)
+	}
+}
+
+func spooled(t *testing.T, sp *spool.Spool) []spool.Record {
+	t.Helper()
+	recs, err := sp.Read(1, 100000, 1<<30, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+func TestEveryTopicAckedAfterItIsInTheSpool(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	c := e.dial(t, vinA)
+	for i, topic := range allTopics {
+		m := newRecord(vinA, topic, fmt.Sprintf("tx-%d", i))
+		if err := c.Send(m); err != nil {
+			t.Fatal(err)
+		}
+		expectAck(t, c, string(m.TxID), topic)
+		// The ack means committed: the record is readable now.
+		recs := spooled(t, e.sp)
+		if len(recs) != i+1 {
+			t.Fatalf("after ack %d the spool holds %d records", i+1, len(recs))
+		}
+		r := recs[i]
+		if r.VIN != vinA || string(r.Topic) != topic || string(r.TxID) != string(m.TxID) ||
+			!bytes.Equal(r.Payload, m.Payload) || r.ClientVersion != "test-1.0" || r.CreatedAtSec != m.CreatedAt {
+			t.Fatalf("spooled %+v does not match what was sent", r)
+		}
+	}
+}
+
+func TestUnroutedTopicAckedNotKept(t *testing.T) {
+	e := newTestEnv(t, []string{"V"}, nil)
+	c := e.dial(t, vinA)
+	m := newRecord(vinA, "alerts", "tx-alert")
+	c.Send(m)
+	expectAck(t, c, "tx-alert", "alerts")
+	m = newRecord(vinA, "V", "tx-v")
+	c.Send(m)
+	expectAck(t, c, "tx-v", "V")
+	if recs := spooled(t, e.sp); len(recs) != 1 || string(recs[0].Topic) != "V" {
+		t.Fatalf("spool holds %d records, want only the V one", len(recs))
+	}
+}
+
+func TestSameTxIDTwiceAckedTwice(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	c := e.dial(t, vinA)
+	m := newRecord(vinA, "V", "dup")
+	c.SendMany([]*envelope.StreamMessage{m, m})
+	expectAck(t, c, "dup", "V")
+	expectAck(t, c, "dup", "V")
+}
+
+func TestSenderIDMismatchAckedNotDispatched(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	c := e.dial(t, vinA)
+	before := recSenderMismatch.Get()
+	m := newRecord(vinA, "V", "spoof")
+	m.SenderID = []byte("vehicle_device." + vinB)
+	c.Send(m)
+	expectAck(t, c, "spoof", "V")
+	if got := recSenderMismatch.Get() - before; got != 1 {
+		t.Fatalf("sender mismatch counter moved by %d", got)
+	}
+	// The bare device id is accepted as the sender.
+	m = newRecord(vinA, "V", "bare")
+	m.SenderID = []byte(vinA)
+	c.Send(m)
+	expectAck(t, c, "bare", "V")
+	recs := spooled(t, e.sp)
+	if len(recs) != 1 || string(recs[0].TxID) != "bare" {
+		t.Fatalf("spool holds %v, want only the bare-VIN record", recs)
+	}
+}
+
+func TestBadPayloadGetsErrorReplyAndStaysOpen(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	c := e.dial(t, vinA)
+	m := newRecord(vinA, "V", "bad")
+	m.Payload = []byte{0xff, 0xff, 0xff}
+	c.Send(m)
+	r := mustReply(t, c)
+	if r.Ack || r.TxID != "bad" || r.Text != "incorrect message format" {
+		t.Fatalf("got %+v, want error reply for txid bad", r)
+	}
+	ok := newRecord(vinA, "V", "after")
+	c.Send(ok)
+	expectAck(t, c, "after", "V")
+}
+
+func TestNotAnEnvelopeGetsErrorReplyWithEmptyTxID(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	c := e.dial(t, vinA)
+	c.WriteFrame(ws.OpBinary, true, []byte("this is not a flatbuffer at all"))
+	r := mustReply(t, c)
+	if r.Ack || r.TxID != "" || r.Text != "incorrect message format" {
+		t.Fatalf("got %+v, want error reply with empty txid", r)
+	}
+	c.Send(newRecord(vinA, "V", "after"))
+	expectAck(t, c, "after", "V")
+}
+
+func TestEmptyFrameAndClientAckAckedOnce(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	c := e.dial(t, vinA)
+	c.WriteFrame(ws.OpBinary, true, nil)
+	expectAck(t, c, "", "")
+	ack := envelope.AppendAck(nil, []byte("client-ack"), []byte("V"), nil)
+	c.WriteFrame(ws.OpBinary, true, ack)
+	expectAck(t, c, "client-ack", "V")
+	// The next reply belongs to the next record: nothing was acked twice.
+	c.Send(newRecord(vinA, "V", "next"))
+	expectAck(t, c, "next", "V")
+	if n := len(spooled(t, e.sp)); n != 1 {
+		t.Fatalf("spool holds %d records, want 1", n)
+	}
+}
+
+// bigRecord returns a V record whose envelope is exactly size bytes.
+func bigRecord(t *testing.T, vin, txid string, size int) []byte {
+	t.Helper()
+	pad := size - 200
+	for range 20 {
+		m := newRecord(vin, "V", txid)
+		m.Payload = vehicle.PayloadWithString(vin, strings.Repeat("x", pad))
+		b := envelope.AppendStream(nil, m)
+		if len(b) == size {
+			return b
+		}
+		pad += size - len(b)
+	}
+	t.Fatalf("could not build a %d-byte envelope", size)
+	return nil
+}
+
+func TestMessageSizeLimit(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	c := e.dial(t, vinA)
+	c.WriteFrame(ws.OpBinary, true, bigRecord(t, vinA, "max", 1_000_000))
+	expectAck(t, c, "max", "V")
+	before := recTooBig.Get()
+	c.WriteFrame(ws.OpBinary, true, bigRecord(t, vinA, "over", 1_000_004))
+	r := mustReply(t, c)
+	if r.Ack {
+		t.Fatalf("a 1,000,004-byte message was acked")
+	}
+	if recTooBig.Get()-before != 1 {
+		t.Fatalf("record_too_big not counted")
+	}
+	c.Send(newRecord(vinA, "V", "after"))
+	expectAck(t, c, "after", "V")
+}
+
+func TestTextFrameClosedWith1003(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	c := e.dial(t, vinA)
+	c.WriteFrame(ws.OpText, true, []byte("hello"))
+	_, err := c.ReadReply(5 * time.Second)
+	var ce *vehicle.CloseError
+	if !errors.As(err, &ce) || ce.Code != ws.StatusUnsupportedData {
+		t.Fatalf("got %v, want close 1003", err)
+	}
+}
+
+func TestPingPongAndCloseEcho(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	c := e.dial(t, vinA)
+	c.WriteFrame(ws.OpPing, true, []byte("are you there"))
+	c.Conn().SetReadDeadline(time.Now().Add(5 * time.Second))
+	m, err := c.ReadMessage()
+	if err != nil || m.Kind != wsframe.KindPong || string(m.Payload) != "are you there" {
+		t.Fatalf("got %+v %v, want pong with the ping's payload", m, err)
+	}
+	c.WriteFrame(ws.OpClose, true, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))
+	m, err = c.ReadMessage()
+	if err != nil || m.Kind != wsframe.KindClose || m.CloseCode != ws.StatusNormalClosure {
+		t.Fatalf("got %+v %v, want close 1000 echoed", m, err)
+	}
+}
+
+func TestPipelinedRecordsAckedInOrder(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	c := e.dial(t, vinA)
+	const n = 1000
+	var ms []*envelope.StreamMessage
+	for i := range n {
+		topic := allTopics[i%len(allTopics)]
+		if i%97 == 0 {
+			topic = "not-routed" // acked at once: must still wait its turn
+		}
+		ms = append(ms, newRecord(vinA, topic, fmt.Sprintf("p-%04d", i)))
+	}
+	if err := c.SendMany(ms); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		expectAck(t, c, string(ms[i].TxID), string(ms[i].Topic))
+	}
+}
+
+func TestManyConnectionsConcurrently(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	const conns, perConn = 20, 50
+	errs := make(chan error, conns)
+	for k := range conns {
+		vin := []string{vinA, vinB}[k%2]
+		c := e.dial(t, vin)
+		go func() {
+			var ms []*envelope.StreamMessage
+			for i := range perConn {
+				ms = append(ms, newRecord(vin, "V", fmt.Sprintf("c%d-%d", k, i)))
+			}
+			if err := c.SendMany(ms); err != nil {
+				errs <- err
+				return
+			}
+			for i := range perConn {
+				r, err := c.ReadReply(10 * time.Second)
+				if err != nil || !r.Ack || r.TxID != string(ms[i].TxID) {
+					errs <- fmt.Errorf("conn %d record %d: %+v %v", k, i, r, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range conns {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(spooled(t, e.sp)); n != conns*perConn {
+		t.Fatalf("spool holds %d records, want %d", n, conns*perConn)
+	}
+}
+
+// rawTLS opens a TLS connection with vin's certificate without upgrading.
+func rawTLS(t *testing.T, e *testEnv, cfg *tls.Config) (*tls.Conn, error) {
+	t.Helper()
+	c, err := tls.Dial("tcp", e.addr(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	// TLS 1.3 reports a refused client certificate only on the first read.
+	if _, err := c.Write([]byte("GET /status HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func readResponse(t *testing.T, r *bufio.Reader) (int, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestStatusKeepAliveAndBadRequest(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	c, err := rawTLS(t, e, e.clientTLS(t, vinA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	if code, body := readResponse(t, br); code != 200 || body != "mtls ok" {
+		t.Fatalf("GET /status: %d %q", code, body)
+	}
+	c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	if code, _ := readResponse(t, br); code != 400 {
+		t.Fatalf("GET / without upgrade: %d, want 400", code)
+	}
+}
+
+func TestHandshakeRefusals(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	good := e.clientTLS(t, vinA)
+
+	noCert := good.Clone()
+	noCert.Certificates = nil
+	other, err := devca.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, _, _, err := other.Issue(devca.Options{CommonName: vinA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknownCA := good.Clone()
+	unknownCA.Certificates = []tls.Certificate{foreign}
+	oldTLS := good.Clone()
+	oldTLS.MaxVersion = tls.VersionTLS11
+	oldTLS.MinVersion = tls.VersionTLS10
+
+	for name, cfg := range map[string]*tls.Config{"no client certificate": noCert, "unknown CA": unknownCA, "TLS 1.1": oldTLS} {
+		t.Run(name, func(t *testing.T) {
+			before := refusedHandshakeFailed.Get()
+			c, err := rawTLS(t, e, cfg)
+			if err == nil {
+				_, err = c.Read(make([]byte, 1))
+			}
+			if err == nil {
+				t.Fatal("handshake accepted")
+			}
+			waitFor(t, func() bool { return refusedHandshakeFailed.Get() > before })
+		})
+	}
+	// The server still serves good vehicles.
+	c := e.dial(t, vinA)
+	c.Send(newRecord(vinA, "V", "still-fine"))
+	expectAck(t, c, "still-fine", "V")
+}
+
+func TestIssuerWithNoClientTypeGets403(t *testing.T) {
+	dir := t.TempDir()
+	odd, err := devca.NewNamed("Some Other CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "odd-ca.pem")
+	os.WriteFile(caFile, odd.CertPEM, 0o600)
+	var e *testEnv
+	e = newTestEnv(t, allTopics, func(o *Options) {
+		// Trust the odd CA too.
+		o.TLS.ClientCAs.AppendCertsFromPEM(odd.CertPEM)
+	})
+	cert, _, _, err := odd.Issue(devca.Options{CommonName: vinA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.clientTLS(t, vinA)
+	cfg.Certificates = []tls.Certificate{cert}
+	before := refusedUnknownIssuer.Get()
+	_, err = vehicle.Dial(context.Background(), vehicle.Config{Addr: e.addr(), TLS: cfg})
+	if err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("upgrade with an unmapped issuer: %v, want 403", err)
+	}
+	if refusedUnknownIssuer.Get()-before != 1 {
+		t.Fatal("unknown issuer not counted")
+	}
+}
+
+func TestSlowRequestTimesOut(t *testing.T) {
+	e := newTestEnv(t, allTopics, func(o *Options) { o.RequestTimeout = 500 * time.Millisecond })
+	c, err := tls.Dial("tcp", e.addr(), e.clientTLS(t, vinA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n")) // never finished
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	_, err = c.Read(make([]byte, 1))
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("slow request not dropped: %v", err)
+	}
+	if time.Since(start) > 4*time.Second {
+		t.Fatalf("dropped after %v", time.Since(start))
+	}
+}
+
+func TestShutdownClosesWith1001(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	c := e.dial(t, vinA)
+	c.Send(newRecord(vinA, "V", "last"))
+	expectAck(t, c, "last", "V")
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		e.srv.Shutdown(ctx)
+	}()
+	_, err := c.ReadReply(5 * time.Second)
+	var ce *vehicle.CloseError
+	if !errors.As(err, &ce) || ce.Code != ws.StatusGoingAway {
+		t.Fatalf("got %v, want close 1001", err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,412 @@
+// Package netloop terminates vehicle connections on gnet event loops: TLS
+// (crypto/tls, handshake off the loop), the HTTP upgrade, WebSocket frames,
+// envelope and payload checks, the hand-off to the spool, and acks written
+// back in arrival order once the spool says a record is durable.
+//
+// The loops never block: handshakes run in a bounded pool of goroutines,
+// fsyncs happen in the spool's committer, and timeouts are enforced by a
+// separate ticker that only flags connections and wakes their loop.
+package netloop
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/fleet-telemetry/fleet-telemetry/spool"
+)
+
+// Options configure a Server. Zero values take the documented defaults.
+type Options struct {
+	// Addr is host:port to listen on, e.g. "127.0.0.1:4443" (port 0 picks a
+	// free port; Addr() tells which).
+	Addr string
+	// TLS is the server configuration; it must require and verify client
+	// certificates (NewTLSConfig builds one). SetTLSConfig replaces it.
+	TLS *tls.Config
+	// Spool receives every record that is acked once durable.
+	Spool *spool.Spool
+	// RoutedTopics are the record types some sink takes. Records of other
+	// types are acked and not kept, as the reference does.
+	RoutedTopics []string
+	// Loops is the number of event loops (default: one per CPU).
+	Loops int
+	// MaxMessageSize bounds one WebSocket message (default 1,000,000 bytes).
+	MaxMessageSize int
+	// MaxInFlight bounds replies (acks) a connection has waiting; a vehicle
+	// that pushes more is shed with close 1013 (default 4096).
+	MaxInFlight int
+	// HandshakeTimeout bounds accept → TLS established (default 10s).
+	HandshakeTimeout time.Duration
+	// RequestTimeout bounds TLS established → WebSocket upgrade request
+	// complete (default 10s): slow or silent HTTP clients are dropped.
+	RequestTimeout time.Duration
+	// IdleTimeout closes a WebSocket that received nothing for this long
+	// (default 10m; negative disables).
+	IdleTimeout time.Duration
+	// MaxHandshakes bounds concurrent TLS handshakes (default 64 per CPU);
+	// more wait in a queue of MaxHandshakeQueue (default 16384), beyond which
+	// new connections are closed at once.
+	MaxHandshakes, MaxHandshakeQueue int
+	// QuietHandshakeErrors stops logging failed TLS handshakes (they are
+	// still counted): scanners and bad clients can be loud.
+	QuietHandshakeErrors bool
+	// Logger receives one line per connection event (default slog.Default).
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.Loops <= 0 {
+		o.Loops = runtime.NumCPU()
+	}
+	if o.MaxMessageSize <= 0 {
+		o.MaxMessageSize = 1_000_000
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 4096
+	}
+	if o.HandshakeTimeout <= 0 {
+		o.HandshakeTimeout = 10 * time.Second
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = 10 * time.Second
+	}
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = 10 * time.Minute
+	}
+	if o.MaxHandshakes <= 0 {
+		o.MaxHandshakes = 64 * runtime.NumCPU()
+	}
+	if o.MaxHandshakeQueue <= 0 {
+		o.MaxHandshakeQueue = 16384
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Server is a running listener. Create with New, then Start.
+type Server struct {
+	gnet.BuiltinEventEngine
+
+	opts   Options
+	log    *slog.Logger
+	tlsCfg atomic.Pointer[tls.Config]
+	routed map[string]bool
+
+	engine   gnet.Engine
+	addr     net.Addr
+	booted   chan struct{}
+	done     chan struct{}
+	runErr   error
+	draining atomic.Bool
+
+	quietHandshakeErrors bool
+
+	hsSlots chan struct{}
+	hsQueue chan *conn
+
+	regMu sync.Mutex
+	conns map[*conn]struct{}
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+
+	stopTicker chan struct{}
+	tickerDone chan struct{}
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+}
+
+// New checks the options and prepares a Server.
+func New(o Options) (*Server, error) {
+	o.setDefaults()
+	if o.TLS == nil {
+		return nil, errors.New("netloop: no TLS configuration")
+	}
+	if o.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
+		return nil, errors.New("netloop: TLS configuration must require and verify client certificates")
+	}
+	if o.Spool == nil {
+		return nil, errors.New("netloop: no spool")
+	}
+	s := &Server{
+		opts:       o,
+		log:        o.Logger,
+		routed:     make(map[string]bool, len(o.RoutedTopics)),
+		booted:     make(chan struct{}),
+		done:       make(chan struct{}),
+		hsSlots:    make(chan struct{}, o.MaxHandshakes),
+		hsQueue:    make(chan *conn, o.MaxHandshakeQueue),
+		conns:      make(map[*conn]struct{}),
+		stopTicker: make(chan struct{}),
+		tickerDone: make(chan struct{}),
+	}
+	s.quietHandshakeErrors = o.QuietHandshakeErrors
+	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
+	s.tlsCfg.Store(o.TLS)
+	for _, t := range o.RoutedTopics {
+		s.routed[t] = true
+	}
+	return s, nil
+}
+
+// SetTLSConfig makes new handshakes use cfg; established connections keep
+// theirs.
+func (s *Server) SetTLSConfig(cfg *tls.Config) { s.tlsCfg.Store(cfg) }
+
+// Start listens and runs the event loops in the background. It returns once
+// the listener accepts connections, or with the reason it could not.
+func (s *Server) Start() error {
+	go func() {
+		err := gnet.Run(s, "tcp://"+s.opts.Addr,
+			gnet.WithMulticore(true),
+			gnet.WithNumEventLoop(s.opts.Loops),
+			gnet.WithTCPKeepAlive(time.Minute),
+			gnet.WithLogger(gnetLogger{s.log}),
+		)
+		s.runErr = err
+		close(s.done)
+	}()
+	select {
+	case <-s.booted:
+	case <-s.done:
+		return fmt.Errorf("netloop: listen %s: %w", s.opts.Addr, s.runErr)
+	}
+	go s.tick()
+	return nil
+}
+
+// Addr is the address the listener is bound to (valid after Start).
+func (s *Server) Addr() net.Addr { return s.addr }
+
+// Done is closed when the event loops have stopped.
+func (s *Server) Done() <-chan struct{} { return s.done }
+
+// OnBoot implements gnet.EventHandler.
+func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
+	s.engine = eng
+	s.addr = boundAddr(eng)
+	close(s.booted)
+	return gnet.None
+}
+
+// boundAddr reads the listener's address, which tells the port when the
+// configuration asked for port 0.
+func boundAddr(eng gnet.Engine) net.Addr {
+	fd, err := eng.Dup()
+	if err != nil {
+		return nil
+	}
+	defer unix.Close(fd)
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	}
+	return nil
+}
+
+// OnOpen implements gnet.EventHandler: a new TCP connection starts its TLS
+// handshake in the handshake pool.
+func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	connectionsAccepted.Inc()
+	if s.draining.Load() {
+		refusedDraining.Inc()
+		return nil, gnet.Close
+	}
+	c := newConn(s, gc)
+	gc.SetContext(c)
+	select {
+	case s.hsQueue <- c:
+	default:
+		refusedHandshakeBusy.Inc()
+		gc.SetContext(nil)
+		return nil, gnet.Close
+	}
+	s.register(c)
+	s.startHandshakeWorker()
+	return nil, gnet.None
+}
+
+// OnTraffic implements gnet.EventHandler.
+func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
+	c, _ := gc.Context().(*conn)
+	if c == nil {
+		return gnet.Close
+	}
+	return c.onTraffic()
+}
+
+// OnClose implements gnet.EventHandler.
+func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
+	c, _ := gc.Context().(*conn)
+	if c == nil {
+		return gnet.None
+	}
+	c.onClose(err)
+	s.unregister(c)
+	return gnet.None
+}
+
+func (s *Server) register(c *conn) {
+	s.regMu.Lock()
+	s.conns[c] = struct{}{}
+	s.regMu.Unlock()
+	connectionsOpen.Inc()
+}
+
+func (s *Server) unregister(c *conn) {
+	s.regMu.Lock()
+	_, ok := s.conns[c]
+	delete(s.conns, c)
+	s.regMu.Unlock()
+	if ok {
+		connectionsOpen.Dec()
+	}
+}
+
+// Connections is the number of open connections.
+func (s *Server) Connections() int {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	return len(s.conns)
+}
+
+// startHandshakeWorker starts a worker if a slot is free. Workers take
+// queued connections until the queue is empty; the one that finds it empty
+// re-checks after giving its slot back, so no connection is stranded.
+func (s *Server) startHandshakeWorker() {
+	select {
+	case s.hsSlots <- struct{}{}:
+		go s.handshakeWorker()
+	default:
+	}
+}
+
+func (s *Server) handshakeWorker() {
+	for {
+		select {
+		case c := <-s.hsQueue:
+			c.handshake(s.baseCtx)
+			continue
+		default:
+		}
+		<-s.hsSlots
+		if len(s.hsQueue) == 0 {
+			return
+		}
+		select {
+		case s.hsSlots <- struct{}{}:
+		default:
+			return // another worker holds the slot and will drain the queue
+		}
+	}
+}
+
+// tick enforces deadlines. It runs off the loops: it only flags expired
+// connections and wakes their loop, which closes them.
+func (s *Server) tick() {
+	defer close(s.tickerDone)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var expired []*conn
+	for {
+		select {
+		case <-s.stopTicker:
+			return
+		case <-t.C:
+		}
+		now := time.Now().UnixNano()
+		expired = expired[:0]
+		s.regMu.Lock()
+		for c := range s.conns {
+			if d := c.deadline.Load(); d > 0 && now > d {
+				expired = append(expired, c)
+			}
+		}
+		s.regMu.Unlock()
+		for _, c := range expired {
+			c.expired.Store(true)
+			_ = c.gc.Wake(nil)
+		}
+	}
+}
+
+// Shutdown stops taking connections and records, lets every connection
+// write the acks the spool still owes it, closes each vehicle with
+// WebSocket close 1001, and stops the loops. Records that were not acked
+// when ctx ends are left to the vehicles to resend.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() { s.shutdownErr = s.shutdown(ctx) })
+	return s.shutdownErr
+}
+
+func (s *Server) shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.regMu.Lock()
+	all := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		all = append(all, c)
+	}
+	s.regMu.Unlock()
+	for _, c := range all {
+		c.goAway.Store(true)
+		_ = c.gc.Wake(nil)
+	}
+	poll := time.NewTicker(10 * time.Millisecond)
+	defer poll.Stop()
+wait:
+	for s.Connections() > 0 {
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-poll.C:
+		}
+	}
+	s.cancelBase()
+	close(s.stopTicker)
+	<-s.tickerDone
+	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.engine.Stop(stopCtx); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("netloop: stop: %w", err)
+	}
+	<-s.done
+	return nil
+}
+
+// gnetLogger sends gnet's own messages to slog: its start banner at debug,
+// its errors as errors.
+type gnetLogger struct{ log *slog.Logger }
+
+func (g gnetLogger) Debugf(format string, args ...any) {
+	g.log.Debug("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Infof(format string, args ...any) {
+	g.log.Debug("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Warnf(format string, args ...any) {
+	g.log.Warn("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Errorf(format string, args ...any) {
+	g.log.Error("gnet: " + fmt.Sprintf(format, args...))
+}
+func (g gnetLogger) Fatalf(format string, args ...any) {
+	g.log.Error("gnet: " + fmt.Sprintf(format, args...))
+}

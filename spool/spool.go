@@ -1,0 +1,893 @@
+// Package spool is the durable write-ahead spool between ingest and the
+// forwarders: records are appended with group commit (one pebble.Sync
+// covers every record appended while the previous fsync ran), numbered with
+// sequence numbers that never repeat, read back in order by consumers that
+// keep named cursors, and deleted once every consumer has passed them.
+//
+// Layout in Pebble:
+//
+//	r/<seq: 8 bytes big-endian>  → EncodeRecord output
+//	c/<consumer>                 → 8-byte big-endian last delivered seq
+//	m/meta                       → 24 bytes: seq high-water mark, live record
+//	                               bytes, live record count (big-endian)
+//
+// The meta key is rewritten in every commit batch, in the same batch as the
+// records and deletions it accounts for, so it is never out of step with
+// them and seqs continue after a full trim and restart.
+package spool
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// Errors returned by Append and the other methods.
+var (
+	// ErrFull means the byte budget (Options.MaxBytes) is used up; it clears
+	// when consumers advance and records are trimmed.
+	ErrFull = errors.New("spool: full")
+	// ErrBusy means too many bytes are waiting for the next commit, or the
+	// spool is recovering from a failed commit. It is transient.
+	ErrBusy = errors.New("spool: busy")
+	// ErrClosed means Close was called.
+	ErrClosed = errors.New("spool: closed")
+	// ErrTooLarge means a single record is larger than
+	// Options.MaxPendingBytes and can never be appended.
+	ErrTooLarge = errors.New("spool: record too large")
+)
+
+const (
+	// DefaultMaxPendingBytes is used when Options.MaxPendingBytes is 0.
+	DefaultMaxPendingBytes = 64 << 20
+	// maxPendingLimit keeps a batch far below Pebble's 4 GiB batch limit,
+	// beyond which Batch.grow panics.
+	maxPendingLimit = 1 << 30
+	recKeyLen       = 10
+	metaLen         = 24
+)
+
+var (
+	metaKey      = []byte("m/meta")
+	cursorPrefix = []byte("c/")
+	// recUpper is the first key after every r/ key ('0' follows '/').
+	recUpper = []byte("r0")
+)
+
+// Options configures Open.
+type Options struct {
+	// Dir is the data directory; it is created if missing.
+	Dir string
+	// MaxBytes is the budget for live record bytes (key plus encoded
+	// value); 0 means unlimited. Append returns ErrFull while a record would
+	// exceed it.
+	MaxBytes int64
+	// MaxPendingBytes bounds the bytes appended but not yet committed
+	// (default DefaultMaxPendingBytes, at most 1 GiB); beyond it Append
+	// returns ErrBusy.
+	MaxPendingBytes int
+	// Consumers names the cursors (forwarders) known at open. A record is
+	// trimmed only once every one of them has passed it; with no consumers
+	// nothing is ever trimmed.
+	Consumers []string
+	// Logger receives the spool's and Pebble's log lines; nil means
+	// slog.Default().
+	Logger *slog.Logger
+
+	// fs replaces the file system in tests (error injection).
+	fs vfs.FS
+}
+
+// Waiter learns when appended records are durable.
+//
+// Committed is called from the spool's committer goroutine, once per record,
+// in append order, after the batch holding the record was committed with
+// pebble.Sync; err != nil if the commit failed, and then nothing of that
+// batch is durable. It must not block.
+type Waiter interface {
+	Committed(token uint64, seq uint64, err error)
+}
+
+// Stats is a snapshot of the committed contents of the spool.
+type Stats struct {
+	Records            int64             // live committed records
+	Bytes              int64             // live committed record bytes (keys plus values)
+	FirstSeq           uint64            // oldest live record, 0 if empty
+	LastSeq            uint64            // last committed seq
+	OldestReceivedAtMs int64             // ReceivedAtMs of FirstSeq, 0 if empty
+	Cursors            map[string]uint64 // every persisted cursor
+}
+
+type waitEntry struct {
+	w     Waiter
+	token uint64
+	seq   uint64 // 0 for internal waiters (SetCursor), which carry no record
+}
+
+// Spool is a Pebble-backed write-ahead spool. Its methods are safe for
+// concurrent use.
+type Spool struct {
+	opts       Options
+	log        *slog.Logger
+	maxPending int
+
+	// dbMu guards db against the committer replacing it after a failed
+	// commit and against Close; readers hold it shared. db is nil while a
+	// reopen is retrying.
+	dbMu sync.RWMutex
+	db   *pebble.DB
+
+	// trimMu serializes SetCursor so that freed bytes are counted once.
+	trimMu sync.Mutex
+
+	// mu guards the append side and the state below.
+	mu           sync.Mutex
+	pending      *pebble.Batch
+	pendingW     []waitEntry
+	pendingBytes int
+	pendingRecs  int
+	spare        *pebble.Batch // the batch being committed returns here
+	spareW       []waitEntry
+	nextSeq      uint64
+	liveBytes    int64 // committed plus pending, for the budget
+	liveRecords  int64
+	trimmedTo    uint64 // every record with seq <= trimmedTo is deleted
+	cursors      map[string]uint64
+	statBytes    int64 // as of the last successful commit
+	statRecords  int64
+	closed       bool
+	degraded     bool // a commit failed and the DB is being reopened
+
+	closeOnce sync.Once
+	closeErr  error
+
+	committedSeq atomic.Uint64
+	notify       atomic.Pointer[chan struct{}]
+
+	kick    chan struct{} // wakes the committer; 1-buffered
+	closing chan struct{} // closed by Close, stops reopen retries
+	done    chan struct{} // closed when the committer exits
+}
+
+// diskState is what Open (and a reopen) reads back from Pebble.
+type diskState struct {
+	hwm, bytes, records uint64
+	firstSeq            uint64 // 0 if no records
+	cursors             map[string]uint64
+}
+
+// Open opens or creates the spool in o.Dir and starts its committer.
+func Open(o Options) (*Spool, error) {
+	if o.Dir == "" {
+		return nil, errors.New("spool: open: Options.Dir is empty")
+	}
+	if o.MaxBytes < 0 {
+		return nil, fmt.Errorf("spool: open %s: negative MaxBytes %d", o.Dir, o.MaxBytes)
+	}
+	if o.MaxPendingBytes == 0 {
+		o.MaxPendingBytes = DefaultMaxPendingBytes
+	}
+	if o.MaxPendingBytes < 0 || o.MaxPendingBytes > maxPendingLimit {
+		return nil, fmt.Errorf("spool: open %s: MaxPendingBytes %d out of range (0, %d]", o.Dir, o.MaxPendingBytes, maxPendingLimit)
+	}
+	for _, c := range o.Consumers {
+		if c == "" {
+			return nil, fmt.Errorf("spool: open %s: empty consumer name", o.Dir)
+		}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil && o.fs == nil {
+		return nil, fmt.Errorf("spool: open %s: %w", o.Dir, err)
+	}
+	s := &Spool{
+		opts:       o,
+		log:        o.Logger.With("component", "spool", "dir", o.Dir),
+		maxPending: o.MaxPendingBytes,
+		kick:       make(chan struct{}, 1),
+		closing:    make(chan struct{}),
+		done:       make(chan struct{}),
+	}
+	db, st, err := s.openDB()
+	if err != nil {
+		return nil, err
+	}
+	s.db = db
+	s.install(st)
+	ch := make(chan struct{})
+	s.notify.Store(&ch)
+	s.log.Info("spool opened", "records", st.records, "bytes", st.bytes, "first_seq", st.firstSeq, "last_seq", st.hwm)
+	go s.run()
+	return s, nil
+}
+
+func (s *Spool) pebbleOptions() *pebble.Options {
+	o := &pebble.Options{
+		Logger:             pebbleLogger{l: s.log},
+		FormatMajorVersion: pebble.FormatNewest,
+		// Batches up to MaxPendingBytes should go through the memtable, not
+		// become flushable batches (threshold is half the memtable size),
+		// which would force a flush per commit.
+		MemTableSize: uint64(max(64<<20, 2*s.maxPending+1<<20)),
+		FS:           s.opts.fs,
+	}
+	return o
+}
+
+// openDB opens Pebble and reads the state back. It is used by Open and by
+// the committer after a failed commit.
+func (s *Spool) openDB() (*pebble.DB, diskState, error) {
+	db, err := pebble.Open(s.opts.Dir, s.pebbleOptions())
+	if err != nil {
+		return nil, diskState{}, fmt.Errorf("spool: open %s: %w", s.opts.Dir, err)
+	}
+	st, err := loadState(db)
+	if err != nil {
+		_ = db.Close()
+		return nil, diskState{}, fmt.Errorf("spool: open %s: %w", s.opts.Dir, err)
+	}
+	return db, st, nil
+}
+
+func loadState(db *pebble.DB) (diskState, error) {
+	st := diskState{cursors: map[string]uint64{}}
+	v, closer, err := db.Get(metaKey)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		// A new spool, or one written only by a crash before the first
+		// commit: counted below from the records themselves.
+	case err != nil:
+		return st, fmt.Errorf("read meta: %w", err)
+	default:
+		if len(v) != metaLen {
+			_ = closer.Close()
+			return st, fmt.Errorf("corrupt meta: %d bytes, want %d", len(v), metaLen)
+		}
+		st.hwm = binary.BigEndian.Uint64(v[0:])
+		st.bytes = binary.BigEndian.Uint64(v[8:])
+		st.records = binary.BigEndian.Uint64(v[16:])
+		_ = closer.Close()
+	}
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: cursorPrefix, UpperBound: []byte("c0")})
+	if err != nil {
+		return st, fmt.Errorf("read cursors: %w", err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			_ = it.Close()
+			return st, fmt.Errorf("read cursor %q: %w", it.Key()[2:], err)
+		}
+		if len(v) != 8 {
+			_ = it.Close()
+			return st, fmt.Errorf("corrupt cursor %q: %d bytes", it.Key()[2:], len(v))
+		}
+		st.cursors[string(it.Key()[2:])] = binary.BigEndian.Uint64(v)
+	}
+	if err := it.Close(); err != nil {
+		return st, fmt.Errorf("read cursors: %w", err)
+	}
+	first, last, err := recordBounds(db)
+	if err != nil {
+		return st, err
+	}
+	st.firstSeq = first
+	if err == nil && first != 0 && st.records == 0 && st.bytes == 0 {
+		// Records without accounting cannot come from this code (meta is in
+		// every batch), but counting them is cheap insurance.
+		n, b, err := sizeRange(db, 0, math.MaxUint64)
+		if err != nil {
+			return st, err
+		}
+		st.records, st.bytes = uint64(n), uint64(b)
+	}
+	st.hwm = max(st.hwm, last)
+	return st, nil
+}
+
+// recordBounds returns the first and last record seqs, 0 if there are none.
+func recordBounds(db *pebble.DB) (first, last uint64, err error) {
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte("r/"), UpperBound: recUpper})
+	if err != nil {
+		return 0, 0, fmt.Errorf("scan records: %w", err)
+	}
+	if it.First() {
+		if first, err = parseRecKey(it.Key()); err != nil {
+			_ = it.Close()
+			return 0, 0, err
+		}
+		if it.Last() {
+			if last, err = parseRecKey(it.Key()); err != nil {
+				_ = it.Close()
+				return 0, 0, err
+			}
+		}
+	}
+	if err := it.Close(); err != nil {
+		return 0, 0, fmt.Errorf("scan records: %w", err)
+	}
+	return first, last, nil
+}
+
+// install sets the in-memory state from st. Called with mu held or before
+// the committer runs.
+func (s *Spool) install(st diskState) {
+	s.nextSeq = max(s.nextSeq, st.hwm+1)
+	s.liveBytes, s.statBytes = int64(st.bytes), int64(st.bytes)
+	s.liveRecords, s.statRecords = int64(st.records), int64(st.records)
+	if st.firstSeq != 0 {
+		s.trimmedTo = st.firstSeq - 1
+	} else {
+		s.trimmedTo = st.hwm
+	}
+	s.cursors = st.cursors
+	s.committedSeq.Store(max(s.committedSeq.Load(), st.hwm))
+	// A batch doubles as it grows, so a full one can have twice
+	// MaxPendingBytes of capacity; keep it rather than reallocate per fill.
+	bopts := []pebble.BatchOption{pebble.WithMaxRetainedSizeBytes(2*s.maxPending + 1<<20)}
+	s.pending, s.spare = s.db.NewBatch(bopts...), s.db.NewBatch(bopts...)
+	s.pendingW, s.spareW = s.pendingW[:0], s.spareW[:0]
+	s.pendingBytes, s.pendingRecs = 0, 0
+	bytesGauge.Set(float64(st.bytes))
+	recordsGauge.Set(float64(st.records))
+}
+
+func putRecKey(k []byte, seq uint64) {
+	k[0], k[1] = 'r', '/'
+	binary.BigEndian.PutUint64(k[2:], seq)
+}
+
+func recKey(seq uint64) []byte {
+	k := make([]byte, recKeyLen)
+	putRecKey(k, seq)
+	return k
+}
+
+func parseRecKey(k []byte) (uint64, error) {
+	if len(k) != recKeyLen || k[0] != 'r' || k[1] != '/' {
+		return 0, fmt.Errorf("spool: corrupt record key %q", k)
+	}
+	return binary.BigEndian.Uint64(k[2:]), nil
+}
+
+// recKeyAfter returns the key after every record with seq <= seq.
+func recKeyAfter(seq uint64) []byte {
+	if seq == math.MaxUint64 {
+		return recUpper
+	}
+	return recKey(seq + 1)
+}
+
+// Append copies r into the pending batch, assigns its seq (also stored in
+// r.Seq) and returns without waiting for the disk; w (which may be nil) is
+// told, with token, once the record is durable or its commit failed.
+//
+// It returns ErrFull when the record would exceed Options.MaxBytes, ErrBusy
+// when Options.MaxPendingBytes are waiting for a commit or the spool is
+// recovering from a failed commit, ErrTooLarge for a record larger than
+// Options.MaxPendingBytes, and ErrClosed after Close. Nothing is stored then
+// and w is not called.
+func (s *Spool) Append(r *Record, w Waiter, token uint64) error {
+	vlen := encodedLen(r)
+	size := recKeyLen + vlen
+	if size > s.maxPending {
+		refusedTooLarge.Inc()
+		return ErrTooLarge
+	}
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		refusedClosed.Inc()
+		return ErrClosed
+	case s.degraded || s.pendingBytes+size > s.maxPending:
+		s.mu.Unlock()
+		refusedBusy.Inc()
+		return ErrBusy
+	case s.opts.MaxBytes > 0 && s.liveBytes+int64(size) > s.opts.MaxBytes:
+		s.mu.Unlock()
+		refusedFull.Inc()
+		return ErrFull
+	}
+	seq := s.nextSeq
+	s.nextSeq++
+	r.Seq = seq
+	op := s.pending.SetDeferred(recKeyLen, vlen)
+	putRecKey(op.Key, seq)
+	encodeInto(op.Value, r)
+	_ = op.Finish() // the batch is not indexed: Finish cannot fail
+	wasEmpty := s.pendingBytes == 0 && len(s.pendingW) == 0
+	s.pendingBytes += size
+	s.pendingRecs++
+	s.liveBytes += int64(size)
+	s.liveRecords++
+	s.pendingW = append(s.pendingW, waitEntry{w: w, token: token, seq: seq})
+	s.mu.Unlock()
+	if wasEmpty {
+		s.wake()
+	}
+	appendedTotal.Inc()
+	return nil
+}
+
+func (s *Spool) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run is the committer goroutine.
+func (s *Spool) run() {
+	defer close(s.done)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		s.mu.Lock()
+		for len(s.pendingW) == 0 {
+			if s.closed {
+				s.mu.Unlock()
+				return
+			}
+			s.mu.Unlock()
+			select {
+			case <-s.kick:
+			case <-tick.C:
+				s.updateAgeGauge()
+			}
+			s.mu.Lock()
+		}
+		b, ws, nrec := s.pending, s.pendingW, s.pendingRecs
+		hwm := s.nextSeq - 1
+		live, recs := s.liveBytes, s.liveRecords
+		s.pending, s.pendingW = s.spare, s.spareW
+		s.spare, s.spareW = nil, nil
+		s.pendingBytes, s.pendingRecs = 0, 0
+		s.mu.Unlock()
+
+		var meta [metaLen]byte
+		binary.BigEndian.PutUint64(meta[0:], hwm)
+		binary.BigEndian.PutUint64(meta[8:], uint64(live))
+		binary.BigEndian.PutUint64(meta[16:], uint64(recs))
+		err := b.Set(metaKey, meta[:], nil)
+		start := time.Now()
+		if err == nil {
+			err = s.commit(b)
+		}
+		commitDuration.UpdateDuration(start)
+		commitRecords.Update(float64(nrec))
+		if err != nil {
+			s.fail(err, ws)
+			continue
+		}
+		commitsTotal.Inc()
+		s.committedSeq.Store(hwm)
+		s.mu.Lock()
+		s.statBytes, s.statRecords = live, recs
+		s.mu.Unlock()
+		bytesGauge.Set(float64(live))
+		recordsGauge.Set(float64(recs))
+		for _, e := range ws {
+			if e.w != nil {
+				e.w.Committed(e.token, e.seq, nil)
+			}
+		}
+		s.signal()
+		clear(ws) // drop Waiter references
+		b.Reset()
+		s.mu.Lock()
+		s.spare, s.spareW = b, ws[:0]
+		s.mu.Unlock()
+	}
+}
+
+// commit commits b with pebble.Sync. A failed WAL write or fsync makes
+// Pebble's DB.Apply call Logger.Fatalf ("pebble: fatal commit error"), which
+// by default exits the process; pebbleLogger panics instead and the panic is
+// recovered here. Pebble considers that DB unusable afterwards (its WAL
+// writer keeps the error, and the commit pipeline keeps the failed batch
+// queued), so the caller reopens it.
+func (s *Spool) commit(b *pebble.Batch) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if f, ok := r.(pebbleFatal); ok {
+				err = fmt.Errorf("spool: commit: %w", f)
+				return
+			}
+			err = fmt.Errorf("spool: commit: panic: %v", r)
+		}
+	}()
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("spool: commit: %w", err)
+	}
+	return nil
+}
+
+// fail handles a failed commit: it reports err to the batch's waiters, fails
+// what was appended meanwhile (it was bound to the broken DB) and reopens
+// Pebble, retrying with backoff until it opens or Close is called. Appends
+// get ErrBusy meanwhile.
+func (s *Spool) fail(err error, ws []waitEntry) {
+	commitErrorsTotal.Inc()
+	s.log.Error("spool commit failed; reopening", "err", err, "waiters", len(ws))
+	for _, e := range ws {
+		if e.w != nil {
+			e.w.Committed(e.token, e.seq, err)
+		}
+	}
+	s.mu.Lock()
+	s.degraded = true
+	later := s.pendingW
+	s.pendingW, s.spareW = nil, nil
+	s.pending, s.spare = nil, nil
+	s.mu.Unlock()
+	abandoned := fmt.Errorf("spool: commit abandoned after an earlier failure: %w", err)
+	for _, e := range later {
+		if e.w != nil {
+			e.w.Committed(e.token, e.seq, abandoned)
+		}
+	}
+
+	s.dbMu.Lock()
+	old := s.db
+	s.db = nil
+	s.dbMu.Unlock()
+	closeQuietly(old, s.log)
+
+	backoff := 100 * time.Millisecond
+	for {
+		db, st, err := s.openDB()
+		if err == nil {
+			s.dbMu.Lock()
+			s.db = db
+			s.dbMu.Unlock()
+			s.mu.Lock()
+			s.install(st)
+			s.degraded = false
+			s.mu.Unlock()
+			s.log.Info("spool reopened after commit failure", "last_seq", st.hwm)
+			return
+		}
+		s.log.Error("spool reopen failed", "err", err, "retry_in", backoff)
+		select {
+		case <-s.closing:
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// closeQuietly closes a DB whose commit failed. Pebble may return an error
+// or panic there (the failed batch is still queued); the files on disk are
+// what counts and the reopen replays them.
+func closeQuietly(db *pebble.DB, log *slog.Logger) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Warn("closing failed pebble DB panicked", "panic", r)
+		}
+	}()
+	if err := db.Close(); err != nil {
+		log.Warn("closing failed pebble DB", "err", err)
+	}
+}
+
+func (s *Spool) signal() {
+	ch := make(chan struct{})
+	old := s.notify.Swap(&ch)
+	close(*old)
+}
+
+// Committed returns a channel that is closed after the next successful
+// commit (and at Close). Take the channel before checking LastSeq so that
+// no commit is missed:
+//
+//	ch := s.Committed()
+//	if s.LastSeq() < want { <-ch }
+func (s *Spool) Committed() <-chan struct{} {
+	return *s.notify.Load()
+}
+
+// LastSeq returns the last committed seq, 0 if none.
+func (s *Spool) LastSeq() uint64 { return s.committedSeq.Load() }
+
+// getDB returns the DB with dbMu read-locked; the caller must RUnlock.
+func (s *Spool) getDB() (*pebble.DB, error) {
+	s.dbMu.RLock()
+	if s.db == nil {
+		s.dbMu.RUnlock()
+		s.mu.Lock()
+		closed := s.closed
+		s.mu.Unlock()
+		if closed {
+			return nil, ErrClosed
+		}
+		return nil, ErrBusy
+	}
+	return s.db, nil
+}
+
+// Read appends to dst the committed records with Seq >= from, in seq order,
+// at most maxRecords of them and at most maxBytes of encoded values, but at
+// least one if any is available. maxRecords or maxBytes <= 0 mean no limit.
+// The records own their memory.
+func (s *Spool) Read(from uint64, maxRecords, maxBytes int, dst []Record) ([]Record, error) {
+	last := s.LastSeq()
+	if from > last {
+		return dst, nil
+	}
+	db, err := s.getDB()
+	if err != nil {
+		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
+	}
+	defer s.dbMu.RUnlock()
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: recKey(from), UpperBound: recKeyAfter(last)})
+	if err != nil {
+		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
+	}
+	n, size := 0, 0
+	for ok := it.First(); ok; ok = it.Next() {
+		seq, err := parseRecKey(it.Key())
+		if err != nil {
+			_ = it.Close()
+			return dst, err
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			_ = it.Close()
+			return dst, fmt.Errorf("spool: read record %d: %w", seq, err)
+		}
+		if n > 0 && maxBytes > 0 && size+len(v) > maxBytes {
+			break
+		}
+		buf := make([]byte, len(v))
+		copy(buf, v)
+		var r Record
+		if err := decodeRecord(buf, seq, &r, true); err != nil {
+			_ = it.Close()
+			return dst, err
+		}
+		dst = append(dst, r)
+		n++
+		size += len(v)
+		if maxRecords > 0 && n >= maxRecords {
+			break
+		}
+	}
+	if err := it.Close(); err != nil {
+		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
+	}
+	return dst, nil
+}
+
+// Cursor returns the last seq consumer name has delivered, 0 if none.
+func (s *Spool) Cursor(name string) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return 0, ErrClosed
+	}
+	return s.cursors[name], nil
+}
+
+type chanWaiter chan error
+
+func (c chanWaiter) Committed(_, _ uint64, err error) { c <- err }
+
+// SetCursor durably records that consumer name has delivered every record
+// up to seq, then trims: records with seq <= the minimum cursor over
+// Options.Consumers are deleted with one range deletion, freeing budget.
+// The cursor write and the trim commit in one batch through the committer
+// (so it shares an fsync with appends). seq may not exceed LastSeq.
+func (s *Spool) SetCursor(name string, seq uint64) error {
+	if name == "" {
+		return errors.New("spool: set cursor: empty consumer name")
+	}
+	if last := s.LastSeq(); seq > last {
+		return fmt.Errorf("spool: set cursor %q to %d: beyond last committed seq %d", name, seq, last)
+	}
+	s.trimMu.Lock()
+	defer s.trimMu.Unlock()
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	trimmed := s.trimmedTo
+	cut := uint64(0)
+	if len(s.opts.Consumers) > 0 {
+		cut = math.MaxUint64
+		for _, c := range s.opts.Consumers {
+			v := s.cursors[c]
+			if c == name {
+				v = seq
+			}
+			cut = min(cut, v)
+		}
+	}
+	s.mu.Unlock()
+
+	var freedRecs, freedBytes int64
+	if cut > trimmed {
+		db, err := s.getDB()
+		if err != nil {
+			return fmt.Errorf("spool: set cursor %q: %w", name, err)
+		}
+		freedRecs, freedBytes, err = sizeRange(db, trimmed+1, cut)
+		s.dbMu.RUnlock()
+		if err != nil {
+			return fmt.Errorf("spool: set cursor %q: %w", name, err)
+		}
+	}
+
+	var v [8]byte
+	binary.BigEndian.PutUint64(v[:], seq)
+	key := append(cursorPrefix[:len(cursorPrefix):len(cursorPrefix)], name...)
+	w := make(chanWaiter, 1)
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		return ErrClosed
+	case s.degraded || s.trimmedTo != trimmed:
+		// A reopen reloaded the state under us; the caller retries.
+		s.mu.Unlock()
+		return fmt.Errorf("spool: set cursor %q: %w", name, ErrBusy)
+	}
+	err := s.pending.Set(key, v[:], nil)
+	if err == nil && cut > trimmed {
+		err = s.pending.DeleteRange(recKey(trimmed+1), recKeyAfter(cut), nil)
+	}
+	if err != nil {
+		// Not reachable with a non-indexed batch; the partial op would be
+		// committed with the next batch, which is still correct (a cursor
+		// set alone, or a range deletion of records below every cursor).
+		s.mu.Unlock()
+		return fmt.Errorf("spool: set cursor %q: %w", name, err)
+	}
+	if cut > trimmed {
+		s.liveBytes -= freedBytes
+		s.liveRecords -= freedRecs
+		s.trimmedTo = cut
+	}
+	wasEmpty := len(s.pendingW) == 0
+	s.pendingW = append(s.pendingW, waitEntry{w: w})
+	s.mu.Unlock()
+	if wasEmpty {
+		s.wake()
+	}
+	if err := <-w; err != nil {
+		return fmt.Errorf("spool: set cursor %q to %d: %w", name, seq, err)
+	}
+	s.mu.Lock()
+	if s.cursors != nil {
+		s.cursors[name] = seq
+	}
+	s.mu.Unlock()
+	if cut > trimmed {
+		s.updateAgeGauge()
+	}
+	return nil
+}
+
+// sizeRange counts the records with from <= seq <= to and their bytes.
+func sizeRange(db *pebble.DB, from, to uint64) (n, size int64, err error) {
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: recKey(from), UpperBound: recKeyAfter(to)})
+	if err != nil {
+		return 0, 0, fmt.Errorf("count records %d..%d: %w", from, to, err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		n++
+		lv := it.LazyValue()
+		size += int64(len(it.Key())) + int64(lv.Len())
+	}
+	if err := it.Close(); err != nil {
+		return 0, 0, fmt.Errorf("count records %d..%d: %w", from, to, err)
+	}
+	return n, size, nil
+}
+
+// first returns the oldest committed record's seq and ReceivedAtMs.
+func (s *Spool) first() (seq uint64, receivedAtMs int64, err error) {
+	last := s.LastSeq()
+	if last == 0 {
+		return 0, 0, nil
+	}
+	db, err := s.getDB()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer s.dbMu.RUnlock()
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte("r/"), UpperBound: recKeyAfter(last)})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer it.Close()
+	if !it.First() {
+		return 0, 0, it.Error()
+	}
+	if seq, err = parseRecKey(it.Key()); err != nil {
+		return 0, 0, err
+	}
+	v, err := it.ValueAndErr()
+	if err != nil {
+		return 0, 0, fmt.Errorf("spool: read record %d: %w", seq, err)
+	}
+	var r Record
+	if err := DecodeRecord(v, seq, &r); err != nil {
+		return 0, 0, err
+	}
+	return seq, r.ReceivedAtMs, nil
+}
+
+func (s *Spool) updateAgeGauge() {
+	_, ms, err := s.first()
+	if err != nil || ms == 0 {
+		oldestAgeGauge.Set(0)
+		return
+	}
+	oldestAgeGauge.Set(max(0, float64(time.Now().UnixMilli()-ms)/1000))
+}
+
+// Stats returns a snapshot of the committed contents.
+func (s *Spool) Stats() Stats {
+	s.mu.Lock()
+	st := Stats{
+		Records: s.statRecords,
+		Bytes:   s.statBytes,
+		LastSeq: s.LastSeq(),
+		Cursors: make(map[string]uint64, len(s.cursors)),
+	}
+	for k, v := range s.cursors {
+		st.Cursors[k] = v
+	}
+	s.mu.Unlock()
+	if seq, ms, err := s.first(); err == nil {
+		st.FirstSeq, st.OldestReceivedAtMs = seq, ms
+	} else {
+		s.log.Warn("spool stats: reading oldest record", "err", err)
+	}
+	return st
+}
+
+// Close stops accepting appends, commits what is pending (reporting to its
+// waiters) and closes Pebble. It is idempotent; later calls return the
+// first call's result.
+func (s *Spool) Close() error {
+	s.closeOnce.Do(s.close)
+	return s.closeErr
+}
+
+func (s *Spool) close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	close(s.closing)
+	s.wake()
+	<-s.done
+
+	s.dbMu.Lock()
+	if s.db != nil {
+		if err := s.db.Close(); err != nil {
+			s.closeErr = fmt.Errorf("spool: close %s: %w", s.opts.Dir, err)
+		}
+		s.db = nil
+	}
+	s.dbMu.Unlock()
+	s.mu.Lock()
+	// Drop the batches: they belong to the closed DB.
+	s.pending, s.spare = nil, nil
+	s.mu.Unlock()
+	close(*s.notify.Load())
+}

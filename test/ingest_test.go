@@ -1,0 +1,207 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+)
+
+var vins = []string{"5YJ3E1EA1KF000001", "5YJ3E1EA1KF000002", "5YJ3E1EA1KF000003"}
+
+var topics = []string{"V", "alerts", "errors", "connectivity"}
+
+// writeConfig writes a reference-format config routing every record type to
+// the logger, with a key this build does not act on (rate_limit) to check
+// that it warns instead of failing.
+func writeConfig(t *testing.T, dir string) (configPath, certs string) {
+	t.Helper()
+	certs = filepath.Join(dir, "certs")
+	if _, err := devca.WriteDir(certs, vins); err != nil {
+		t.Fatal(err)
+	}
+	d := devca.Dir{Path: certs}
+	cfg := map[string]any{
+		"host": "127.0.0.1", "port": 0, "log_level": "info", "json_log_enable": true,
+		"namespace": "tesla_telemetry",
+		"records": map[string][]string{
+			"V": {"logger"}, "alerts": {"logger"}, "errors": {"logger"}, "connectivity": {"logger"},
+		},
+		"tls": map[string]string{
+			"server_cert": d.File(devca.ServerCertFile), "server_key": d.File(devca.ServerKeyFile),
+			"ca_file": d.File(devca.CACertFile),
+		},
+		"rate_limit": map[string]any{"enabled": true, "message_interval_time": 30, "message_limit": 1000},
+		"spool":      map[string]any{"dir": filepath.Join(dir, "spool")},
+	}
+	b, _ := json.MarshalIndent(cfg, "", "  ")
+	configPath = filepath.Join(dir, "config.json")
+	if err := os.WriteFile(configPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return configPath, certs
+}
+
+func dial(t *testing.T, addr, certs, vin string) *vehicle.Client {
+	t.Helper()
+	tlsCfg, err := vehicle.TLSFromDir(certs, vin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := vehicle.Dial(ctx, vehicle.Config{Addr: addr, TLS: tlsCfg, Header: http.Header{"Version": []string{"e2e"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+var rng = rand.New(rand.NewPCG(7, 7))
+
+func newRecord(vin, topic, txid string) *envelope.StreamMessage {
+	// A VIN inside the payload is not the certificate's: the daemon must
+	// print the certificate's.
+	return &envelope.StreamMessage{
+		TxID: []byte(txid), Topic: []byte(topic), MessageID: []byte(txid),
+		CreatedAt: uint32(time.Now().Unix()), SenderID: []byte("vehicle_device." + vin),
+		Payload: vehicle.Payload(rng, topic, "SPOOFED0000000000", time.Now()),
+	}
+}
+
+// sendAndAck pipelines records on one connection and checks every ack's
+// txid and topic, in order.
+func sendAndAck(t *testing.T, c *vehicle.Client, ms []*envelope.StreamMessage) {
+	t.Helper()
+	if err := c.SendMany(ms); err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range ms {
+		r, err := c.ReadReply(10 * time.Second)
+		if err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+		if !r.Ack || r.TxID != string(m.TxID) || r.Topic != string(m.Topic) {
+			t.Fatalf("record %d: got %+v, want ack txid=%s topic=%s", i, r, m.TxID, m.Topic)
+		}
+	}
+}
+
+func TestIngestEveryTopicToStdoutAndSurviveSIGKILL(t *testing.T) {
+	dir := t.TempDir()
+	configPath, certs := writeConfig(t, dir)
+	d := startDaemon(t, configPath)
+	if !strings.Contains(d.logText(), `rate_limit`) {
+		t.Errorf("no warning names the unsupported key rate_limit:\n%s", d.logText())
+	}
+
+	// Phase 1: every topic from every vehicle, acked and printed.
+	want := map[string]string{} // txid → vin
+	wantTopic := map[string]string{}
+	for _, vin := range vins {
+		c := dial(t, d.addr, certs, vin)
+		var ms []*envelope.StreamMessage
+		for i := range 5 {
+			for _, topic := range topics {
+				tx := fmt.Sprintf("%s-%s-%d", vin, topic, i)
+				ms = append(ms, newRecord(vin, topic, tx))
+				want[tx], wantTopic[tx] = vin, topic
+			}
+		}
+		sendAndAck(t, c, ms)
+	}
+	set := map[string]bool{}
+	for tx := range want {
+		set[tx] = true
+	}
+	got := d.waitPrinted(t, set, 20*time.Second)
+	for tx, vin := range want {
+		l := got[tx]
+		if l.VIN != vin || l.Topic != wantTopic[tx] || l.ReceivedAtMs == 0 {
+			t.Fatalf("printed %+v for %s, want vin=%s topic=%s", l, tx, vin, wantTopic[tx])
+		}
+		var rec struct {
+			VIN string `json:"vin"`
+		}
+		if err := json.Unmarshal(l.Record, &rec); err != nil || rec.VIN != vin {
+			t.Fatalf("record JSON for %s has vin %q (%v), want the certificate's %s: %s", tx, rec.VIN, err, vin, l.Record)
+		}
+	}
+
+	// Phase 2: a burst of records, SIGKILL right after the last ack, restart
+	// on the same spool: every acked record is printed.
+	c := dial(t, d.addr, certs, vins[0])
+	var burst []*envelope.StreamMessage
+	acked := map[string]bool{}
+	for i := range 2000 {
+		tx := fmt.Sprintf("burst-%04d", i)
+		burst = append(burst, newRecord(vins[0], topics[i%len(topics)], tx))
+		acked[tx] = true
+	}
+	sendAndAck(t, c, burst)
+	d.kill()
+	before := map[string]bool{}
+	for _, l := range d.printed() {
+		if acked[l.TxID] {
+			before[l.TxID] = true
+		}
+	}
+	t.Logf("before SIGKILL %d of %d acked burst records were printed", len(before), len(acked))
+
+	d2 := startDaemon(t, configPath)
+	missing := map[string]bool{}
+	for tx := range acked {
+		if !before[tx] {
+			missing[tx] = true
+		}
+	}
+	d2.waitPrinted(t, missing, 30*time.Second)
+	t.Logf("after restart the remaining %d were printed", len(missing))
+	d2.stop(t)
+}
+
+func TestReferenceConfigsLoad(t *testing.T) {
+	out, err := exec.Command(binary, "check-config", "-config", "testdata/configs/reference-example.json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("reference-example.json: %v\n%s", err, out)
+	}
+	for _, key := range []string{"monitoring", "rate_limit", "reliable_ack"} {
+		if !strings.Contains(string(out), `"`+key+`"`) {
+			t.Errorf("no warning names %q:\n%s", key, out)
+		}
+	}
+	// The integration config routes to sinks this version does not have:
+	// refused, naming each.
+	out, err = exec.Command(binary, "check-config", "-config", "testdata/configs/reference-integration.json").CombinedOutput()
+	if err == nil {
+		t.Fatalf("reference-integration.json accepted although it routes to unsupported sinks:\n%s", out)
+	}
+	for _, name := range []string{"kafka", "kinesis", "pubsub", "zmq", "mqtt", "redis"} {
+		if !strings.Contains(string(out), `"`+name+`"`) {
+			t.Errorf("the error does not name dispatcher %q:\n%s", name, out)
+		}
+	}
+}
+
+func TestUnknownDispatcherIsAStartupError(t *testing.T) {
+	dir := t.TempDir()
+	cfg := `{"port": 0, "records": {"V": ["logger", "carrier-pigeon"]}, "tls": {"server_cert": "x", "server_key": "y"}, "spool": {"dir": "` + dir + `"}}`
+	path := filepath.Join(dir, "c.json")
+	os.WriteFile(path, []byte(cfg), 0o600)
+	out, err := exec.Command(binary, "-config", path).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "carrier-pigeon") {
+		t.Fatalf("unknown dispatcher: err=%v, output does not name it:\n%s", err, out)
+	}
+}
