@@ -43,7 +43,7 @@ func TestDiscardOversizeSkipsAndCarriesOn(t *testing.T) {
 	mask := [4]byte{9, 8, 7, 6}
 	big := bytes.Repeat([]byte{'x'}, limit+4)
 	var stream []byte
-	stream = AppendMaskedFrame(stream, ws.OpBinary, true, big, mask)             // oversize, one frame
+	stream = AppendMaskedFrame(stream, ws.OpBinary, true, big, mask)               // oversize, one frame
 	stream = AppendMaskedFrame(stream, ws.OpBinary, true, []byte("after-1"), mask) // fine
 	// Oversize across fragments, with a ping in between.
 	stream = AppendMaskedFrame(stream, ws.OpBinary, false, big[:600], mask)
