@@ -69,6 +69,7 @@ func New(sp *spool.Spool, sink Sink, o Options) (*Forwarder, error) {
 	if o.MaxBackoff <= 0 {
 		o.MaxBackoff = 30 * time.Second
 	}
+	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -112,6 +113,15 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 		if drain && cursor >= target {
 			return nil
 		}
+		// Checked on every pass, not only while idle or failing: with a
+		// backlog and a healthy sink the loop would otherwise never look at
+		// ctx and Run would not stop until the spool was empty.
+		if err := ctx.Err(); err != nil {
+			if drain {
+				return err
+			}
+			return nil
+		}
 		committed := f.spool.Committed() // fetched before Read: no lost wake-up
 		recs, err := f.spool.Read(cursor+1, f.opts.BatchRecords, f.opts.BatchBytes, buf[:0])
 		if err != nil {
@@ -131,6 +141,11 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 			case <-ctx.Done():
 				return nil
 			case <-committed:
+				// Close also closes the channel, for good: without this
+				// check Run would spin on a closed spool.
+				if _, err := f.spool.Cursor(f.opts.Name); err != nil {
+					return fmt.Errorf("forwarder %s: %w", f.opts.Name, err)
+				}
 			case <-poll.C:
 			}
 			continue
@@ -140,6 +155,9 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 			if f.topics[string(r.Topic)] {
 				batch = append(batch, r)
 			}
+		}
+		if n := len(recs) - len(batch); n > 0 {
+			f.skipped.Add(n)
 		}
 		if len(batch) > 0 {
 			if err := f.send(ctx, batch); err != nil {
@@ -173,13 +191,27 @@ func (f *Forwarder) send(ctx context.Context, batch []spool.Record) error {
 		f.retries.Inc()
 		f.log.Warn("send failed; retrying", "records", len(batch), "first_seq", batch[0].Seq,
 			"attempt", attempt+1, "backoff", backoff, "err", err)
-		// Full jitter keeps many forwarders from retrying in lockstep.
-		wait := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(wait):
+		case <-time.After(f.retryWait(backoff)):
 		}
-		backoff = min(backoff*2, f.opts.MaxBackoff)
+		backoff = f.nextBackoff(backoff)
 	}
+}
+
+// retryWait draws the wait before a retry from [backoff/2, backoff], but
+// not below MinBackoff: the jitter keeps many forwarders from retrying in
+// lockstep while every wait stays within [MinBackoff, MaxBackoff].
+func (f *Forwarder) retryWait(backoff time.Duration) time.Duration {
+	half := backoff / 2
+	return max(half+time.Duration(rand.Int64N(int64(backoff-half)+1)), f.opts.MinBackoff)
+}
+
+// nextBackoff doubles backoff up to MaxBackoff without overflowing.
+func (f *Forwarder) nextBackoff(backoff time.Duration) time.Duration {
+	if backoff > f.opts.MaxBackoff/2 {
+		return f.opts.MaxBackoff
+	}
+	return backoff * 2
 }

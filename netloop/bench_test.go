@@ -1,6 +1,7 @@
 package netloop
 
 import (
+	"log/slog"
 	"path/filepath"
 	"testing"
 	"time"
@@ -25,12 +26,13 @@ func (wakeOnly) Wake(gnet.AsyncCallback) error { return nil }
 // spool.Append. TLS and the fsync (which the committer does off the loop)
 // are not included. The 512-byte copy per op restores the masked frame.
 func BenchmarkRecordPath(b *testing.B) {
-	sp, err := spool.Open(spool.Options{Dir: filepath.Join(b.TempDir(), "spool"), Consumers: []string{"b"}})
+	quiet := slog.New(slog.DiscardHandler)
+	sp, err := spool.Open(spool.Options{Dir: filepath.Join(b.TempDir(), "spool"), Consumers: []string{"b"}, Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer sp.Close()
-	srv := &Server{opts: Options{Spool: sp, MaxInFlight: 1 << 30}, routed: map[string]bool{"V": true}}
+	srv := &Server{opts: Options{Spool: sp, MaxInFlight: 1 << 30, Logger: quiet}, routed: map[string]bool{"V": true}}
 	srv.opts.setDefaults()
 	srv.log = srv.opts.Logger
 	c := &conn{srv: srv, gc: wakeOnly{}, phase: phaseWebSocket,

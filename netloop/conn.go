@@ -39,6 +39,9 @@ const statusTryAgainLater ws.StatusCode = 1013
 // maxRequestBytes caps the HTTP upgrade request (slowloris and garbage).
 const maxRequestBytes = 8 << 10
 
+// maxHandshakeBuffer caps ciphertext held for a handshake in progress.
+const maxHandshakeBuffer = 64 << 10
+
 // keepBufferBytes is the largest per-connection buffer kept while empty;
 // bigger ones are released so idle vehicles stay small.
 const keepBufferBytes = 4 << 10
@@ -141,7 +144,11 @@ func (c *conn) onTraffic() gnet.Action {
 	data, _ := c.gc.Next(-1)
 	if c.phase == phaseHandshake {
 		if len(data) > 0 {
-			c.mc.feed(data)
+			if c.mc.feed(data) > maxHandshakeBuffer {
+				// A handshake never needs this much: a flood, not a vehicle.
+				refusedHandshakeFailed.Inc()
+				return gnet.Close
+			}
 		}
 		if !c.hsDone.Load() {
 			return gnet.None
@@ -540,7 +547,8 @@ func (c *conn) expire(now time.Time) gnet.Action {
 	}
 	switch c.phase {
 	case phaseHandshake:
-		refusedHandshakeTimeout.Inc()
+		// The handshake worker counts its own timeout; this is the safety
+		// net for one that never got a worker.
 		return gnet.Close
 	case phaseRequest:
 		refusedRequestTimeout.Inc()

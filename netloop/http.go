@@ -93,7 +93,9 @@ func (c *conn) handleRequest(req []byte) gnet.Action {
 		// The upgrader has answered 400 already.
 		refusedBadRequest.Inc()
 		c.srv.log.Info("websocket upgrade refused", "vin", c.id.DeviceID, "err", err)
-		c.phase = phaseClosing
+		if c.phase < phaseClosing {
+			c.phase = phaseClosing
+		}
 		return gnet.Close
 	}
 	if c.connectionID == "" {
@@ -131,7 +133,7 @@ func (c *conn) writeHTTP(status int, body string) {
 	b.WriteString("\r\n\r\n")
 	b.WriteString(body)
 	_, _ = c.tls.Write(b.Bytes())
-	if status != 200 {
+	if status != 200 && c.phase < phaseClosing {
 		c.phase = phaseClosing
 	}
 }

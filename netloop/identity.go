@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 )
 
 // Identity is who a connection is, derived from its verified client
@@ -24,7 +26,7 @@ type Identity struct {
 // MatchesSender reports whether an envelope's sender_id belongs to this
 // identity: the full sender id or the bare device id.
 func (id *Identity) MatchesSender(senderID []byte) bool {
-	return string(senderID) == id.SenderID || string(senderID) == id.DeviceID
+	return record.SenderIDMatches(senderID, id.ClientType, id.DeviceID)
 }
 
 // ErrUnknownIssuer is returned for a certificate whose issuer CN maps to no

@@ -45,12 +45,15 @@ func (wouldBlockError) Temporary() bool { return true }
 
 var errWouldBlock net.Error = wouldBlockError{}
 
-// feed hands received ciphertext to a handshake in progress.
-func (m *memConn) feed(p []byte) {
+// feed hands received ciphertext to a handshake in progress and returns how
+// much is now waiting.
+func (m *memConn) feed(p []byte) int {
 	m.mu.Lock()
 	m.in = append(m.in, p...)
+	n := len(m.in)
 	m.mu.Unlock()
 	m.signal()
+	return n
 }
 
 func (m *memConn) signal() {

@@ -48,7 +48,7 @@ var (
 
 const (
 	// DefaultMaxPendingBytes is used when Options.MaxPendingBytes is 0.
-	DefaultMaxPendingBytes = 64 << 20
+	DefaultMaxPendingBytes = 16 << 20
 	// maxPendingLimit keeps a batch far below Pebble's 4 GiB batch limit,
 	// beyond which Batch.grow panics.
 	maxPendingLimit = 1 << 30

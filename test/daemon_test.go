@@ -7,7 +7,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,12 +81,16 @@ func startDaemon(t *testing.T, configPath string) *daemon {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 1<<20), 4<<20)
-		for sc.Scan() {
+		br := bufio.NewReaderSize(stdout, 1<<20)
+		for {
+			line, err := br.ReadBytes('\n')
+			if err != nil {
+				// A SIGKILL may cut the last line; only whole lines count.
+				return
+			}
 			var l stdoutLine
-			if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-				t.Errorf("stdout line is not JSON: %q: %v", sc.Text(), err)
+			if err := json.Unmarshal(line, &l); err != nil {
+				t.Errorf("stdout line is not JSON: %q: %v", line, err)
 				continue
 			}
 			d.mu.Lock()
@@ -191,5 +194,3 @@ func (d *daemon) waitPrinted(t *testing.T, want map[string]bool, timeout time.Du
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
-var _ = io.Discard

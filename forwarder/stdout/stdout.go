@@ -4,7 +4,7 @@
 package stdout
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -26,10 +26,17 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Sink writes records as JSON lines.
+// Sink writes records as JSON lines. It is not safe for concurrent use (one
+// forwarder drives it).
 type Sink struct {
-	w   *bufio.Writer
+	out io.Writer
 	log *slog.Logger
+	// buf holds one batch's lines; it is written to out with one Write.
+	buf []byte
+	// tail is the rest of a line that a failed write cut short; the next
+	// Send writes it first so that the output stays one JSON object per
+	// line.
+	tail []byte
 }
 
 var undecodable = metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="logger"}`)
@@ -42,7 +49,7 @@ func New(o Options) (*Sink, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Sink{w: bufio.NewWriterSize(o.Out, 64<<10), log: o.Logger}, nil
+	return &Sink{out: o.Out, log: o.Logger}, nil
 }
 
 // Line is one output line.
@@ -55,8 +62,25 @@ type Line struct {
 }
 
 // Send implements forwarder.Sink. The batch is confirmed once it is written
-// and flushed to Out.
+// to Out. After a failed write Send can be called again: the line the
+// failure cut short is completed first, then the whole batch is written
+// again (records written before the failure then appear twice).
+//
+// (It used to write through a bufio.Writer, whose first write error is
+// sticky: one failed write made every later Send fail, wedging the
+// forwarder for good.)
 func (s *Sink) Send(_ context.Context, batch []spool.Record) error {
+	if len(s.tail) > 0 {
+		n, err := s.out.Write(s.tail)
+		if err == nil && n < len(s.tail) {
+			err = io.ErrShortWrite
+		}
+		s.tail = s.tail[n:]
+		if err != nil {
+			return fmt.Errorf("stdout sink: write: %w", err)
+		}
+	}
+	s.buf = s.buf[:0]
 	for i := range batch {
 		r := &batch[i]
 		msg, err := record.Transform(string(r.Topic), r.VIN, r.Payload)
@@ -77,10 +101,21 @@ func (s *Sink) Send(_ context.Context, batch []spool.Record) error {
 		if err != nil {
 			return fmt.Errorf("stdout sink: encode seq %d: %w", r.Seq, err)
 		}
-		s.w.Write(line)
-		s.w.WriteByte('\n')
+		s.buf = append(s.buf, line...)
+		s.buf = append(s.buf, '\n')
 	}
-	if err := s.w.Flush(); err != nil {
+	if len(s.buf) == 0 {
+		return nil
+	}
+	n, err := s.out.Write(s.buf)
+	if err == nil && n < len(s.buf) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		if n > 0 && n < len(s.buf) && s.buf[n-1] != '\n' {
+			end := n + bytes.IndexByte(s.buf[n:], '\n') + 1
+			s.tail = append(s.tail[:0], s.buf[n:end]...)
+		}
 		return fmt.Errorf("stdout sink: write: %w", err)
 	}
 	return nil
