@@ -24,6 +24,29 @@ type Config struct {
 	TLS             TLSConfig           `json:"tls"`
 	UseDefaultEngCA bool                `json:"use_default_eng_ca"`
 	Spool           SpoolConfig         `json:"spool"`
+	// TransmitDecodedRecords sends JSON instead of protobuf to the sinks.
+	TransmitDecodedRecords bool `json:"transmit_decoded_records"`
+	// Kafka is the reference's librdkafka-style property map.
+	Kafka map[string]any `json:"kafka"`
+	// Kinesis is the "kinesis" section.
+	Kinesis *KinesisConfig `json:"kinesis"`
+	// Pubsub is the "pubsub" section.
+	Pubsub *PubsubConfig `json:"pubsub"`
+}
+
+// KinesisConfig is the "kinesis" section.
+type KinesisConfig struct {
+	// OverrideHost replaces the AWS endpoint (e.g. a local Kinesis API).
+	OverrideHost string `json:"override_host"`
+	// MaxRetries bounds the AWS client's own retries per call.
+	MaxRetries *int `json:"max_retries"`
+	// Streams maps a record type to its stream name.
+	Streams map[string]string `json:"streams"`
+}
+
+// PubsubConfig is the "pubsub" section.
+type PubsubConfig struct {
+	ProjectID string `json:"gcp_project_id"`
 }
 
 // TLSConfig is the "tls" section.
@@ -48,14 +71,15 @@ var devConfigJSON []byte
 var usedKeys = map[string]bool{
 	"host": true, "port": true, "log_level": true, "json_log_enable": true,
 	"namespace": true, "records": true, "tls": true, "use_default_eng_ca": true, "spool": true,
+	"transmit_decoded_records": true, "kafka": true, "kinesis": true, "pubsub": true,
 }
 
 // referenceKeys are keys of the reference's format this build does not act
 // on yet: they load with a warning, never silently.
 var referenceKeys = map[string]bool{
 	"status_port": true, "reliable_ack": true, "reliable_ack_sources": true,
-	"kafka": true, "kinesis": true, "pubsub": true, "zmq": true, "mqtt": true, "redis": true,
-	"monitoring": true, "rate_limit": true, "transmit_decoded_records": true,
+	"zmq": true, "mqtt": true, "redis": true,
+	"monitoring": true, "rate_limit": true,
 	"vins_signal_tracking_enabled": true, "airbrake": true, "logger": true,
 }
 
@@ -63,10 +87,10 @@ var referenceKeys = map[string]bool{
 var knownRecordTypes = map[string]bool{"V": true, "alerts": true, "errors": true, "connectivity": true}
 
 // knownDispatchers are the sinks this build has.
-var knownDispatchers = map[string]bool{"logger": true}
+var knownDispatchers = map[string]bool{"logger": true, "kafka": true, "kinesis": true, "pubsub": true}
 
 // referenceDispatchers exist in the reference but not (yet) here.
-var referenceDispatchers = map[string]bool{"kafka": true, "kinesis": true, "pubsub": true, "zmq": true, "mqtt": true, "redis": true}
+var referenceDispatchers = map[string]bool{"zmq": true, "mqtt": true, "redis": true}
 
 // ParseConfig decodes a configuration file's bytes. It returns the config,
 // warnings for keys it does not act on, and an error for a file it cannot
@@ -143,6 +167,13 @@ func (c *Config) Validate() error {
 	case "", "debug", "info", "warn", "warning", "error":
 	default:
 		errs = append(errs, fmt.Errorf("log_level %q is not one of debug, info, warn, error", c.LogLevel))
+	}
+	ds := c.Dispatchers()
+	if _, ok := ds["kafka"]; ok && len(c.Kafka) == 0 {
+		errs = append(errs, errors.New(`records route to "kafka" but there is no "kafka" section`))
+	}
+	if _, ok := ds["pubsub"]; ok && (c.Pubsub == nil || c.Pubsub.ProjectID == "") {
+		errs = append(errs, errors.New(`records route to "pubsub" but "pubsub.gcp_project_id" is not set`))
 	}
 	if c.Spool.MaxBytes < 0 {
 		errs = append(errs, fmt.Errorf("spool.max_bytes %d is negative", c.Spool.MaxBytes))

@@ -138,10 +138,14 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 		}
 	}()
 	var fwds []*forwarder.Forwarder
+	enc := forwarder.Encoder{Namespace: cfg.Namespace, JSON: cfg.TransmitDecodedRecords}
 	for _, name := range names {
-		sink, err := newSink(name, log)
+		sink, err := newSink(name, cfg, enc, dispatchers[name], log)
 		if err != nil {
 			return err
+		}
+		if c, ok := sink.(interface{ Close() error }); ok {
+			defer c.Close()
 		}
 		f, err := forwarder.New(sp, sink, forwarder.Options{Name: name, Topics: dispatchers[name], Logger: log})
 		if err != nil {
@@ -211,11 +215,19 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 	return runErr
 }
 
-// newSink builds the sink a dispatcher name stands for.
-func newSink(name string, log *slog.Logger) (forwarder.Sink, error) {
+// newSink builds the sink a dispatcher name stands for; recordTypes are the
+// types routed to it. Sinks with a Close method are closed at exit, after
+// the forwarders stopped.
+func newSink(name string, cfg *Config, enc forwarder.Encoder, recordTypes []string, log *slog.Logger) (forwarder.Sink, error) {
 	switch name {
 	case "logger":
 		return stdout.New(stdout.Options{Out: os.Stdout, Logger: log})
+	case "kafka":
+		return newKafkaSink(cfg, enc, log)
+	case "kinesis":
+		return newKinesisSink(cfg, enc, log)
+	case "pubsub":
+		return newPubsubSink(cfg, enc, recordTypes, log)
 	}
 	return nil, fmt.Errorf("dispatcher %q is not supported by this version", name)
 }

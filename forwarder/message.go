@@ -1,0 +1,103 @@
+package forwarder
+
+import (
+	"fmt"
+	"strconv"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
+	"github.com/fleet-telemetry/fleet-telemetry/spool"
+)
+
+// Header is one Kafka header / Pub/Sub attribute.
+type Header struct {
+	Key, Value string
+}
+
+// Message is a record as every sink hands it over, byte-compatible with the
+// reference server: the dispatched protobuf (VIN stamped from the
+// certificate, the reference's transforms applied) or its JSON form, keyed
+// by VIN, with the reference's metadata.
+type Message struct {
+	// Seq is the record's spool sequence number.
+	Seq uint64
+	// RecordType is the record type ("V", "alerts", ...).
+	RecordType string
+	// Topic is "<namespace>_<record type>" (a Kinesis stream name may be
+	// configured differently; see forwarder/kinesis).
+	Topic string
+	// Key is the VIN (Kafka key, Kinesis partition key).
+	Key string
+	// Value is the payload consumers read.
+	Value []byte
+	// Headers are, in this order: vin, receivedat, timestamp, txid, txtype,
+	// version, device_client_version.
+	Headers []Header
+}
+
+// recordVersion is the reference's record format version header; every
+// record it has ever written carries "0".
+const recordVersion = "0"
+
+// Encoder turns spool records into Messages.
+type Encoder struct {
+	// Namespace prefixes topic names (the reference's "namespace").
+	Namespace string
+	// JSON sends the decoded JSON form instead of protobuf (the reference's
+	// "transmit_decoded_records").
+	JSON bool
+}
+
+// Encode builds the Message for r. An error means the stored payload cannot
+// be decoded (it was validated before it was acked, so this is a damaged
+// spool or a bug); sinks skip such records and count them.
+func (e Encoder) Encode(r *spool.Record) (Message, error) {
+	recordType := string(r.Topic)
+	msg, err := record.Transform(recordType, r.VIN, r.Payload)
+	if err != nil {
+		return Message{}, fmt.Errorf("forwarder: decode record %d: %w", r.Seq, err)
+	}
+	var value []byte
+	if e.JSON {
+		value, err = record.MarshalJSON(msg)
+	} else {
+		value, err = record.MarshalProto(msg)
+	}
+	if err != nil {
+		return Message{}, fmt.Errorf("forwarder: encode record %d: %w", r.Seq, err)
+	}
+	// The reference always wrote timestamp "0"; ours is the record's own
+	// created-at, falling back to the envelope's.
+	createdMs := int64(r.CreatedAtSec) * 1000
+	if ts := createdAt(msg); ts != nil && ts.IsValid() {
+		createdMs = ts.AsTime().UnixMilli()
+	}
+	return Message{
+		Seq:        r.Seq,
+		RecordType: recordType,
+		Topic:      e.Namespace + "_" + recordType,
+		Key:        r.VIN,
+		Value:      value,
+		Headers: []Header{
+			{"vin", r.VIN},
+			{"receivedat", strconv.FormatInt(r.ReceivedAtMs, 10)},
+			{"timestamp", strconv.FormatInt(createdMs, 10)},
+			{"txid", string(r.TxID)},
+			{"txtype", recordType},
+			{"version", recordVersion},
+			{"device_client_version", r.ClientVersion},
+		},
+	}, nil
+}
+
+// createdAt finds a record's created_at, whatever its type.
+func createdAt(m proto.Message) *timestamppb.Timestamp {
+	if c, ok := m.(interface {
+		GetCreatedAt() *timestamppb.Timestamp
+	}); ok {
+		return c.GetCreatedAt()
+	}
+	return nil
+}
