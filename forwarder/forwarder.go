@@ -125,6 +125,9 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 		committed := f.spool.Committed() // fetched before Read: no lost wake-up
 		recs, err := f.spool.Read(cursor+1, f.opts.BatchRecords, f.opts.BatchBytes, buf[:0])
 		if err != nil {
+			if errors.Is(err, spool.ErrBusy) && f.pause(ctx) {
+				continue // the spool is reopening after a failed commit
+			}
 			return fmt.Errorf("forwarder %s: read from %d: %w", f.opts.Name, cursor+1, err)
 		}
 		buf = recs
@@ -169,6 +172,11 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 		}
 		last := recs[len(recs)-1].Seq
 		if err := f.spool.SetCursor(f.opts.Name, last); err != nil {
+			if errors.Is(err, spool.ErrBusy) && f.pause(ctx) {
+				// The batch was delivered; it is sent again after the
+				// pause (at least once), since the cursor did not move.
+				continue
+			}
 			return fmt.Errorf("forwarder %s: set cursor %d: %w", f.opts.Name, last, err)
 		}
 		cursor = last
@@ -214,4 +222,15 @@ func (f *Forwarder) nextBackoff(backoff time.Duration) time.Duration {
 		return f.opts.MaxBackoff
 	}
 	return backoff * 2
+}
+
+// pause waits a moment after a transient spool error; false when ctx ended.
+func (f *Forwarder) pause(ctx context.Context) bool {
+	f.log.Warn("spool busy; waiting", "wait", f.opts.MinBackoff)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(max(f.opts.MinBackoff, 100*time.Millisecond)):
+		return true
+	}
 }

@@ -1,0 +1,99 @@
+package netloop
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
+	"github.com/fleet-telemetry/fleet-telemetry/spool"
+)
+
+// TestSpoolFullShedsWith1013 fills a small spool: the record that does not
+// fit is not acked, the vehicle is closed with 1013, and once a consumer
+// frees space a reconnecting vehicle is served again. Nothing acked is
+// missing from the spool.
+func TestSpoolFullShedsWith1013(t *testing.T) {
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	if _, err := devca.WriteDir(certs, []string{vinA}); err != nil {
+		t.Fatal(err)
+	}
+	d := devca.Dir{Path: certs}
+	tlsCfg, err := NewTLSConfig(TLSOptions{CertFile: d.File(devca.ServerCertFile), KeyFile: d.File(devca.ServerKeyFile), CAFile: d.File(devca.CACertFile)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spool.Open(spool.Options{Dir: filepath.Join(dir, "spool"), Consumers: []string{"c"}, MaxBytes: 20 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	srv, err := New(Options{Addr: "127.0.0.1:0", TLS: tlsCfg, Spool: sp, RoutedTopics: allTopics, Loops: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}()
+	e := &testEnv{srv: srv, sp: sp, certs: certs}
+
+	before := refusedSpoolFull.Get()
+	c := e.dial(t, vinA)
+	acked := map[string]bool{}
+	var closeErr *vehicle.CloseError
+	for i := 0; ; i++ {
+		if i > 1000 {
+			t.Fatal("a 20 KiB spool never filled")
+		}
+		tx := fmt.Sprintf("fill-%d", i)
+		if err := c.Send(newRecord(vinA, "V", tx)); err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.ReadReply(5 * time.Second)
+		if errors.As(err, &closeErr) {
+			break
+		}
+		if err != nil || !r.Ack || r.TxID != tx {
+			t.Fatalf("record %d: %+v %v", i, r, err)
+		}
+		acked[tx] = true
+	}
+	if closeErr.Code != ws.StatusCode(1013) {
+		t.Fatalf("closed with %d, want 1013", closeErr.Code)
+	}
+	if refusedSpoolFull.Get() == before {
+		t.Fatal("spool_full refusal not counted")
+	}
+	kept := map[string]bool{}
+	for _, r := range spooled(t, sp) {
+		kept[string(r.TxID)] = true
+	}
+	for tx := range acked {
+		if !kept[tx] {
+			t.Fatalf("acked %s is not in the spool", tx)
+		}
+	}
+	if len(kept) != len(acked) {
+		t.Fatalf("spool holds %d records, %d were acked: the shed record was kept", len(kept), len(acked))
+	}
+
+	// A consumer passes everything: space returns, service resumes.
+	if err := sp.SetCursor("c", sp.LastSeq()); err != nil {
+		t.Fatal(err)
+	}
+	c2 := e.dial(t, vinA)
+	c2.Send(newRecord(vinA, "V", "after-space"))
+	expectAck(t, c2, "after-space", "V")
+}
