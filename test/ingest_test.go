@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +46,7 @@ func writeConfig(t *testing.T, dir string) (configPath, certs string) {
 			"ca_file": d.File(devca.CACertFile),
 		},
 		"rate_limit": map[string]any{"enabled": true, "message_interval_time": 30, "message_limit": 1000},
+		"monitoring": map[string]any{"prometheus_metrics_port": freePort(t)},
 		"spool":      map[string]any{"dir": filepath.Join(dir, "spool")},
 	}
 	b, _ := json.MarshalIndent(cfg, "", "  ")
@@ -140,6 +144,22 @@ func TestIngestEveryTopicToStdoutAndSurviveSIGKILL(t *testing.T) {
 		}
 	}
 
+	// The counters operators graph moved.
+	m := scrape(t, d.logText())
+	for name, atLeast := range map[string]float64{
+		"fleet_records_spooled_total":                        float64(len(want)),
+		"fleet_acks_sent_total":                              float64(len(want)),
+		`fleet_forwarder_sent_total{forwarder="logger"}`:     float64(len(want)),
+		"fleet_tls_handshakes_total":                         float64(len(vins)),
+		"fleet_spool_commits_total":                          1,
+		`fleet_connections_refused_total{reason="draining"}`: 0,
+	} {
+		v, ok := m[name]
+		if !ok || v < atLeast {
+			t.Errorf("metric %s = %v (present %v), want >= %v", name, v, ok, atLeast)
+		}
+	}
+
 	// Phase 2: a burst of records, SIGKILL right after the last ack, restart
 	// on the same spool: every acked record is printed.
 	c := dial(t, d.addr, certs, vins[0])
@@ -177,7 +197,7 @@ func TestReferenceConfigsLoad(t *testing.T) {
 	if err != nil {
 		t.Fatalf("reference-example.json: %v\n%s", err, out)
 	}
-	for _, key := range []string{"monitoring", "rate_limit", "reliable_ack"} {
+	for _, key := range []string{"monitoring.profiling_path", "rate_limit", "reliable_ack"} {
 		if !strings.Contains(string(out), `"`+key+`"`) {
 			t.Errorf("no warning names %q:\n%s", key, out)
 		}
@@ -204,4 +224,52 @@ func TestUnknownDispatcherIsAStartupError(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "carrier-pigeon") {
 		t.Fatalf("unknown dispatcher: err=%v, output does not name it:\n%s", err, out)
 	}
+}
+
+// freePort returns a port that was free a moment ago on 127.0.0.1.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// scrape reads the daemon's /metrics (its address is in the "serving
+// metrics" log line) into name → value.
+func scrape(t *testing.T, logs string) map[string]float64 {
+	t.Helper()
+	var addr string
+	for _, line := range strings.Split(logs, "\n") {
+		var e struct{ Msg, Addr string }
+		if json.Unmarshal([]byte(line), &e) == nil && e.Msg == "serving metrics" {
+			addr = e.Addr
+		}
+	}
+	if addr == "" {
+		t.Fatalf("no metrics address in the logs:\n%s", logs)
+	}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
 }

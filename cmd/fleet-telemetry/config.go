@@ -32,6 +32,22 @@ type Config struct {
 	Kinesis *KinesisConfig `json:"kinesis"`
 	// Pubsub is the "pubsub" section.
 	Pubsub *PubsubConfig `json:"pubsub"`
+	// Monitoring is the "monitoring" section.
+	Monitoring *MonitoringConfig `json:"monitoring"`
+}
+
+// MonitoringConfig is the "monitoring" section.
+type MonitoringConfig struct {
+	// PrometheusMetricsPort serves /metrics (Prometheus text) when > 0.
+	PrometheusMetricsPort int `json:"prometheus_metrics_port"`
+	// PrometheusMetricsHost is the address to bind (default 127.0.0.1).
+	PrometheusMetricsHost string `json:"prometheus_metrics_host"`
+	// ProfilerPort serves net/http/pprof under /debug/pprof/ when > 0.
+	ProfilerPort int `json:"profiler_port"`
+	// ProfilerHost is the address to bind (default 127.0.0.1).
+	ProfilerHost string `json:"profiler_host"`
+	// ProfilingPath is the reference's CPU-profile file; not supported.
+	ProfilingPath string `json:"profiling_path"`
 }
 
 // KinesisConfig is the "kinesis" section.
@@ -72,6 +88,7 @@ var usedKeys = map[string]bool{
 	"host": true, "port": true, "log_level": true, "json_log_enable": true,
 	"namespace": true, "records": true, "tls": true, "use_default_eng_ca": true, "spool": true,
 	"transmit_decoded_records": true, "kafka": true, "kinesis": true, "pubsub": true,
+	"monitoring": true,
 }
 
 // referenceKeys are keys of the reference's format this build does not act
@@ -79,7 +96,7 @@ var usedKeys = map[string]bool{
 var referenceKeys = map[string]bool{
 	"status_port": true, "reliable_ack": true, "reliable_ack_sources": true,
 	"zmq": true, "mqtt": true, "redis": true,
-	"monitoring": true, "rate_limit": true,
+	"rate_limit": true,
 	"vins_signal_tracking_enabled": true, "airbrake": true, "logger": true,
 }
 
@@ -119,6 +136,17 @@ func ParseConfig(data []byte) (*Config, []string, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(c); err != nil {
 		return nil, nil, fmt.Errorf("config: %w", describeJSONError(data, err))
+	}
+	if m := c.Monitoring; m != nil {
+		if m.ProfilingPath != "" {
+			warnings = append(warnings, `config key "monitoring.profiling_path" is not supported by this version and is ignored (use profiler_port and /debug/pprof/)`)
+		}
+		if m.PrometheusMetricsHost == "" {
+			m.PrometheusMetricsHost = "127.0.0.1"
+		}
+		if m.ProfilerHost == "" {
+			m.ProfilerHost = "127.0.0.1"
+		}
 	}
 	if _, ok := raw["port"]; !ok {
 		c.Port = 443 // the reference's port; 0 given explicitly picks a free one

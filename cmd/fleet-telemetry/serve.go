@@ -121,6 +121,11 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	stopMonitoring, err := startMonitoring(cfg.Monitoring, log)
+	if err != nil {
+		return err
+	}
+	defer stopMonitoring()
 	dispatchers := cfg.Dispatchers()
 	names := make([]string, 0, len(dispatchers))
 	for n := range dispatchers {
