@@ -96,7 +96,7 @@ var usedKeys = map[string]bool{
 var referenceKeys = map[string]bool{
 	"status_port": true, "reliable_ack": true, "reliable_ack_sources": true,
 	"zmq": true, "mqtt": true, "redis": true,
-	"rate_limit": true,
+	"rate_limit":                   true,
 	"vins_signal_tracking_enabled": true, "airbrake": true, "logger": true,
 }
 
