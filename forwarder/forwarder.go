@@ -38,6 +38,9 @@ type Options struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Logger gets retry and skip lines (default slog.Default).
 	Logger *slog.Logger
+	// Delivered, when set, is called with each batch the sink confirmed,
+	// before the cursor moves (reliable acks hang on it). It must not block.
+	Delivered func(batch []spool.Record)
 }
 
 // Forwarder moves records from a spool to a sink.
@@ -168,6 +171,9 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 					return err
 				}
 				return nil // ctx ended; the cursor stays where it was
+			}
+			if f.opts.Delivered != nil {
+				f.opts.Delivered(batch)
 			}
 		}
 		last := recs[len(recs)-1].Seq

@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/google/uuid"
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 	"github.com/fleet-telemetry/fleet-telemetry/wsframe"
@@ -68,10 +70,18 @@ type conn struct {
 	expired  atomic.Bool
 	goAway   atomic.Bool
 
+	// upgraded is set once the WebSocket upgrade succeeded: the connection
+	// then owes exactly one DISCONNECTED event.
+	upgraded bool
+
 	id    Identity
 	idErr error
 	// Request headers kept for records and connectivity events.
 	clientVersion, connectionID, networkInterface string
+
+	// Rate limit window: records counted since windowStart (unix ns).
+	windowStart int64
+	windowCount int
 
 	plain []byte // plaintext not yet parsed (partial frame or request)
 	dec   *wsframe.Decoder
@@ -94,11 +104,16 @@ type pendingReply struct {
 	end        int   // offset in replies just past this reply's frame
 	receivedAt int64 // unix ns, for the ack latency histogram
 	ready      bool
+	// onDelivery: the ack waits for the sink's confirmation, not the commit.
+	onDelivery bool
 }
 
+// commitNote tells the loop that a record's commit finished (err says how)
+// or, with delivered, that its sink confirmed it.
 type commitNote struct {
-	token uint64
-	err   error
+	token     uint64
+	err       error
+	delivered bool
 }
 
 func newConn(s *Server, gc gnet.Conn) *conn {
@@ -331,6 +346,17 @@ func (c *conn) parseFrames(buf []byte, now time.Time) (int, gnet.Action) {
 func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 	recordsReceived.Inc()
 	bytesReceived.Add(len(msg))
+	if rl := c.srv.opts.RateLimit; rl.Limit > 0 {
+		if ns := now.UnixNano(); ns-c.windowStart >= int64(rl.Interval) {
+			c.windowStart, c.windowCount = ns, 0
+		}
+		c.windowCount++
+		if c.windowCount > rl.Limit {
+			// Dropped without an ack: the vehicle resends later.
+			recRateLimited.Inc()
+			return gnet.None
+		}
+	}
 	if len(c.queue) >= c.srv.opts.MaxInFlight {
 		refusedInFlightFull.Inc()
 		return c.shed("too many records waiting for acks", reasonInFlightFull)
@@ -370,8 +396,11 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 	}
 	token := c.headToken + uint64(len(c.queue))
 	c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
-	c.queue[len(c.queue)-1].ready = false
-	c.queue[len(c.queue)-1].receivedAt = now.UnixNano()
+	onDelivery := c.srv.reliable[string(env.Topic)]
+	pr := &c.queue[len(c.queue)-1]
+	pr.ready = c.srv.opts.AckMode == AckOnReceipt && !onDelivery
+	pr.onDelivery = onDelivery
+	pr.receivedAt = now.UnixNano()
 	r := spool.Record{
 		ReceivedAtMs:  now.UnixMilli(),
 		CreatedAtSec:  env.Stream.CreatedAt,
@@ -401,6 +430,9 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 			return c.shed("spool closed", reasonSpoolClosed)
 		}
 	}
+	if onDelivery {
+		c.srv.awaitDelivery(r.Seq, c, token)
+	}
 	recordsSpooled.Inc()
 	return gnet.None
 }
@@ -424,8 +456,13 @@ func (c *conn) queueReply(txid, topic, messageID []byte, isError bool, text stri
 // Committed implements spool.Waiter. It runs on the spool's committer
 // goroutine: it only posts to the mailbox and wakes the loop once.
 func (c *conn) Committed(token uint64, _ uint64, err error) {
+	c.post(commitNote{token: token, err: err})
+}
+
+// post hands a note to the connection's loop, waking it once.
+func (c *conn) post(n commitNote) {
 	c.mbMu.Lock()
-	c.mailbox = append(c.mailbox, commitNote{token: token, err: err})
+	c.mailbox = append(c.mailbox, n)
 	wake := !c.wakeQueued
 	c.wakeQueued = true
 	c.mbMu.Unlock()
@@ -452,7 +489,9 @@ func (c *conn) drainMailbox() gnet.Action {
 			break
 		}
 		if i := n.token - c.headToken; i < uint64(len(c.queue)) {
-			c.queue[i].ready = true
+			if n.delivered || !c.queue[i].onDelivery {
+				c.queue[i].ready = true
+			}
 		}
 	}
 	c.mbMu.Lock()
@@ -575,8 +614,9 @@ func (c *conn) finishForShutdown() gnet.Action {
 }
 
 func (c *conn) onClose(err error) {
-	if c.phase == phaseWebSocket || c.phase == phaseClosing {
+	if c.upgraded {
 		c.srv.log.Debug("vehicle disconnected", "vin", c.id.DeviceID, "connection_id", c.connectionID, "err", err)
+		c.emitConnectivity(pb.ConnectivityEvent_DISCONNECTED)
 	}
 	c.phase = phaseClosed
 	c.mc.Close()
@@ -584,4 +624,30 @@ func (c *conn) onClose(err error) {
 	c.replies = nil
 	c.queue = nil
 	c.dec = nil
+}
+
+// emitConnectivity records a connectivity event for this vehicle in the
+// spool (when connectivity records are routed). It is not acked to anyone;
+// a full spool loses the event, which is counted and logged.
+func (c *conn) emitConnectivity(status pb.ConnectivityEvent) {
+	if status == pb.ConnectivityEvent_CONNECTED {
+		c.upgraded = true
+	}
+	if !c.srv.opts.Connectivity {
+		return
+	}
+	now := time.Now()
+	payload, err := record.NewConnectivity(c.id.DeviceID, c.connectionID, status, now, c.networkInterface)
+	if err == nil {
+		txid := []byte(uuid.NewString())
+		r := spool.Record{ReceivedAtMs: now.UnixMilli(), CreatedAtSec: uint32(now.Unix()), VIN: c.id.DeviceID,
+			ClientVersion: c.clientVersion, Topic: []byte(record.TopicConnectivity), TxID: txid, Payload: payload}
+		err = c.srv.opts.Spool.Append(&r, nil, 0)
+	}
+	if err != nil {
+		connectivityEventsFailed.Inc()
+		c.srv.log.Warn("connectivity event not recorded", "vin", c.id.DeviceID, "status", status.String(), "err", err)
+		return
+	}
+	connectivityEvents.Inc()
 }

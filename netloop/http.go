@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/panjf2000/gnet/v2"
 
+	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 	"github.com/fleet-telemetry/fleet-telemetry/wsframe"
 )
 
@@ -72,6 +73,12 @@ func (c *conn) handleRequest(req []byte) gnet.Action {
 		c.writeHTTP(403, "forbidden: "+c.idErr.Error())
 		return gnet.Close
 	}
+	if allow := c.srv.opts.AllowVIN; allow != nil && !allow(c.id.DeviceID) {
+		refusedVINNotAllowed.Inc()
+		c.srv.log.Info("vehicle not on the allowlist", "vin", c.id.DeviceID, "remote", c.mc.remote.String())
+		c.writeHTTP(403, "forbidden: vehicle not allowed")
+		return gnet.Close
+	}
 	u := ws.Upgrader{
 		OnHeader: func(key, value []byte) error {
 			switch strings.ToLower(string(key)) {
@@ -113,6 +120,7 @@ func (c *conn) handleRequest(req []byte) gnet.Action {
 		c.deadline.Store(0)
 	}
 	upgradesOK.Inc()
+	c.emitConnectivity(pb.ConnectivityEvent_CONNECTED)
 	c.srv.log.Debug("vehicle connected", "vin", c.id.DeviceID, "connection_id", c.connectionID,
 		"remote", c.mc.remote.String(), "network_interface", c.networkInterface, "version", c.clientVersion)
 	return gnet.None

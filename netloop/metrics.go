@@ -50,6 +50,8 @@ const (
 	reasonClientAck      = "client_sent_ack"
 	reasonEmptyEnvelope  = "empty_envelope"
 	reasonUnknownTopic   = "unknown_topic"
+	reasonRateLimited    = "rate_limited"
+	reasonVINNotAllowed  = "vin_not_allowed"
 )
 
 func connRefused(reason string) *metrics.Counter {
@@ -86,4 +88,10 @@ var (
 	recClientAck      = recordRefused(reasonClientAck)
 	recEmptyEnvelope  = recordRefused(reasonEmptyEnvelope)
 	recUnknownTopic   = recordRefused(reasonUnknownTopic)
+	recRateLimited    = recordRefused(reasonRateLimited)
+
+	refusedVINNotAllowed = connRefused(reasonVINNotAllowed)
+
+	connectivityEvents       = metrics.GetOrCreateCounter("fleet_connectivity_events_total")
+	connectivityEventsFailed = metrics.GetOrCreateCounter("fleet_connectivity_events_failed_total")
 )

@@ -58,6 +58,23 @@ type Options struct {
 	// more wait in a queue of MaxHandshakeQueue (default 16384), beyond which
 	// new connections are closed at once.
 	MaxHandshakes, MaxHandshakeQueue int
+	// AckMode says when a record kept in the spool is acked (default
+	// AckOnCommit).
+	AckMode AckMode
+	// ReliableTopics are record types acked only once their sink confirmed
+	// delivery (the reference's reliable_ack_sources); the caller reports
+	// deliveries with Server.Delivered.
+	ReliableTopics []string
+	// RateLimit, when Limit > 0, caps records per connection: at most Limit
+	// per Interval; the excess is dropped without an ack and counted.
+	RateLimit RateLimit
+	// Connectivity makes the server record a CONNECTED event after each
+	// upgrade and a DISCONNECTED event when the socket ends, however it
+	// ends, into the spool as "connectivity" records.
+	Connectivity bool
+	// AllowVIN, when set, must accept a vehicle's device id or the upgrade
+	// is refused with 403.
+	AllowVIN func(deviceID string) bool
 	// QuietHandshakeErrors stops logging failed TLS handshakes (they are
 	// still counted): scanners and bad clients can be loud.
 	QuietHandshakeErrors bool
@@ -95,14 +112,40 @@ func (o *Options) setDefaults() {
 	}
 }
 
+// AckMode says when a record is acked.
+type AckMode uint8
+
+const (
+	// AckOnCommit acks once the spool commit holding the record was
+	// fsync'd: an acked record survives a crash.
+	AckOnCommit AckMode = iota
+	// AckOnReceipt acks as soon as the record is handed to the spool, like
+	// the reference server's default; a crash may lose acked records.
+	AckOnReceipt
+)
+
+// RateLimit is a per-connection record budget.
+type RateLimit struct {
+	// Limit is the number of records allowed per Interval (0: no limit).
+	Limit int
+	// Interval is the window the budget is counted over.
+	Interval time.Duration
+}
+
 // Server is a running listener. Create with New, then Start.
 type Server struct {
 	gnet.BuiltinEventEngine
 
 	opts   Options
 	log    *slog.Logger
-	tlsCfg atomic.Pointer[tls.Config]
-	routed map[string]bool
+	tlsCfg   atomic.Pointer[tls.Config]
+	routed   map[string]bool
+	reliable map[string]bool
+
+	// pendingDelivery maps the spool seq of a record acked on delivery to
+	// the connection waiting for it (see Delivered).
+	pdMu            sync.Mutex
+	pendingDelivery map[uint64]deliveryWaiter
 
 	engine   gnet.Engine
 	addr     net.Addr
@@ -157,6 +200,17 @@ func New(o Options) (*Server, error) {
 	s.tlsCfg.Store(o.TLS)
 	for _, t := range o.RoutedTopics {
 		s.routed[t] = true
+	}
+	s.reliable = map[string]bool{}
+	s.pendingDelivery = map[uint64]deliveryWaiter{}
+	for _, t := range o.ReliableTopics {
+		if !s.routed[t] {
+			return nil, fmt.Errorf("netloop: reliable topic %q is not routed", t)
+		}
+		s.reliable[t] = true
+	}
+	if o.RateLimit.Limit > 0 && o.RateLimit.Interval <= 0 {
+		return nil, errors.New("netloop: rate limit without an interval")
 	}
 	return s, nil
 }
@@ -409,4 +463,46 @@ func (g gnetLogger) Errorf(format string, args ...any) {
 }
 func (g gnetLogger) Fatalf(format string, args ...any) {
 	g.log.Error("gnet: " + fmt.Sprintf(format, args...))
+}
+
+// deliveryWaiter is a connection waiting for a record's delivery; a nil
+// conn marks a delivery reported before the connection registered.
+type deliveryWaiter struct {
+	c     *conn
+	token uint64
+}
+
+// Delivered reports that the sink named for a reliable topic confirmed the
+// record with spool sequence seq: its ack may leave. Safe to call from any
+// goroutine; unknown seqs (records of other topics) are ignored once the
+// connection would have registered them.
+func (s *Server) Delivered(seq uint64) {
+	s.pdMu.Lock()
+	w, ok := s.pendingDelivery[seq]
+	if ok {
+		delete(s.pendingDelivery, seq)
+	} else {
+		// The forwarder can be faster than the loop that appended the
+		// record; remember it for awaitDelivery.
+		s.pendingDelivery[seq] = deliveryWaiter{}
+	}
+	s.pdMu.Unlock()
+	if ok && w.c != nil {
+		w.c.post(commitNote{token: w.token, delivered: true})
+	}
+}
+
+// awaitDelivery registers conn c's reply token for seq.
+func (s *Server) awaitDelivery(seq uint64, c *conn, token uint64) {
+	s.pdMu.Lock()
+	_, early := s.pendingDelivery[seq]
+	if early {
+		delete(s.pendingDelivery, seq)
+	} else {
+		s.pendingDelivery[seq] = deliveryWaiter{c: c, token: token}
+	}
+	s.pdMu.Unlock()
+	if early {
+		c.post(commitNote{token: token, delivered: true})
+	}
 }
