@@ -136,8 +136,8 @@ type RateLimit struct {
 type Server struct {
 	gnet.BuiltinEventEngine
 
-	opts   Options
-	log    *slog.Logger
+	opts     Options
+	log      *slog.Logger
 	tlsCfg   atomic.Pointer[tls.Config]
 	routed   map[string]bool
 	reliable map[string]bool
