@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +27,7 @@ var vins = []string{"5YJ3E1EA1KF000001", "5YJ3E1EA1KF000002", "5YJ3E1EA1KF000003
 var topics = []string{"V", "alerts", "errors", "connectivity"}
 
 // writeConfig writes a reference-format config routing every record type to
-// the logger, with a key this build does not act on (rate_limit) to check
+// the logger, with a key this build does not act on (airbrake) to check
 // that it warns instead of failing.
 func writeConfig(t *testing.T, dir string) (configPath, certs string) {
 	t.Helper()
@@ -45,7 +46,8 @@ func writeConfig(t *testing.T, dir string) (configPath, certs string) {
 			"server_cert": d.File(devca.ServerCertFile), "server_key": d.File(devca.ServerKeyFile),
 			"ca_file": d.File(devca.CACertFile),
 		},
-		"rate_limit": map[string]any{"enabled": true, "message_interval_time": 30, "message_limit": 1000},
+		"rate_limit": map[string]any{"enabled": true, "message_interval_time": 30, "message_limit": 1_000_000},
+		"airbrake":   map[string]any{"project_id": 1},
 		"monitoring": map[string]any{"prometheus_metrics_port": freePort(t)},
 		"spool":      map[string]any{"dir": filepath.Join(dir, "spool")},
 	}
@@ -73,15 +75,21 @@ func dial(t *testing.T, addr, certs, vin string) *vehicle.Client {
 	return c
 }
 
-var rng = rand.New(rand.NewPCG(7, 7))
+var (
+	rngMu sync.Mutex
+	rng   = rand.New(rand.NewPCG(7, 7))
+)
 
 func newRecord(vin, topic, txid string) *envelope.StreamMessage {
+	rngMu.Lock() // tests send from several goroutines
+	payload := vehicle.Payload(rng, topic, "SPOOFED0000000000", time.Now())
+	rngMu.Unlock()
 	// A VIN inside the payload is not the certificate's: the daemon must
 	// print the certificate's.
 	return &envelope.StreamMessage{
 		TxID: []byte(txid), Topic: []byte(topic), MessageID: []byte(txid),
 		CreatedAt: uint32(time.Now().Unix()), SenderID: []byte("vehicle_device." + vin),
-		Payload: vehicle.Payload(rng, topic, "SPOOFED0000000000", time.Now()),
+		Payload: payload,
 	}
 }
 
@@ -107,8 +115,8 @@ func TestIngestEveryTopicToStdoutAndSurviveSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	configPath, certs := writeConfig(t, dir)
 	d := startDaemon(t, configPath)
-	if !strings.Contains(d.logText(), `rate_limit`) {
-		t.Errorf("no warning names the unsupported key rate_limit:\n%s", d.logText())
+	if !strings.Contains(d.logText(), `airbrake`) {
+		t.Errorf("no warning names the unsupported key airbrake:\n%s", d.logText())
 	}
 
 	// Phase 1: every topic from every vehicle, acked and printed.
@@ -197,7 +205,7 @@ func TestReferenceConfigsLoad(t *testing.T) {
 	if err != nil {
 		t.Fatalf("reference-example.json: %v\n%s", err, out)
 	}
-	for _, key := range []string{"monitoring.profiling_path", "rate_limit", "reliable_ack"} {
+	for _, key := range []string{"monitoring.profiling_path"} {
 		if !strings.Contains(string(out), `"`+key+`"`) {
 			t.Errorf("no warning names %q:\n%s", key, out)
 		}

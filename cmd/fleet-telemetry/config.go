@@ -9,6 +9,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Config is the reference server's JSON configuration file, plus our own
@@ -34,6 +35,57 @@ type Config struct {
 	Pubsub *PubsubConfig `json:"pubsub"`
 	// Monitoring is the "monitoring" section.
 	Monitoring *MonitoringConfig `json:"monitoring"`
+	// StatusPort serves plain-HTTP /status when > 0.
+	StatusPort int `json:"status_port"`
+	// AckMode is "spool" (default: ack after the fsync'd commit) or
+	// "receive" (ack on receipt, the reference's default).
+	AckMode string `json:"ack_mode"`
+	// ReliableAck is the reference's older switch; reliable_ack_sources
+	// replaces it.
+	ReliableAck bool `json:"reliable_ack"`
+	// ReliableAckSources maps a record type to the one dispatcher whose
+	// confirmation its ack waits for.
+	ReliableAckSources map[string]string `json:"reliable_ack_sources"`
+	// RateLimit is the "rate_limit" section.
+	RateLimit *RateLimitConfig `json:"rate_limit"`
+	// VINAllowlist is a list of VINs, or the path of a file with one VIN
+	// per line; when set, other vehicles are refused with 403.
+	VINAllowlist json.RawMessage `json:"vin_allowlist"`
+	// IdleTimeout closes a WebSocket silent for this long (default 10m;
+	// "0" disables). A duration string ("90s") or a number of seconds.
+	IdleTimeout *Duration `json:"idle_timeout"`
+	// HandshakeTimeout bounds the TLS handshake (default 10s).
+	HandshakeTimeout *Duration `json:"handshake_timeout"`
+}
+
+// RateLimitConfig is the "rate_limit" section.
+type RateLimitConfig struct {
+	Enabled bool `json:"enabled"`
+	// MessageLimit records are allowed per MessageIntervalTime seconds.
+	MessageLimit        int `json:"message_limit"`
+	MessageIntervalTime int `json:"message_interval_time"`
+}
+
+// Duration reads "90s"-style strings or numbers of seconds.
+type Duration struct{ time.Duration }
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var secs float64
+	if err := json.Unmarshal(b, &secs); err == nil {
+		d.Duration = time.Duration(secs * float64(time.Second))
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"30s\" or a number of seconds, got %s", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", s, err)
+	}
+	d.Duration = v
+	return nil
 }
 
 // MonitoringConfig is the "monitoring" section.
@@ -88,7 +140,9 @@ var usedKeys = map[string]bool{
 	"host": true, "port": true, "log_level": true, "json_log_enable": true,
 	"namespace": true, "records": true, "tls": true, "use_default_eng_ca": true, "spool": true,
 	"transmit_decoded_records": true, "kafka": true, "kinesis": true, "pubsub": true,
-	"monitoring": true,
+	"monitoring": true, "status_port": true, "ack_mode": true, "reliable_ack": true,
+	"reliable_ack_sources": true, "rate_limit": true, "vin_allowlist": true,
+	"idle_timeout": true, "handshake_timeout": true,
 }
 
 // referenceKeys are keys of the reference's format this build does not act
@@ -136,6 +190,9 @@ func ParseConfig(data []byte) (*Config, []string, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(c); err != nil {
 		return nil, nil, fmt.Errorf("config: %w", describeJSONError(data, err))
+	}
+	if c.ReliableAck && len(c.ReliableAckSources) == 0 {
+		warnings = append(warnings, `config key "reliable_ack" is ignored: name the sink per record type in "reliable_ack_sources"`)
 	}
 	if m := c.Monitoring; m != nil {
 		if m.ProfilingPath != "" {
@@ -203,6 +260,36 @@ func (c *Config) Validate() error {
 	if _, ok := ds["pubsub"]; ok && (c.Pubsub == nil || c.Pubsub.ProjectID == "") {
 		errs = append(errs, errors.New(`records route to "pubsub" but "pubsub.gcp_project_id" is not set`))
 	}
+	switch c.AckMode {
+	case "", "spool", "receive":
+	default:
+		errs = append(errs, fmt.Errorf(`ack_mode %q is not "spool" or "receive"`, c.AckMode))
+	}
+	srcTypes := make([]string, 0, len(c.ReliableAckSources))
+	for t := range c.ReliableAckSources {
+		srcTypes = append(srcTypes, t)
+	}
+	sort.Strings(srcTypes)
+	for _, t := range srcTypes {
+		d := c.ReliableAckSources[t]
+		switch {
+		case t == "connectivity":
+			errs = append(errs, errors.New("reliable_ack_sources: connectivity records are made by the server and cannot be acked on delivery"))
+		case d == "logger":
+			errs = append(errs, fmt.Errorf("reliable_ack_sources.%s: the logger dispatcher cannot confirm delivery", t))
+		case !contains(c.Records[t], d):
+			errs = append(errs, fmt.Errorf("reliable_ack_sources.%s: dispatcher %q does not route %s records", t, d, t))
+		}
+	}
+	if rl := c.RateLimit; rl != nil && rl.Enabled && (rl.MessageLimit <= 0 || rl.MessageIntervalTime <= 0) {
+		errs = append(errs, fmt.Errorf("rate_limit: enabled needs message_limit > 0 and message_interval_time > 0 (seconds), got %d and %d", rl.MessageLimit, rl.MessageIntervalTime))
+	}
+	if _, err := c.AllowedVINs(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.StatusPort < 0 || c.StatusPort > 65535 {
+		errs = append(errs, fmt.Errorf("status_port %d is out of range", c.StatusPort))
+	}
 	if c.Spool.MaxBytes < 0 {
 		errs = append(errs, fmt.Errorf("spool.max_bytes %d is negative", c.Spool.MaxBytes))
 	}
@@ -265,4 +352,45 @@ func describeJSONError(data []byte, err error) error {
 	line := 1 + bytes.Count(data[:off], []byte("\n"))
 	col := off - int64(bytes.LastIndexByte(data[:off], '\n'))
 	return fmt.Errorf("line %d column %d: %w", line, col, err)
+}
+
+func contains(list []string, v string) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowedVINs returns the VIN allowlist (nil: everyone is allowed). A string
+// names a file with one VIN per line ('#' starts a comment).
+func (c *Config) AllowedVINs() (map[string]bool, error) {
+	if len(c.VINAllowlist) == 0 || string(c.VINAllowlist) == "null" {
+		return nil, nil
+	}
+	var list []string
+	if err := json.Unmarshal(c.VINAllowlist, &list); err != nil {
+		var path string
+		if err := json.Unmarshal(c.VINAllowlist, &path); err != nil {
+			return nil, errors.New("vin_allowlist must be a list of VINs or a file path")
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("vin_allowlist: %w", err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if i := strings.IndexByte(line, '#'); i >= 0 {
+				line = line[:i]
+			}
+			if line = strings.TrimSpace(line); line != "" {
+				list = append(list, line)
+			}
+		}
+	}
+	set := make(map[string]bool, len(list))
+	for _, v := range list {
+		set[v] = true
+	}
+	return set, nil
 }

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"sort"
@@ -19,6 +21,7 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder/stdout"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/sdnotify"
 	"github.com/fleet-telemetry/fleet-telemetry/netloop"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
@@ -142,6 +145,10 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 			_ = sp.Close()
 		}
 	}()
+	srv, err := netloop.New(serverOptions(cfg, tlsCfg, sp, log))
+	if err != nil {
+		return err
+	}
 	var fwds []*forwarder.Forwarder
 	enc := forwarder.Encoder{Namespace: cfg.Namespace, JSON: cfg.TransmitDecodedRecords}
 	for _, name := range names {
@@ -152,7 +159,8 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 		if c, ok := sink.(interface{ Close() error }); ok {
 			defer c.Close()
 		}
-		f, err := forwarder.New(sp, sink, forwarder.Options{Name: name, Topics: dispatchers[name], Logger: log})
+		f, err := forwarder.New(sp, sink, forwarder.Options{Name: name, Topics: dispatchers[name], Logger: log,
+			Delivered: deliveredHook(cfg, name, srv)})
 		if err != nil {
 			return err
 		}
@@ -172,34 +180,54 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 	}
 	defer func() { stopFwds(); fwdWG.Wait() }()
 
-	srv, err := netloop.New(netloop.Options{
-		Addr:         net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)),
-		TLS:          tlsCfg,
-		Spool:        sp,
-		RoutedTopics: cfg.RoutedTopics(),
-		Logger:       log,
-	})
-	if err != nil {
-		return err
-	}
 	if err := srv.Start(); err != nil {
 		return err
 	}
 	log.Info("listening", "addr", srv.Addr().String(), "spool", cfg.Spool.Dir, "dispatchers", strings.Join(names, ","))
+	if err := sdnotify.Notify(sdnotify.Ready, sdnotify.Status("listening on "+srv.Addr().String())); err != nil {
+		log.Warn("systemd notify", "err", err)
+	}
+	watchdogCtx, stopWatchdog := context.WithCancel(context.Background())
+	defer stopWatchdog()
+	go sdnotify.RunWatchdog(watchdogCtx, log, func() error {
+		select {
+		case <-srv.Done():
+			return errors.New("event loops stopped")
+		default:
+			return nil
+		}
+	})
+
+	stopStatus, err := startStatusServer(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopStatus()
 
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	var runErr error
-	select {
-	case s := <-sigs:
-		log.Info("shutting down", "signal", s.String())
-	case <-srv.Done():
-		runErr = errors.New("event loops stopped unexpectedly")
-	case err := <-fwdErrs:
-		runErr = err
+wait:
+	for {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				reloadTLS(cfg, srv, log)
+				continue
+			}
+			log.Info("shutting down", "signal", s.String())
+		case <-srv.Done():
+			runErr = errors.New("event loops stopped unexpectedly")
+		case err := <-fwdErrs:
+			runErr = err
+		}
+		break wait
 	}
 
+	if err := sdnotify.Notify(sdnotify.Stopping); err != nil {
+		log.Warn("systemd notify", "err", err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
@@ -235,4 +263,105 @@ func newSink(name string, cfg *Config, enc forwarder.Encoder, recordTypes []stri
 		return newPubsubSink(cfg, enc, recordTypes, log)
 	}
 	return nil, fmt.Errorf("dispatcher %q is not supported by this version", name)
+}
+
+// serverOptions maps the config file to the listener's options.
+func serverOptions(cfg *Config, tlsCfg *tls.Config, sp *spool.Spool, log *slog.Logger) netloop.Options {
+	o := netloop.Options{
+		Addr:                 net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)),
+		TLS:                  tlsCfg,
+		Spool:                sp,
+		RoutedTopics:         cfg.RoutedTopics(),
+		Connectivity:         len(cfg.Records["connectivity"]) > 0,
+		QuietHandshakeErrors: os.Getenv("SUPPRESS_TLS_HANDSHAKE_ERROR_LOGGING") == "true",
+		Logger:               log,
+	}
+	if cfg.AckMode == "receive" {
+		o.AckMode = netloop.AckOnReceipt
+	}
+	for t := range cfg.ReliableAckSources {
+		o.ReliableTopics = append(o.ReliableTopics, t)
+	}
+	if rl := cfg.RateLimit; rl != nil && rl.Enabled {
+		o.RateLimit = netloop.RateLimit{Limit: rl.MessageLimit, Interval: time.Duration(rl.MessageIntervalTime) * time.Second}
+	}
+	if allowed, _ := cfg.AllowedVINs(); allowed != nil {
+		o.AllowVIN = func(vin string) bool { return allowed[vin] }
+	}
+	if cfg.IdleTimeout != nil {
+		o.IdleTimeout = cfg.IdleTimeout.Duration
+		if o.IdleTimeout == 0 {
+			o.IdleTimeout = -1 // "0" in the file disables it
+		}
+	}
+	if cfg.HandshakeTimeout != nil {
+		o.HandshakeTimeout = cfg.HandshakeTimeout.Duration
+	}
+	return o
+}
+
+// deliveredHook releases the acks of records whose reliable-ack source is
+// this dispatcher, once it confirmed them.
+func deliveredHook(cfg *Config, dispatcher string, srv *netloop.Server) func([]spool.Record) {
+	var types []string
+	for t, d := range cfg.ReliableAckSources {
+		if d == dispatcher {
+			types = append(types, t)
+		}
+	}
+	if len(types) == 0 {
+		return nil
+	}
+	return func(batch []spool.Record) {
+		for i := range batch {
+			if contains(types, string(batch[i].Topic)) {
+				srv.Delivered(batch[i].Seq)
+			}
+		}
+	}
+}
+
+// reloadTLS rebuilds the TLS configuration from its files (SIGHUP): new
+// handshakes use it, established connections keep theirs. A bad file keeps
+// the old configuration.
+func reloadTLS(cfg *Config, srv *netloop.Server, log *slog.Logger) {
+	tlsCfg, err := netloop.NewTLSConfig(netloop.TLSOptions{
+		CertFile: cfg.TLS.ServerCert, KeyFile: cfg.TLS.ServerKey, CAFile: cfg.TLS.CAFile, UseEngCA: cfg.UseDefaultEngCA,
+	})
+	if err != nil {
+		log.Error("reload failed; keeping the current certificates", "err", err)
+		return
+	}
+	srv.SetTLSConfig(tlsCfg)
+	log.Info("reloaded TLS certificates", "server_cert", cfg.TLS.ServerCert, "ca_file", cfg.TLS.CAFile)
+}
+
+// startStatusServer serves plain-HTTP /status on status_port, like the
+// reference (for load balancer health checks that cannot do mTLS).
+func startStatusServer(cfg *Config, log *slog.Logger) (func(), error) {
+	if cfg.StatusPort == 0 {
+		return func() {}, nil
+	}
+	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.StatusPort))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("status_port: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok"))
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("status server stopped", "err", err)
+		}
+	}()
+	log.Info("serving status", "addr", ln.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(ctx)
+	}, nil
 }

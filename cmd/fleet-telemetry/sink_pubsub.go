@@ -1,13 +1,23 @@
 package main
 
 import (
-	"errors"
+	"context"
 	"log/slog"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder/pubsub"
 )
 
-// newPubsubSink builds the "pubsub" dispatcher from the config file.
+// newPubsubSink builds the "pubsub" dispatcher from the config file: the
+// topics of recordTypes are created at start when missing, and start-up
+// fails when that is impossible. PUBSUB_EMULATOR_HOST points it at an
+// emulator.
 func newPubsubSink(cfg *Config, enc forwarder.Encoder, recordTypes []string, log *slog.Logger) (forwarder.Sink, error) {
-	return nil, errors.New("dispatcher \"pubsub\" is not built yet")
+	// Validate rejects a config routing to pubsub without this section.
+	return pubsub.New(context.Background(), pubsub.Options{
+		ProjectID:   cfg.Pubsub.ProjectID,
+		RecordTypes: recordTypes,
+		Encoder:     enc,
+		Logger:      log,
+	})
 }

@@ -1,0 +1,456 @@
+package pubsub
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	ps "cloud.google.com/go/pubsub/v2"
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+	"cloud.google.com/go/pubsub/v2/pstest"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
+	"github.com/fleet-telemetry/fleet-telemetry/spool"
+)
+
+const (
+	project   = "test-project-id"
+	namespace = "tesla_telemetry"
+)
+
+var (
+	quiet     = slog.New(slog.NewTextHandler(io.Discard, nil))
+	allTopics = []string{record.TopicV, record.TopicAlerts, record.TopicErrors, record.TopicConnectivity}
+)
+
+type vector struct {
+	Name          string            `json:"name"`
+	CertVIN       string            `json:"cert_vin"`
+	FrameB64      string            `json:"frame_b64"`
+	Topic         string            `json:"topic"`
+	TxID          string            `json:"txid"`
+	Outcome       string            `json:"outcome"`
+	DispatchedB64 string            `json:"dispatched_proto_b64"`
+	HeadersStatic map[string]string `json:"headers_static"`
+}
+
+func loadVectors(t *testing.T) []vector {
+	t.Helper()
+	b, err := os.ReadFile("../../proto/testdata/reference-vectors.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vs []vector
+	if err := json.Unmarshal(b, &vs); err != nil {
+		t.Fatalf("reference-vectors.json: %v", err)
+	}
+	return vs
+}
+
+// fake starts an in-process pstest server on 127.0.0.1 and points the
+// client library at it through PUBSUB_EMULATOR_HOST (so tests using it
+// cannot run in parallel).
+func fake(t *testing.T, opts ...pstest.ServerReactorOption) *pstest.Server {
+	t.Helper()
+	srv := pstest.NewServerWithAddress("127.0.0.1:0", opts...)
+	t.Cleanup(func() { _ = srv.Close() })
+	t.Setenv("PUBSUB_EMULATOR_HOST", srv.Addr)
+	return srv
+}
+
+// adminClient is a client of the test's own, for topics and subscriptions.
+func adminClient(t *testing.T) *ps.Client {
+	t.Helper()
+	c, err := ps.NewClient(context.Background(), project)
+	if err != nil {
+		t.Fatalf("NewClient: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func topicPath(topic string) string { return "projects/" + project + "/topics/" + topic }
+
+func topicExists(t *testing.T, c *ps.Client, topic string) bool {
+	t.Helper()
+	_, err := c.TopicAdminClient.GetTopic(context.Background(), &pubsubpb.GetTopicRequest{Topic: topicPath(topic)})
+	switch status.Code(err) {
+	case codes.OK:
+		return true
+	case codes.NotFound:
+		return false
+	}
+	t.Fatalf("GetTopic %s: %v", topic, err)
+	return false
+}
+
+// subscribe creates a subscription on topic and returns its ID.
+func subscribe(t *testing.T, c *ps.Client, topic string) string {
+	t.Helper()
+	id := "sub-" + topic
+	_, err := c.SubscriptionAdminClient.CreateSubscription(context.Background(), &pubsubpb.Subscription{
+		Name: "projects/" + project + "/subscriptions/" + id, Topic: topicPath(topic),
+	})
+	if err != nil {
+		t.Fatalf("CreateSubscription on %s: %v", topic, err)
+	}
+	return id
+}
+
+// receive reads from a subscription with a real subscriber until it has
+// seen n distinct txid attributes, and returns the messages by txid.
+func receive(t *testing.T, c *ps.Client, subID string, n int, timeout time.Duration) map[string]*ps.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var mu sync.Mutex
+	got := map[string]*ps.Message{}
+	err := c.Subscriber(subID).Receive(ctx, func(_ context.Context, m *ps.Message) {
+		m.Ack()
+		mu.Lock()
+		defer mu.Unlock()
+		got[m.Attributes["txid"]] = m
+		if len(got) >= n {
+			cancel()
+		}
+	})
+	if err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("Receive %s: %v", subID, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) < n {
+		t.Fatalf("subscription %s: %d of %d messages within %v", subID, len(got), n, timeout)
+	}
+	return got
+}
+
+type commitWaiter chan error
+
+func (w commitWaiter) Committed(_, _ uint64, err error) { w <- err }
+
+func openSpool(t *testing.T, recs []spool.Record) *spool.Spool {
+	t.Helper()
+	sp, err := spool.Open(spool.Options{Dir: t.TempDir(), Consumers: []string{"pubsub"}, Logger: quiet})
+	if err != nil {
+		t.Fatalf("spool.Open: %v", err)
+	}
+	t.Cleanup(func() { _ = sp.Close() })
+	w := make(commitWaiter, len(recs))
+	for i := range recs {
+		if err := sp.Append(&recs[i], w, 0); err != nil {
+			t.Fatalf("Append: %v", err)
+		}
+	}
+	for range recs {
+		if err := <-w; err != nil {
+			t.Fatalf("commit: %v", err)
+		}
+	}
+	return sp
+}
+
+func newSink(t *testing.T, startTimeout time.Duration) (*Sink, error) {
+	t.Helper()
+	s, err := New(context.Background(), Options{
+		ProjectID: project, RecordTypes: allTopics, Encoder: forwarder.Encoder{Namespace: namespace},
+		Logger: quiet, StartTimeout: startTimeout,
+	})
+	if err == nil {
+		t.Cleanup(func() {
+			if err := s.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		})
+	}
+	return s, err
+}
+
+func drain(t *testing.T, sp *spool.Spool, sink forwarder.Sink) {
+	t.Helper()
+	f, err := forwarder.New(sp, sink, forwarder.Options{
+		Name: "pubsub", Topics: allTopics, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Logger: quiet,
+	})
+	if err != nil {
+		t.Fatalf("forwarder.New: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := f.Drain(ctx); err != nil {
+		t.Fatalf("Drain: %v", err)
+	}
+	if c, _ := sp.Cursor("pubsub"); c != sp.LastSeq() {
+		t.Fatalf("cursor %d after Drain, want %d", c, sp.LastSeq())
+	}
+}
+
+// vectorRecords spools every acked reference vector the way ingest does.
+func vectorRecords(t *testing.T, vs []vector, receivedAt int64, clientVersion string) (recs []spool.Record, acked []vector) {
+	t.Helper()
+	for _, v := range vs {
+		if v.Outcome != "ack" {
+			continue
+		}
+		frame, err := base64.StdEncoding.DecodeString(v.FrameB64)
+		if err != nil {
+			t.Fatalf("%s: frame: %v", v.Name, err)
+		}
+		var env envelope.Envelope
+		if err := envelope.Decode(frame, &env); err != nil {
+			t.Fatalf("%s: envelope: %v", v.Name, err)
+		}
+		recs = append(recs, spool.Record{
+			ReceivedAtMs: receivedAt, CreatedAtSec: env.Stream.CreatedAt, VIN: v.CertVIN, ClientVersion: clientVersion,
+			Topic: env.Topic, TxID: env.TxID, Payload: env.Stream.Payload,
+		})
+		acked = append(acked, v)
+	}
+	if len(acked) == 0 {
+		t.Fatal("no acked vectors")
+	}
+	return recs, acked
+}
+
+func newPB(t *testing.T, topic string) proto.Message {
+	t.Helper()
+	switch topic {
+	case record.TopicV:
+		return &pb.Payload{}
+	case record.TopicAlerts:
+		return &pb.VehicleAlerts{}
+	case record.TopicErrors:
+		return &pb.VehicleErrors{}
+	case record.TopicConnectivity:
+		return &pb.VehicleConnectivity{}
+	}
+	t.Fatalf("no message type for topic %q", topic)
+	return nil
+}
+
+// Every acked reference vector, spooled and forwarded to Pub/Sub, arrives
+// on "<namespace>_<type>" with the reference's attributes and a payload
+// equal to the reference's dispatched protobuf.
+func TestReferenceVectorsArriveByteCompatible(t *testing.T) {
+	fake(t)
+	admin := adminClient(t)
+	sink, err := newSink(t, 10*time.Second)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	subs := map[string]string{}
+	for _, topic := range allTopics {
+		subs[topic] = subscribe(t, admin, namespace+"_"+topic)
+	}
+	const clientVersion = "2024.44.25"
+	receivedAt := time.Now().UnixMilli()
+	recs, acked := vectorRecords(t, loadVectors(t), receivedAt, clientVersion)
+	sp := openSpool(t, recs)
+	before := published.Get()
+	drain(t, sp, sink)
+	if d := published.Get() - before; d != uint64(len(recs)) {
+		t.Errorf("fleet_pubsub_published_total grew by %d, want %d", d, len(recs))
+	}
+
+	perTopic := map[string]int{}
+	for _, v := range acked {
+		perTopic[v.Topic]++
+	}
+	got := map[string]*ps.Message{}
+	for topic, n := range perTopic {
+		for tx, m := range receive(t, admin, subs[topic], n, 10*time.Second) {
+			got[topic+"/"+tx] = m
+		}
+	}
+	for _, v := range acked {
+		m := got[v.Topic+"/"+v.TxID]
+		if m == nil {
+			t.Errorf("%s: txid %s never arrived on %s_%s", v.Name, v.TxID, namespace, v.Topic)
+			continue
+		}
+		for k, want := range v.HeadersStatic {
+			if m.Attributes[k] != want {
+				t.Errorf("%s: attribute %s = %q, want %q", v.Name, k, m.Attributes[k], want)
+			}
+		}
+		if m.Attributes["receivedat"] != strconv.FormatInt(receivedAt, 10) {
+			t.Errorf("%s: receivedat = %q, want %d", v.Name, m.Attributes["receivedat"], receivedAt)
+		}
+		if ts, err := strconv.ParseInt(m.Attributes["timestamp"], 10, 64); err != nil || ts <= 0 {
+			t.Errorf("%s: timestamp = %q, want epoch ms", v.Name, m.Attributes["timestamp"])
+		}
+		if m.Attributes["device_client_version"] != clientVersion {
+			t.Errorf("%s: device_client_version = %q, want %q", v.Name, m.Attributes["device_client_version"], clientVersion)
+		}
+		if len(m.Attributes) != 7 {
+			t.Errorf("%s: attributes %v, want exactly vin, receivedat, timestamp, txid, txtype, version, device_client_version", v.Name, m.Attributes)
+		}
+		wantBytes, err := base64.StdEncoding.DecodeString(v.DispatchedB64)
+		if err != nil {
+			t.Fatalf("%s: dispatched_proto_b64: %v", v.Name, err)
+		}
+		want, gotMsg := newPB(t, v.Topic), newPB(t, v.Topic)
+		if err := proto.Unmarshal(wantBytes, want); err != nil {
+			t.Fatalf("%s: reference payload: %v", v.Name, err)
+		}
+		if err := proto.Unmarshal(m.Data, gotMsg); err != nil {
+			t.Errorf("%s: published data is not a %T: %v", v.Name, gotMsg, err)
+			continue
+		}
+		if !proto.Equal(want, gotMsg) {
+			t.Errorf("%s: published payload differs from the reference's:\n got  %v\n want %v", v.Name, gotMsg, want)
+		}
+	}
+}
+
+// New creates the topics that are missing and accepts those that exist.
+func TestNewCreatesMissingTopics(t *testing.T) {
+	fake(t)
+	admin := adminClient(t)
+	existing := namespace + "_" + record.TopicV
+	if _, err := admin.TopicAdminClient.CreateTopic(context.Background(), &pubsubpb.Topic{Name: topicPath(existing)}); err != nil {
+		t.Fatalf("CreateTopic: %v", err)
+	}
+	for _, topic := range allTopics[1:] {
+		if topicExists(t, admin, namespace+"_"+topic) {
+			t.Fatalf("topic %s_%s exists before New", namespace, topic)
+		}
+	}
+	if _, err := newSink(t, 10*time.Second); err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	for _, topic := range allTopics {
+		if !topicExists(t, admin, namespace+"_"+topic) {
+			t.Errorf("topic %s_%s missing after New", namespace, topic)
+		}
+	}
+}
+
+// With Pub/Sub unreachable, New fails within its start timeout and names
+// the topic.
+func TestNewFailsWhenUnreachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	t.Setenv("PUBSUB_EMULATOR_HOST", addr)
+	start := time.Now()
+	_, err = newSink(t, 2*time.Second)
+	took := time.Since(start)
+	if err == nil {
+		t.Fatal("New succeeded with Pub/Sub unreachable")
+	}
+	t.Logf("New after %v: %v", took, err)
+	if want := namespace + "_" + record.TopicV; !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not name topic %s", err, want)
+	}
+	if took > 10*time.Second {
+		t.Errorf("New took %v with a 2s start timeout", took)
+	}
+}
+
+// Without the right to create a missing topic, New fails naming it.
+func TestNewFailsWhenTopicCannotBeCreated(t *testing.T) {
+	fake(t, pstest.WithErrorInjection("CreateTopic", codes.PermissionDenied, "caller lacks pubsub.topics.create"))
+	_, err := newSink(t, 5*time.Second)
+	if err == nil {
+		t.Fatal("New succeeded although the topic cannot be created")
+	}
+	t.Logf("New: %v", err)
+	if want := namespace + "_" + record.TopicV; !strings.Contains(err.Error(), want) || status.Code(err) != codes.PermissionDenied {
+		t.Errorf("error %q does not name topic %s and the permission error", err, want)
+	}
+}
+
+// failFirst fails the first n Publish calls with a non-retryable code.
+type failFirst struct{ n atomic.Int32 }
+
+func (f *failFirst) React(any) (bool, any, error) {
+	if f.n.Add(-1) >= 0 {
+		return true, nil, status.Error(codes.PermissionDenied, "injected publish failure")
+	}
+	return false, nil, nil
+}
+
+// A failed publish makes Send fail (never a silent loss); the forwarder
+// sends the batch again and every record arrives.
+func TestPublishFailureIsRetriedNotLost(t *testing.T) {
+	ff := &failFirst{}
+	ff.n.Store(2)
+	fake(t, pstest.ServerReactorOption{FuncName: "Publish", Reactor: ff})
+	admin := adminClient(t)
+	sink, err := newSink(t, 10*time.Second)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	sub := subscribe(t, admin, namespace+"_"+record.TopicV)
+	recs, acked := vectorRecords(t, loadVectors(t), time.Now().UnixMilli(), "")
+	var vRecs []spool.Record
+	for i, r := range recs {
+		if acked[i].Topic == record.TopicV {
+			vRecs = append(vRecs, r)
+		}
+	}
+
+	// Send alone reports the failure.
+	errsBefore := publishErrors.Get()
+	if err := sink.Send(context.Background(), vRecs); err == nil {
+		t.Fatal("Send returned nil although Pub/Sub refused the publish")
+	} else {
+		t.Logf("Send: %v", err)
+	}
+	if publishErrors.Get() == errsBefore {
+		t.Error("fleet_pubsub_publish_errors_total did not grow")
+	}
+
+	// Through the forwarder: retried until confirmed.
+	sp := openSpool(t, vRecs)
+	drain(t, sp, sink)
+	got := receive(t, admin, sub, len(vRecs), 10*time.Second)
+	for _, r := range vRecs {
+		if m := got[string(r.TxID)]; m == nil || m.Attributes["vin"] != r.VIN {
+			t.Errorf("txid %s: got %v", r.TxID, m)
+		}
+	}
+}
+
+// A topic deleted after start makes Send fail instead of dropping records.
+func TestSendFailsWhenTopicVanished(t *testing.T) {
+	fake(t)
+	admin := adminClient(t)
+	sink, err := newSink(t, 10*time.Second)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := admin.TopicAdminClient.DeleteTopic(context.Background(), &pubsubpb.DeleteTopicRequest{Topic: topicPath(namespace + "_V")}); err != nil {
+		t.Fatalf("DeleteTopic: %v", err)
+	}
+	recs, _ := vectorRecords(t, loadVectors(t), time.Now().UnixMilli(), "")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = sink.Send(ctx, recs)
+	if err == nil {
+		t.Fatal("Send returned nil although topic tesla_telemetry_V is gone")
+	}
+	if !strings.Contains(err.Error(), namespace+"_V") {
+		t.Errorf("error %q does not name the topic", err)
+	}
+}
