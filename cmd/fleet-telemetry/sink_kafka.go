@@ -1,13 +1,19 @@
 package main
 
 import (
-	"errors"
 	"log/slog"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder/kafka"
 )
 
-// newKafkaSink builds the "kafka" dispatcher from the config file.
+// newKafkaSink builds the "kafka" dispatcher from the config file's "kafka"
+// section (librdkafka property names, as in the reference). Errors name the
+// offending property, e.g. `kafka: unsupported property "foo.bar"`.
 func newKafkaSink(cfg *Config, enc forwarder.Encoder, log *slog.Logger) (forwarder.Sink, error) {
-	return nil, errors.New("dispatcher \"kafka\" is not built yet")
+	kc, err := kafka.ParseConfig(cfg.Kafka)
+	if err != nil {
+		return nil, err
+	}
+	return kafka.New(kc, enc, log)
 }

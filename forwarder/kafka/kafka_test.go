@@ -1,0 +1,404 @@
+package kafka_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"reflect"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder/kafka"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
+	"github.com/fleet-telemetry/fleet-telemetry/spool"
+	"github.com/fleet-telemetry/fleet-telemetry/test/kfakebroker/kfaketest"
+)
+
+// brokerBin is the kfakebroker command, built once.
+var brokerBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kafka-sink-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	brokerBin, err = kfaketest.Build(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// vector is one case of proto/testdata/reference-vectors.json.
+type vector struct {
+	Name               string            `json:"name"`
+	FrameB64           string            `json:"frame_b64"`
+	CertVIN            string            `json:"cert_vin"`
+	Topic              string            `json:"topic"`
+	TxID               string            `json:"txid"`
+	Outcome            string            `json:"outcome"`
+	DispatchedProtoB64 string            `json:"dispatched_proto_b64"`
+	DispatchedJSON     json.RawMessage   `json:"dispatched_json"`
+	HeadersStatic      map[string]string `json:"headers_static"`
+}
+
+func loadVectors(t *testing.T) []vector {
+	t.Helper()
+	b, err := os.ReadFile("../../proto/testdata/reference-vectors.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vs []vector
+	if err := json.Unmarshal(b, &vs); err != nil {
+		t.Fatalf("reference-vectors.json: %v", err)
+	}
+	var acked []vector
+	for _, v := range vs {
+		if v.Outcome == "ack" {
+			acked = append(acked, v)
+		}
+	}
+	if len(acked) == 0 {
+		t.Fatal("no acked vector")
+	}
+	return acked
+}
+
+// commitWaiter collects commit results (buffered: Committed never blocks).
+type commitWaiter chan error
+
+func (w commitWaiter) Committed(_, _ uint64, err error) { w <- err }
+
+// openSpool opens a spool in a temporary directory with the "kafka" cursor.
+func openSpool(t *testing.T) *spool.Spool {
+	t.Helper()
+	sp, err := spool.Open(spool.Options{Dir: t.TempDir(), Consumers: []string{"kafka"}, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	return sp
+}
+
+// appendAll appends records and waits until they are durable.
+func appendAll(t *testing.T, sp *spool.Spool, recs []spool.Record) {
+	t.Helper()
+	w := make(commitWaiter, len(recs))
+	for i := range recs {
+		if err := sp.Append(&recs[i], w, 0); err != nil {
+			t.Fatalf("Append: %v", err)
+		}
+	}
+	for range recs {
+		if err := <-w; err != nil {
+			t.Fatalf("commit: %v", err)
+		}
+	}
+}
+
+func quietLog() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+}
+
+func newSink(t *testing.T, addr string, json bool, extra map[string]any) *kafka.Sink {
+	t.Helper()
+	m := map[string]any{"bootstrap.servers": addr, "queue.buffering.max.ms": 5.0, "compression.type": "gzip"}
+	for k, v := range extra {
+		m[k] = v
+	}
+	cfg, err := kafka.ParseConfig(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := kafka.New(cfg, forwarder.Encoder{Namespace: "tesla_telemetry", JSON: json}, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// pbFor returns an empty message of the type a record type carries.
+func pbFor(topic string) proto.Message {
+	switch topic {
+	case "V":
+		return &pb.Payload{}
+	case "alerts":
+		return &pb.VehicleAlerts{}
+	case "errors":
+		return &pb.VehicleErrors{}
+	case "connectivity":
+		return &pb.VehicleConnectivity{}
+	}
+	return nil
+}
+
+var wantHeaderOrder = []string{"vin", "receivedat", "timestamp", "txid", "txtype", "version", "device_client_version"}
+
+// TestReferenceVectorsThroughKafka sends every acked reference vector
+// through a real spool, the generic forwarder and the sink to a broker
+// process, reads the topics back with kcat and compares with what the
+// reference dispatched.
+func TestReferenceVectorsThroughKafka(t *testing.T) {
+	kfaketest.RequireKcat(t)
+	vectors := loadVectors(t)
+	for _, asJSON := range []bool{false, true} {
+		name := "protobuf"
+		if asJSON {
+			name = "transmit_decoded_records"
+		}
+		t.Run(name, func(t *testing.T) {
+			broker := kfaketest.Start(t, brokerBin, kfaketest.Options{Partitions: 3})
+			sp := openSpool(t)
+			const clientVersion = "2024.44.25"
+			receivedAt := time.Now().UnixMilli()
+			var recs []spool.Record
+			for _, v := range vectors {
+				frame, err := base64.StdEncoding.DecodeString(v.FrameB64)
+				if err != nil {
+					t.Fatalf("%s: frame: %v", v.Name, err)
+				}
+				var env envelope.Envelope
+				if err := envelope.Decode(frame, &env); err != nil {
+					t.Fatalf("%s: envelope: %v", v.Name, err)
+				}
+				if string(env.Topic) != v.Topic || string(env.TxID) != v.TxID {
+					t.Fatalf("%s: envelope has topic %q txid %q, the vector says %q %q", v.Name, env.Topic, env.TxID, v.Topic, v.TxID)
+				}
+				recs = append(recs, spool.Record{
+					ReceivedAtMs: receivedAt, CreatedAtSec: env.Stream.CreatedAt, VIN: v.CertVIN,
+					ClientVersion: clientVersion, Topic: env.Topic, TxID: env.TxID, Payload: env.Stream.Payload,
+				})
+			}
+			appendAll(t, sp, recs)
+
+			sink := newSink(t, broker.Addr, asJSON, nil)
+			f, err := forwarder.New(sp, sink, forwarder.Options{
+				Name: "kafka", Topics: []string{"V", "alerts", "errors", "connectivity"}, Logger: quietLog(),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := f.Drain(ctx); err != nil {
+				t.Fatalf("Drain: %v", err)
+			}
+			if err := sink.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			// Read every topic back; index by txid.
+			got := map[string]kfaketest.Message{}
+			for _, topic := range []string{"V", "alerts", "errors", "connectivity"} {
+				msgs, err := kfaketest.ReadTopicEventually(broker.Addr, "tesla_telemetry_"+topic, 10*time.Second)
+				if err != nil {
+					t.Fatalf("read tesla_telemetry_%s: %v", topic, err)
+				}
+				for _, m := range msgs {
+					tx, _ := m.Header("txid")
+					if _, dup := got[tx]; dup {
+						t.Errorf("txid %s read twice (the batch was confirmed once)", tx)
+					}
+					got[tx] = m
+				}
+			}
+			if len(got) != len(vectors) {
+				t.Errorf("read %d records, want %d", len(got), len(vectors))
+			}
+			for _, v := range vectors {
+				m, ok := got[v.TxID]
+				if !ok {
+					t.Errorf("%s: txid %s not in Kafka", v.Name, v.TxID)
+					continue
+				}
+				checkMessage(t, v, m, asJSON, receivedAt, clientVersion)
+			}
+		})
+	}
+}
+
+func checkMessage(t *testing.T, v vector, m kfaketest.Message, asJSON bool, receivedAt int64, clientVersion string) {
+	t.Helper()
+	if m.Key != v.CertVIN {
+		t.Errorf("%s: key %q, want %q", v.Name, m.Key, v.CertVIN)
+	}
+	var order []string
+	for _, h := range m.Headers {
+		order = append(order, h.Key)
+	}
+	if !reflect.DeepEqual(order, wantHeaderOrder) {
+		t.Errorf("%s: headers %q, want %q in this order", v.Name, order, wantHeaderOrder)
+	}
+	for k, want := range v.HeadersStatic {
+		if got, _ := m.Header(k); got != want {
+			t.Errorf("%s: header %s = %q, want %q", v.Name, k, got, want)
+		}
+	}
+	if got, _ := m.Header("receivedat"); got != strconv.FormatInt(receivedAt, 10) {
+		t.Errorf("%s: receivedat %q, want %d", v.Name, got, receivedAt)
+	}
+	if ts, _ := m.Header("timestamp"); ts == "" {
+		t.Errorf("%s: no timestamp header", v.Name)
+	} else if n, err := strconv.ParseInt(ts, 10, 64); err != nil || n <= 0 {
+		t.Errorf("%s: timestamp %q is not epoch ms", v.Name, ts)
+	}
+	if got, _ := m.Header("device_client_version"); got != clientVersion {
+		t.Errorf("%s: device_client_version %q, want %q", v.Name, got, clientVersion)
+	}
+	if asJSON {
+		var got, want any
+		if err := json.Unmarshal(m.Value, &got); err != nil {
+			t.Errorf("%s: value is not JSON: %v: %q", v.Name, err, m.Value)
+			return
+		}
+		if err := json.Unmarshal(v.DispatchedJSON, &want); err != nil {
+			t.Fatalf("%s: dispatched_json: %v", v.Name, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: JSON value\n got %s\nwant %s", v.Name, m.Value, v.DispatchedJSON)
+		}
+		return
+	}
+	wantBytes, err := base64.StdEncoding.DecodeString(v.DispatchedProtoB64)
+	if err != nil {
+		t.Fatalf("%s: dispatched_proto_b64: %v", v.Name, err)
+	}
+	got, want := pbFor(v.Topic), pbFor(v.Topic)
+	if err := proto.Unmarshal(m.Value, got); err != nil {
+		t.Errorf("%s: value is not a %T: %v", v.Name, got, err)
+		return
+	}
+	if err := proto.Unmarshal(wantBytes, want); err != nil {
+		t.Fatalf("%s: dispatched proto: %v", v.Name, err)
+	}
+	if !proto.Equal(got, want) {
+		t.Errorf("%s: value\n got %v\nwant %v", v.Name, got, want)
+	}
+}
+
+// vRecord is a spool record of type V for vin.
+func vRecord(vin, txid string, created time.Time) spool.Record {
+	p := &pb.Payload{Vin: vin, Data: []*pb.Datum{{Key: pb.Field_Soc, Value: &pb.Value{Value: &pb.Value_DoubleValue{DoubleValue: 50}}}}}
+	b, err := proto.Marshal(p)
+	if err != nil {
+		panic(err)
+	}
+	return spool.Record{ReceivedAtMs: created.UnixMilli(), CreatedAtSec: uint32(created.Unix()), VIN: vin, Topic: []byte("V"), TxID: []byte(txid), Payload: b}
+}
+
+// TestBrokerOutageAndGoroutines produces, loses the broker, fails a Send
+// by its context, gets the broker back and produces again; every record
+// arrives, and after Close the goroutine count is back to its baseline.
+func TestBrokerOutageAndGoroutines(t *testing.T) {
+	kfaketest.RequireKcat(t)
+	broker := kfaketest.Start(t, brokerBin, kfaketest.Options{DataDir: t.TempDir()})
+	baseline := runtime.NumGoroutine()
+
+	sink := newSink(t, broker.Addr, false, nil)
+	batch := func(prefix string, n int) []spool.Record {
+		var rs []spool.Record
+		for i := range n {
+			rs = append(rs, vRecord("5YJ3E1EA1KF00000"+strconv.Itoa(i%3+1), fmt.Sprintf("%s-%d", prefix, i), time.Now()))
+			rs[i].Seq = uint64(i + 1)
+		}
+		return rs
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := sink.Send(ctx, batch("before", 50)); err != nil {
+		t.Fatalf("Send before the outage: %v", err)
+	}
+
+	broker.Stop(t)
+	short, cancelShort := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	err := sink.Send(short, batch("during", 50))
+	cancelShort()
+	if err == nil {
+		t.Fatal("Send succeeded with the broker down")
+	}
+	t.Logf("Send during the outage: %v", err)
+
+	broker.Restart(t)
+	if err := sink.Send(ctx, batch("after", 50)); err != nil {
+		t.Fatalf("Send after the outage: %v", err)
+	}
+	// The forwarder would send "during" again; do the same.
+	if err := sink.Send(ctx, batch("during", 50)); err != nil {
+		t.Fatalf("Send again after the outage: %v", err)
+	}
+	if err := sink.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	msgs, err := kfaketest.ReadTopicEventually(broker.Addr, "tesla_telemetry_V", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, m := range msgs {
+		tx, _ := m.Header("txid")
+		seen[tx]++
+	}
+	for _, prefix := range []string{"before", "during", "after"} {
+		for i := range 50 {
+			if tx := fmt.Sprintf("%s-%d", prefix, i); seen[tx] == 0 {
+				t.Errorf("%s never reached Kafka", tx)
+			}
+		}
+	}
+	t.Logf("%d messages read for 150 records (duplicates allowed)", len(msgs))
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= baseline {
+			break
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			t.Fatalf("%d goroutines after Close, baseline %d:\n%s", n, baseline, buf)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestSendReportsFailure checks that a record the client refuses fails the
+// whole Send with a description, and is counted.
+func TestSendReportsFailure(t *testing.T) {
+	broker := kfaketest.Start(t, brokerBin, kfaketest.Options{})
+	sink := newSink(t, broker.Addr, false, map[string]any{"message.max.bytes": 1000.0})
+	defer sink.Close()
+	errorsBefore := metrics.GetOrCreateCounter("fleet_kafka_produce_errors_total").Get()
+	big := vRecord("5YJ3E1EA1KF000001", "big", time.Now())
+	p := &pb.Payload{Vin: "x", Data: []*pb.Datum{{Key: pb.Field_VehicleName, Value: &pb.Value{Value: &pb.Value_StringValue{StringValue: strings.Repeat("x", 5000)}}}}}
+	big.Payload, _ = proto.Marshal(p)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := sink.Send(ctx, []spool.Record{vRecord("5YJ3E1EA1KF000001", "small", time.Now()), big})
+	if err == nil {
+		t.Fatal("Send succeeded with a record larger than message.max.bytes")
+	}
+	if !strings.Contains(err.Error(), "1 of 2 records not acknowledged") || !strings.Contains(err.Error(), "tesla_telemetry_V") {
+		t.Fatalf("error %q does not describe the failure", err)
+	}
+	if d := metrics.GetOrCreateCounter("fleet_kafka_produce_errors_total").Get() - errorsBefore; d != 1 {
+		t.Fatalf("fleet_kafka_produce_errors_total grew by %d, want 1", d)
+	}
+}
