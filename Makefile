@@ -4,7 +4,7 @@ BIN      := bin
 PREFIX   ?= /usr/local
 FUZZTIME ?= 30s
 
-.PHONY: all build run test race vet generate check-generate fuzz bench clean
+.PHONY: all build run test race vet generate check-generate fuzz bench clean install
 
 all: build
 
@@ -53,6 +53,47 @@ fuzz:
 # validation, spool hand-off, the whole per-record path).
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./wsframe ./proto/... ./spool ./netloop
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: the binary to $(PREFIX)/bin,
+# the systemd unit to $(PREFIX)/lib/systemd/system (systemd searches
+# /usr/local/lib/systemd/system for units an administrator installs and
+# /usr/lib/systemd/system for a distribution's; on merged-/usr Debian that
+# is /lib/systemd/system), the service user's sysusers.d file, and the
+# example config to /etc/fleet-telemetry (the unit reads
+# /etc/fleet-telemetry/config.json whatever PREFIX is). config.json itself
+# is written only when it does not exist yet: an existing one is never
+# touched. Without DESTDIR (a real install) the service user is created
+# with systemd-sysusers and systemd is told to re-read its units.
+DESTDIR     ?=
+BINDIR      ?= $(PREFIX)/bin
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+CONFDIR     ?= /etc/fleet-telemetry
+INSTALL     ?= install
+
+install: build
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(CONFDIR)
+	$(INSTALL) -m 0755 $(BIN)/fleet-telemetry $(DESTDIR)$(BINDIR)/fleet-telemetry
+	sed 's|/usr/local/bin/fleet-telemetry|$(BINDIR)/fleet-telemetry|g' systemd/fleet-telemetry.service > $(DESTDIR)$(UNITDIR)/.fleet-telemetry.service.tmp
+	chmod 0644 $(DESTDIR)$(UNITDIR)/.fleet-telemetry.service.tmp
+	mv -f $(DESTDIR)$(UNITDIR)/.fleet-telemetry.service.tmp $(DESTDIR)$(UNITDIR)/fleet-telemetry.service
+	$(INSTALL) -m 0644 systemd/fleet-telemetry.sysusers $(DESTDIR)$(SYSUSERSDIR)/fleet-telemetry.conf
+	$(INSTALL) -m 0644 systemd/config.json $(DESTDIR)$(CONFDIR)/config.json.example
+	@if [ -e $(DESTDIR)$(CONFDIR)/config.json ]; then \
+		echo "kept the existing $(DESTDIR)$(CONFDIR)/config.json"; \
+	else \
+		echo "$(INSTALL) -m 0644 systemd/config.json $(DESTDIR)$(CONFDIR)/config.json"; \
+		$(INSTALL) -m 0644 systemd/config.json $(DESTDIR)$(CONFDIR)/config.json; \
+	fi
+	@if [ -z "$(DESTDIR)" ]; then \
+		if command -v systemd-sysusers >/dev/null 2>&1; then \
+			echo "systemd-sysusers $(SYSUSERSDIR)/fleet-telemetry.conf"; \
+			systemd-sysusers $(SYSUSERSDIR)/fleet-telemetry.conf; \
+		fi; \
+		if [ -d /run/systemd/system ]; then \
+			echo "systemctl daemon-reload"; systemctl daemon-reload; \
+		fi; \
+	fi
 
 clean:
 	rm -rf $(BIN)

@@ -180,6 +180,12 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 	}
 	defer func() { stopFwds(); fwdWG.Wait() }()
 
+	// The plain status endpoint is up before READY: health checks may use it.
+	stopStatus, err := startStatusServer(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopStatus()
 	if err := srv.Start(); err != nil {
 		return err
 	}
@@ -198,11 +204,6 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 		}
 	})
 
-	stopStatus, err := startStatusServer(cfg, log)
-	if err != nil {
-		return err
-	}
-	defer stopStatus()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
