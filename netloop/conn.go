@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/gobwas/ws"
 	"github.com/google/uuid"
 	"github.com/panjf2000/gnet/v2"
@@ -83,6 +84,14 @@ type conn struct {
 	windowStart int64
 	windowCount int
 
+	// Metrics: the rate_limit_exceeded_total series last used, and the
+	// vin_signal_count series when this VIN is tracked.
+	rlTopic    string
+	rlCounter  *metrics.Counter
+	vinSignals *vinSignalMetrics
+	// closed is set when OnClose ran (read off the loop by Delivered).
+	closed atomic.Bool
+
 	plain []byte // plaintext not yet parsed (partial frame or request)
 	dec   *wsframe.Decoder
 
@@ -106,6 +115,8 @@ type pendingReply struct {
 	ready      bool
 	// onDelivery: the ack waits for the sink's confirmation, not the commit.
 	onDelivery bool
+	// reliable counts the ack once delivery releases it.
+	reliable *reliableMetrics
 }
 
 // commitNote tells the loop that a record's commit finished (err says how)
@@ -321,6 +332,7 @@ func (c *conn) parseFrames(buf []byte, now time.Time) (int, gnet.Action) {
 			}
 		case wsframe.KindTooLarge:
 			recTooBig.Inc()
+			refRecordTooBig.Inc()
 			c.queueReply(nil, nil, nil, true, errorText)
 		case wsframe.KindText:
 			refusedTextFrame.Inc()
@@ -354,6 +366,9 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 		if c.windowCount > rl.Limit {
 			// Dropped without an ack: the vehicle resends later.
 			recRateLimited.Inc()
+			var env envelope.Envelope
+			_ = envelope.Decode(msg, &env) // for the topic label only
+			c.rateLimitCounter(env.Topic).Inc()
 			return gnet.None
 		}
 	}
@@ -370,10 +385,12 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 	switch {
 	case env.Type == envelope.TypeStreamAck:
 		recClientAck.Inc()
+		countUnknownMessageType(env.Type)
 		c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
 		return gnet.None
 	case env.Type != envelope.TypeStream || !env.HasMessage:
 		recEmptyEnvelope.Inc()
+		countUnknownMessageType(env.Type)
 		c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
 		return gnet.None
 	}
@@ -381,11 +398,17 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 		// Acked so the vehicle does not resend forever, never dispatched:
 		// a stolen key must not speak for another VIN.
 		recSenderMismatch.Inc()
+		refUnauthorizedSender.Inc()
 		c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
 		return gnet.None
 	}
+	tm := metricsForTopic(env.Topic)
 	if !c.srv.routed[string(env.Topic)] {
+		// The reference counts and "dispatches" these to no sink.
 		recordsUnrouted.Inc()
+		tm.records.Inc()
+		tm.bytes.Add(len(env.Stream.Payload))
+		tm.dispatched.Inc()
 		c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
 		return gnet.None
 	}
@@ -394,6 +417,9 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 		c.queueReply(env.TxID, env.Topic, nil, true, errorText)
 		return gnet.None
 	}
+	tm.records.Inc()
+	tm.bytes.Add(len(env.Stream.Payload))
+	countSignals(tm, c.vinSignals, env.Topic, env.Stream.Payload)
 	token := c.headToken + uint64(len(c.queue))
 	c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
 	onDelivery := c.srv.reliable[string(env.Topic)]
@@ -401,6 +427,9 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 	pr.ready = c.srv.opts.AckMode == AckOnReceipt && !onDelivery
 	pr.onDelivery = onDelivery
 	pr.receivedAt = now.UnixNano()
+	if onDelivery {
+		pr.reliable = c.srv.reliableMetrics[string(env.Topic)]
+	}
 	r := spool.Record{
 		ReceivedAtMs:  now.UnixMilli(),
 		CreatedAtSec:  env.Stream.CreatedAt,
@@ -434,6 +463,7 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 		c.srv.awaitDelivery(r.Seq, c, token)
 	}
 	recordsSpooled.Inc()
+	tm.dispatched.Inc()
 	return gnet.None
 }
 
@@ -446,6 +476,7 @@ func (c *conn) queueReply(txid, topic, messageID []byte, isError bool, text stri
 	if isError {
 		body = envelope.AppendError(tmp[:0], txid, topic, text)
 		errorReplies.Inc()
+		refUnexpectedRecordErr.Inc()
 	} else {
 		body = envelope.AppendAck(tmp[:0], txid, topic, messageID)
 	}
@@ -490,6 +521,9 @@ func (c *conn) drainMailbox() gnet.Action {
 		}
 		if i := n.token - c.headToken; i < uint64(len(c.queue)) {
 			if n.delivered || !c.queue[i].onDelivery {
+				if n.delivered && !c.queue[i].ready {
+					c.queue[i].reliable.acked()
+				}
 				c.queue[i].ready = true
 			}
 		}
@@ -514,6 +548,7 @@ func (c *conn) flush(now time.Time) gnet.Action {
 	}
 	end := c.queue[k-1].end
 	if _, err := c.tls.Write(c.replies[:end]); err != nil {
+		refSocketErr.Inc()
 		return gnet.Close
 	}
 	nowNs := now.UnixNano()
@@ -614,7 +649,9 @@ func (c *conn) finishForShutdown() gnet.Action {
 }
 
 func (c *conn) onClose(err error) {
+	c.closed.Store(true)
 	if c.upgraded {
+		refNumConnections.Dec()
 		c.srv.log.Debug("vehicle disconnected", "vin", c.id.DeviceID, "connection_id", c.connectionID, "err", err)
 		c.emitConnectivity(pb.ConnectivityEvent_DISCONNECTED)
 	}

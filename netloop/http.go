@@ -120,6 +120,8 @@ func (c *conn) handleRequest(req []byte) gnet.Action {
 		c.deadline.Store(0)
 	}
 	upgradesOK.Inc()
+	refNumConnections.Inc()
+	c.vinSignals = c.srv.vinSignals[c.id.DeviceID]
 	c.emitConnectivity(pb.ConnectivityEvent_CONNECTED)
 	c.srv.log.Debug("vehicle connected", "vin", c.id.DeviceID, "connection_id", c.connectionID,
 		"remote", c.mc.remote.String(), "network_interface", c.networkInterface, "version", c.clientVersion)

@@ -1,7 +1,16 @@
 package netloop
 
 import (
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
 	"github.com/VictoriaMetrics/metrics"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 )
 
 // Counters are created once at init: the hot path only increments.
@@ -95,3 +104,219 @@ var (
 	connectivityEvents       = metrics.GetOrCreateCounter("fleet_connectivity_events_total")
 	connectivityEventsFailed = metrics.GetOrCreateCounter("fleet_connectivity_events_failed_total")
 )
+
+// Metrics of the reference server (teslamotors/fleet-telemetry), with its
+// names, types and label names, so dashboards built on it keep working.
+// Each is fed by the same events as our fleet_* counters; where one event
+// feeds both, both move.
+var (
+	// record_too_big_total{}: a message over the size limit.
+	refRecordTooBig = metrics.GetOrCreateCounter("record_too_big_total")
+	// unauthorized_sender_id_total{}: sender_id is not the certificate's.
+	refUnauthorizedSender = metrics.GetOrCreateCounter("unauthorized_sender_id_total")
+	// unexpected_record_err_total{}: every error reply sent to a vehicle.
+	refUnexpectedRecordErr = metrics.GetOrCreateCounter("unexpected_record_err_total")
+	// socket_err_total{}: a write to the vehicle's socket failed.
+	refSocketErr = metrics.GetOrCreateCounter("socket_err_total")
+	// num_connections: open WebSockets (the reference's registry size).
+	refNumConnections = metrics.GetOrCreateGauge("num_connections", nil)
+)
+
+// maxTopicSeries bounds the record types given their own series: the topic
+// is chosen by the vehicle, so past this many the rest share one.
+const maxTopicSeries = 64
+
+// otherTopic is the record_type of topics past maxTopicSeries.
+const otherTopic = "other"
+
+// topicMetrics are the per-record-type series of the reference.
+type topicMetrics struct {
+	records    *metrics.Counter // record_total{record_type}
+	bytes      *metrics.Counter // record_size_bytes_total{record_type}
+	dispatched *metrics.Counter // dispatch_total{record_type}
+	signals    *metrics.Gauge   // signal_count{record_type} (a gauge there too)
+}
+
+var (
+	// topicTable is copied on write: the loops only Load it.
+	topicTable atomic.Pointer[map[string]*topicMetrics]
+	topicMu    sync.Mutex
+)
+
+func init() {
+	for _, t := range []string{record.TopicV, record.TopicAlerts, record.TopicErrors, record.TopicConnectivity} {
+		addTopicMetrics([]byte(t))
+	}
+}
+
+// metricsForTopic returns the series of a record type without allocating
+// once they exist.
+func metricsForTopic(topic []byte) *topicMetrics {
+	if m := topicTable.Load(); m != nil {
+		if tm := (*m)[string(topic)]; tm != nil {
+			return tm
+		}
+	}
+	return addTopicMetrics(topic)
+}
+
+func addTopicMetrics(topic []byte) *topicMetrics {
+	topicMu.Lock()
+	defer topicMu.Unlock()
+	old := map[string]*topicMetrics{}
+	if m := topicTable.Load(); m != nil {
+		old = *m
+	}
+	if tm := old[string(topic)]; tm != nil {
+		return tm
+	}
+	name := string(topic)
+	if len(old) >= maxTopicSeries {
+		if tm := old[otherTopic]; tm != nil {
+			return tm
+		}
+		name = otherTopic
+	}
+	l := `{record_type="` + escapeLabel(name) + `"}`
+	tm := &topicMetrics{
+		records:    metrics.GetOrCreateCounter("record_total" + l),
+		bytes:      metrics.GetOrCreateCounter("record_size_bytes_total" + l),
+		dispatched: metrics.GetOrCreateCounter("dispatch_total" + l),
+		signals:    metrics.GetOrCreateGauge("signal_count"+l, nil),
+	}
+	next := make(map[string]*topicMetrics, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[name] = tm
+	topicTable.Store(&next)
+	return tm
+}
+
+// vinSignalMetrics are vin_signal_count{record_type,vin} of one tracked VIN.
+type vinSignalMetrics struct {
+	v, alerts *metrics.Gauge
+}
+
+func newVINSignalMetrics(vin string) *vinSignalMetrics {
+	v := `",vin="` + escapeLabel(vin) + `"}`
+	return &vinSignalMetrics{
+		v:      metrics.GetOrCreateGauge(`vin_signal_count{record_type="`+record.TopicV+v, nil),
+		alerts: metrics.GetOrCreateGauge(`vin_signal_count{record_type="`+record.TopicAlerts+v, nil),
+	}
+}
+
+// signalCount is the reference's notion of signals in a record: the datums
+// of a V record, the alerts of an alerts record, none for other types. It
+// counts the repeated field 1 of a payload that already passed
+// record.Validate, without decoding it.
+func signalCount(topic, payload []byte) int {
+	switch string(topic) {
+	case record.TopicV, record.TopicAlerts:
+	default:
+		return 0
+	}
+	n := 0
+	for len(payload) > 0 {
+		num, typ, l := protowire.ConsumeTag(payload)
+		if l < 0 {
+			return n
+		}
+		payload = payload[l:]
+		if num == 1 && typ == protowire.BytesType {
+			n++
+		}
+		l = protowire.ConsumeFieldValue(num, typ, payload)
+		if l < 0 {
+			return n
+		}
+		payload = payload[l:]
+	}
+	return n
+}
+
+// countSignals adds a record's signals to signal_count and, for a tracked
+// VIN, to vin_signal_count.
+func countSignals(tm *topicMetrics, vs *vinSignalMetrics, topic, payload []byte) {
+	n := signalCount(topic, payload)
+	if n == 0 {
+		return
+	}
+	tm.signals.Add(float64(n))
+	if vs != nil {
+		if string(topic) == record.TopicV {
+			vs.v.Add(float64(n))
+		} else {
+			vs.alerts.Add(float64(n))
+		}
+	}
+}
+
+// unknownMessageType holds unknown_message_type_error_total{msg_type}, by
+// envelope message type, created on first use. (The reference writes the
+// type as a raw byte; here it is the decimal number.)
+var unknownMessageType [256]atomic.Pointer[metrics.Counter]
+
+func countUnknownMessageType(t envelope.MessageType) {
+	p := &unknownMessageType[t]
+	c := p.Load()
+	if c == nil {
+		c = metrics.GetOrCreateCounter(`unknown_message_type_error_total{msg_type="` + strconv.Itoa(int(t)) + `"}`)
+		p.Store(c)
+	}
+	c.Inc()
+}
+
+// rateLimitCounter returns rate_limit_exceeded_total{device_id,txtype} for
+// this connection's vehicle and topic, remembering the last one so a flood
+// of one topic does not allocate.
+func (c *conn) rateLimitCounter(topic []byte) *metrics.Counter {
+	if c.rlCounter != nil && string(topic) == c.rlTopic {
+		return c.rlCounter
+	}
+	c.rlTopic = string(topic)
+	c.rlCounter = metrics.GetOrCreateCounter(`rate_limit_exceeded_total{device_id="` + escapeLabel(c.id.DeviceID) +
+		`",txtype="` + escapeLabel(c.rlTopic) + `"}`)
+	return c.rlCounter
+}
+
+// reliableMetrics are reliable_ack{,_miss} of one record type and the
+// dispatcher whose confirmation its acks wait for. The reference's names
+// (a counter without the _total suffix) and the _total names are both
+// kept.
+type reliableMetrics struct {
+	ack, ackTotal, miss, missTotal *metrics.Counter
+}
+
+func newReliableMetrics(topic, dispatcher string) *reliableMetrics {
+	l := `{record_type="` + escapeLabel(topic) + `",dispatcher="` + escapeLabel(dispatcher) + `"}`
+	return &reliableMetrics{
+		ack:       metrics.GetOrCreateCounter("reliable_ack" + l),
+		ackTotal:  metrics.GetOrCreateCounter("reliable_ack_total" + l),
+		miss:      metrics.GetOrCreateCounter("reliable_ack_miss" + l),
+		missTotal: metrics.GetOrCreateCounter("reliable_ack_miss_total" + l),
+	}
+}
+
+func (m *reliableMetrics) acked() {
+	if m != nil {
+		m.ack.Inc()
+		m.ackTotal.Inc()
+	}
+}
+
+func (m *reliableMetrics) missed() {
+	if m != nil {
+		m.miss.Inc()
+		m.missTotal.Inc()
+	}
+}
+
+// escapeLabel escapes a Prometheus label value.
+func escapeLabel(s string) string {
+	if !strings.ContainsAny(s, "\\\"\n") {
+		return s
+	}
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+	return r.Replace(s)
+}

@@ -75,6 +75,14 @@ type Options struct {
 	// AllowVIN, when set, must accept a vehicle's device id or the upgrade
 	// is refused with 403.
 	AllowVIN func(deviceID string) bool
+	// ReliableAckDispatchers names, per reliable topic, the dispatcher whose
+	// confirmation releases its acks: the dispatcher label of the
+	// reliable_ack metrics (metrics only).
+	ReliableAckDispatchers map[string]string
+	// SignalTrackingVINs are the vehicles whose signals are also counted
+	// per VIN (vin_signal_count; the reference's
+	// vins_signal_tracking_enabled).
+	SignalTrackingVINs []string
 	// QuietHandshakeErrors stops logging failed TLS handshakes (they are
 	// still counted): scanners and bad clients can be loud.
 	QuietHandshakeErrors bool
@@ -142,6 +150,10 @@ type Server struct {
 	routed   map[string]bool
 	reliable map[string]bool
 
+	// Metric series prepared in New (nil maps are fine).
+	reliableMetrics map[string]*reliableMetrics
+	vinSignals      map[string]*vinSignalMetrics
+
 	// pendingDelivery maps the spool seq of a record acked on delivery to
 	// the connection waiting for it (see Delivered).
 	pdMu            sync.Mutex
@@ -208,6 +220,14 @@ func New(o Options) (*Server, error) {
 			return nil, fmt.Errorf("netloop: reliable topic %q is not routed", t)
 		}
 		s.reliable[t] = true
+	}
+	s.reliableMetrics = make(map[string]*reliableMetrics, len(o.ReliableTopics))
+	for _, t := range o.ReliableTopics {
+		s.reliableMetrics[t] = newReliableMetrics(t, o.ReliableAckDispatchers[t])
+	}
+	s.vinSignals = make(map[string]*vinSignalMetrics, len(o.SignalTrackingVINs))
+	for _, v := range o.SignalTrackingVINs {
+		s.vinSignals[v] = newVINSignalMetrics(v)
 	}
 	if o.RateLimit.Limit > 0 && o.RateLimit.Interval <= 0 {
 		return nil, errors.New("netloop: rate limit without an interval")
@@ -470,6 +490,7 @@ func (g gnetLogger) Fatalf(format string, args ...any) {
 type deliveryWaiter struct {
 	c     *conn
 	token uint64
+	m     *reliableMetrics // counts a miss
 }
 
 // Delivered reports that the sink named for a reliable topic confirmed the
@@ -488,6 +509,9 @@ func (s *Server) Delivered(seq uint64) {
 	}
 	s.pdMu.Unlock()
 	if ok && w.c != nil {
+		if w.c.closed.Load() {
+			w.m.missed() // the vehicle is gone: nobody gets this ack
+		}
 		w.c.post(commitNote{token: w.token, delivered: true})
 	}
 }
@@ -499,7 +523,11 @@ func (s *Server) awaitDelivery(seq uint64, c *conn, token uint64) {
 	if early {
 		delete(s.pendingDelivery, seq)
 	} else {
-		s.pendingDelivery[seq] = deliveryWaiter{c: c, token: token}
+		var m *reliableMetrics
+		if i := token - c.headToken; i < uint64(len(c.queue)) {
+			m = c.queue[i].reliable
+		}
+		s.pendingDelivery[seq] = deliveryWaiter{c: c, token: token, m: m}
 	}
 	s.pdMu.Unlock()
 	if early {

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder/kafka"
 )
 
 // Config is the reference server's JSON configuration file, plus our own
@@ -56,6 +58,9 @@ type Config struct {
 	IdleTimeout *Duration `json:"idle_timeout"`
 	// HandshakeTimeout bounds the TLS handshake (default 10s).
 	HandshakeTimeout *Duration `json:"handshake_timeout"`
+	// VinsSignalTrackingEnabled are VINs whose signals are counted per VIN
+	// (vin_signal_count); at most 20, as in the reference.
+	VinsSignalTrackingEnabled []string `json:"vins_signal_tracking_enabled"`
 }
 
 // RateLimitConfig is the "rate_limit" section.
@@ -100,6 +105,19 @@ type MonitoringConfig struct {
 	ProfilerHost string `json:"profiler_host"`
 	// ProfilingPath is the reference's CPU-profile file; not supported.
 	ProfilingPath string `json:"profiling_path"`
+	// Statsd pushes the metrics to a StatsD server (the reference's
+	// monitoring.statsd).
+	Statsd *StatsdConfig `json:"statsd"`
+}
+
+// StatsdConfig is the "monitoring.statsd" section, as in the reference.
+type StatsdConfig struct {
+	// Host is the StatsD server's host:port (UDP).
+	Host string `json:"host"`
+	// Prefix is put in front of every metric name as is.
+	Prefix string `json:"prefix"`
+	// FlushPeriod is the push interval in milliseconds (default 1000).
+	FlushPeriod int `json:"flush_period"`
 }
 
 // KinesisConfig is the "kinesis" section.
@@ -142,7 +160,7 @@ var usedKeys = map[string]bool{
 	"transmit_decoded_records": true, "kafka": true, "kinesis": true, "pubsub": true,
 	"monitoring": true, "status_port": true, "ack_mode": true, "reliable_ack": true,
 	"reliable_ack_sources": true, "rate_limit": true, "vin_allowlist": true,
-	"idle_timeout": true, "handshake_timeout": true,
+	"idle_timeout": true, "handshake_timeout": true, "vins_signal_tracking_enabled": true,
 }
 
 // referenceKeys are keys of the reference's format this build does not act
@@ -150,8 +168,8 @@ var usedKeys = map[string]bool{
 var referenceKeys = map[string]bool{
 	"status_port": true, "reliable_ack": true, "reliable_ack_sources": true,
 	"zmq": true, "mqtt": true, "redis": true,
-	"rate_limit":                   true,
-	"vins_signal_tracking_enabled": true, "airbrake": true, "logger": true,
+	"rate_limit": true,
+	"airbrake":   true, "logger": true,
 }
 
 // knownRecordTypes are the record types the protocol defines.
@@ -287,6 +305,14 @@ func (c *Config) Validate() error {
 	if _, err := c.AllowedVINs(); err != nil {
 		errs = append(errs, err)
 	}
+	if n := len(uniq(c.VinsSignalTrackingEnabled)); n > 20 {
+		errs = append(errs, fmt.Errorf("vins_signal_tracking_enabled lists %d VINs; at most 20 are allowed", n))
+	}
+	if _, ok := ds["kafka"]; ok && len(c.Kafka) > 0 {
+		if _, err := kafka.ParseConfig(c.Kafka); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if c.StatusPort < 0 || c.StatusPort > 65535 {
 		errs = append(errs, fmt.Errorf("status_port %d is out of range", c.StatusPort))
 	}
@@ -393,4 +419,12 @@ func (c *Config) AllowedVINs() (map[string]bool, error) {
 		set[v] = true
 	}
 	return set, nil
+}
+
+func uniq(list []string) map[string]bool {
+	m := make(map[string]bool, len(list))
+	for _, v := range list {
+		m[v] = true
+	}
+	return m
 }

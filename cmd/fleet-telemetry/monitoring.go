@@ -11,18 +11,22 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/VictoriaMetrics/metrics"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/statsd"
 )
 
-// startMonitoring serves /metrics and /debug/pprof/ as the "monitoring"
-// section asks. The returned function stops the servers.
+// startMonitoring serves /metrics and /debug/pprof/ and pushes to StatsD
+// as the "monitoring" section asks. The returned function stops them.
 func startMonitoring(m *MonitoringConfig, log *slog.Logger) (func(), error) {
 	var servers []*http.Server
+	var pusher *statsd.Pusher
 	stop := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		for _, s := range servers {
 			_ = s.Shutdown(ctx)
+		}
+		if pusher != nil {
+			pusher.Stop()
 		}
 	}
 	if m == nil {
@@ -48,7 +52,7 @@ func startMonitoring(m *MonitoringConfig, log *slog.Logger) (func(), error) {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-			metrics.WritePrometheus(w, true)
+			_ = statsd.WriteExposition(w, metricHelp)
 		})
 		if err := serve("metrics", m.PrometheusMetricsHost, m.PrometheusMetricsPort, mux); err != nil {
 			stop()
@@ -67,5 +71,72 @@ func startMonitoring(m *MonitoringConfig, log *slog.Logger) (func(), error) {
 			return nil, err
 		}
 	}
+	if sc := m.Statsd; sc != nil && sc.Host != "" {
+		p, err := statsd.Start(statsd.Options{Addr: sc.Host, Prefix: sc.Prefix,
+			FlushPeriod: time.Duration(sc.FlushPeriod) * time.Millisecond, Logger: log})
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("monitoring: statsd: %w", err)
+		}
+		pusher = p
+		log.Info("pushing metrics to statsd", "addr", sc.Host, "prefix", sc.Prefix)
+	}
 	return stop, nil
+}
+
+// metricHelp is the HELP text of each family on /metrics. Names without
+// the fleet_ prefix are the reference server's, with its meaning.
+func metricHelp(name string) string { return metricHelpText[name] }
+
+var metricHelpText = map[string]string{
+	// The reference server's metrics.
+	"record_total":                     "Records received with a usable envelope from their own vehicle, by record type.",
+	"record_size_bytes_total":          "Payload bytes of the records counted in record_total, by record type.",
+	"dispatch_total":                   "Records handed on to the sinks (via the spool), by record type.",
+	"rate_limit_exceeded_total":        "Records dropped by the per-connection rate limit, by vehicle and record type.",
+	"record_too_big_total":             "Messages larger than the size limit.",
+	"unauthorized_sender_id_total":     "Records whose sender_id is not the connected vehicle's (acked, not kept).",
+	"unknown_message_type_error_total": "Envelopes that do not carry a stream message, by envelope message type.",
+	"unexpected_record_err_total":      "Error replies sent to vehicles.",
+	"socket_err_total":                 "Writes to a vehicle's socket that failed.",
+	"signal_count":                     "Signals received (datums of V records, alerts of alerts records), by record type.",
+	"vin_signal_count":                 "Signals received from the VINs in vins_signal_tracking_enabled, by record type and VIN.",
+	"reliable_ack":                     "Acks released by the reliable-ack sink's confirmation (the reference's name; same as reliable_ack_total).",
+	"reliable_ack_total":               "Acks released by the reliable-ack sink's confirmation, by record type and dispatcher.",
+	"reliable_ack_miss":                "Confirmed records whose vehicle had disconnected (the reference's name; same as reliable_ack_miss_total).",
+	"reliable_ack_miss_total":          "Confirmed records whose vehicle had disconnected before the ack, by record type and dispatcher.",
+	"num_connections":                  "Open vehicle WebSockets.",
+	// Ours.
+	"fleet_connections_open":                 "Open TCP connections on the vehicle port (handshaking included).",
+	"fleet_connections_accepted_total":       "TCP connections accepted on the vehicle port.",
+	"fleet_connections_refused_total":        "Connections closed by the server, by reason (TLS handshake failures included).",
+	"fleet_tls_handshakes_total":             "TLS handshakes completed.",
+	"fleet_websocket_upgrades_total":         "WebSocket upgrades completed.",
+	"fleet_status_requests_total":            "GET /status requests answered on the vehicle port.",
+	"fleet_records_received_total":           "Binary WebSocket messages received.",
+	"fleet_records_spooled_total":            "Records handed to the spool.",
+	"fleet_acks_sent_total":                  "Acks written to vehicles for spooled records.",
+	"fleet_ack_latency_seconds":              "Time from a record's arrival to its ack being written.",
+	"fleet_records_unrouted_total":           "Records of a type no sink takes (acked, not kept).",
+	"fleet_records_refused_total":            "Records not kept, by reason.",
+	"fleet_error_replies_total":              "Error replies sent to vehicles.",
+	"fleet_pings_total":                      "WebSocket pings answered.",
+	"fleet_record_bytes_received_total":      "Bytes of binary WebSocket messages received.",
+	"fleet_connectivity_events_total":        "Connectivity events recorded.",
+	"fleet_connectivity_events_failed_total": "Connectivity events that could not be recorded.",
+	"fleet_spool_appended_total":             "Records appended to the spool.",
+	"fleet_spool_commits_total":              "Spool commits (fsyncs).",
+	"fleet_spool_commit_errors_total":        "Spool commits that failed.",
+	"fleet_spool_refused_total":              "Records the spool refused, by reason.",
+	"fleet_spool_bytes":                      "Bytes held in the spool.",
+	"fleet_spool_records":                    "Records held in the spool.",
+	"fleet_spool_oldest_record_age_seconds":  "Age of the oldest record in the spool.",
+	"fleet_spool_commit_duration_seconds":    "Duration of spool commits.",
+	"fleet_spool_commit_records":             "Records per spool commit.",
+	"fleet_forwarder_sent_total":             "Records a sink confirmed, by forwarder.",
+	"fleet_forwarder_failed_batches_total":   "Batches a sink failed to take, by forwarder.",
+	"fleet_forwarder_retries_total":          "Batch retries, by forwarder.",
+	"fleet_forwarder_skipped_total":          "Spooled records a forwarder passed over (not its record types).",
+	"fleet_forwarder_lag_records":            "Records committed to the spool that a forwarder has not yet delivered.",
+	"fleet_forwarder_undecodable_total":      "Spooled records a sink could not decode, by forwarder.",
 }

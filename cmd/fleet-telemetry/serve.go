@@ -204,7 +204,6 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 		}
 	})
 
-
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
@@ -283,6 +282,8 @@ func serverOptions(cfg *Config, tlsCfg *tls.Config, sp *spool.Spool, log *slog.L
 	for t := range cfg.ReliableAckSources {
 		o.ReliableTopics = append(o.ReliableTopics, t)
 	}
+	o.ReliableAckDispatchers = cfg.ReliableAckSources
+	o.SignalTrackingVINs = cfg.VinsSignalTrackingEnabled
 	if rl := cfg.RateLimit; rl != nil && rl.Enabled {
 		o.RateLimit = netloop.RateLimit{Limit: rl.MessageLimit, Interval: time.Duration(rl.MessageIntervalTime) * time.Second}
 	}
