@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -107,6 +108,24 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 		return fmt.Errorf("forwarder %s: %w", f.opts.Name, err)
 	}
 	target := f.spool.LastSeq()
+	// The lag gauge is refreshed on a timer too: while a Send is blocked (a
+	// broker outage) the loop below does not come round to it.
+	var cursorNow atomic.Uint64
+	cursorNow.Store(cursor)
+	stopLag := make(chan struct{})
+	defer close(stopLag)
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopLag:
+				return
+			case <-t.C:
+				f.setLag(cursorNow.Load())
+			}
+		}
+	}()
 	var buf []spool.Record
 	var batch []spool.Record
 	// A poll interval backs up the commit signal.
@@ -134,11 +153,7 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 			return fmt.Errorf("forwarder %s: read from %d: %w", f.opts.Name, cursor+1, err)
 		}
 		buf = recs
-		if last := f.spool.LastSeq(); last > cursor {
-			f.lag.Set(float64(last - cursor))
-		} else {
-			f.lag.Set(0)
-		}
+		f.setLag(cursor)
 		if len(recs) == 0 {
 			if drain {
 				return nil
@@ -186,6 +201,16 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 			return fmt.Errorf("forwarder %s: set cursor %d: %w", f.opts.Name, last, err)
 		}
 		cursor = last
+		cursorNow.Store(cursor)
+	}
+}
+
+// setLag publishes how many committed records the forwarder has not passed.
+func (f *Forwarder) setLag(cursor uint64) {
+	if last := f.spool.LastSeq(); last > cursor {
+		f.lag.Set(float64(last - cursor))
+	} else {
+		f.lag.Set(0)
 	}
 }
 
