@@ -2,6 +2,7 @@ package netloop
 
 import (
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
 	"testing"
@@ -84,5 +85,39 @@ func TestEmbeddedBundlesLoad(t *testing.T) {
 		if !pool.AppendCertsFromPEM(pem) {
 			t.Fatalf("%s bundle holds no certificate", name)
 		}
+	}
+}
+
+func TestEngineeringBundleReplacesProduction(t *testing.T) {
+	certs := t.TempDir()
+	if _, err := devca.WriteDir(certs, nil); err != nil {
+		t.Fatal(err)
+	}
+	d := devca.Dir{Path: certs}
+	subjects := func(eng bool) map[string]bool {
+		cfg, err := NewTLSConfig(TLSOptions{CertFile: d.File(devca.ServerCertFile), KeyFile: d.File(devca.ServerKeyFile), UseEngCA: eng})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		//lint:ignore SA1019 the subjects are what this test compares
+		for _, raw := range cfg.ClientCAs.Subjects() {
+			var name pkix.RDNSequence
+			if _, err := asn1.Unmarshal(raw, &name); err != nil {
+				t.Fatal(err)
+			}
+			var n pkix.Name
+			n.FillFromRDNSequence(&name)
+			out[n.CommonName] = true
+		}
+		return out
+	}
+	prod, eng := subjects(false), subjects(true)
+	// "Tesla Issuing CA" is only in the production bundle.
+	if !prod["Tesla Issuing CA"] || eng["Tesla Issuing CA"] {
+		t.Fatalf("prod has it: %v, eng has it: %v", prod["Tesla Issuing CA"], eng["Tesla Issuing CA"])
+	}
+	if !eng["Tesla Motors Product Issuing CA"] {
+		t.Fatal("engineering bundle lacks its product issuing CA")
 	}
 }

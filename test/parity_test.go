@@ -1,0 +1,123 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+)
+
+// editConfig rewrites a JSON config file with extra top-level keys.
+func editConfig(t *testing.T, path string, set map[string]any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range set {
+		m[k] = v
+	}
+	b, _ = json.MarshalIndent(m, "", "  ")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReferenceKeysFromTheConfigFile drives the parity keys through the
+// real binary: status_port, vin_allowlist, connectivity events with the
+// vehicle's headers, rate_limit.
+func TestReferenceKeysFromTheConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	configPath, certs := writeConfig(t, dir)
+	statusPort := freePort(t)
+	editConfig(t, configPath, map[string]any{
+		"status_port":   statusPort,
+		"vin_allowlist": []string{vins[0]},
+		"rate_limit":    map[string]any{"enabled": true, "message_limit": 5, "message_interval_time": 60},
+	})
+	d := startDaemon(t, configPath)
+
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/status", statusPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("plain /status: %d %q", resp.StatusCode, body)
+	}
+
+	tlsCfg, err := vehicle.TLSFromDir(certs, vins[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vehicle.Dial(context.Background(), vehicle.Config{Addr: d.addr, TLS: tlsCfg}); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("a vehicle off vin_allowlist: %v, want 403", err)
+	}
+
+	tlsCfg, err = vehicle.TLSFromDir(certs, vins[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := vehicle.Dial(ctx, vehicle.Config{Addr: d.addr, TLS: tlsCfg, Header: http.Header{
+		"X-Txid": []string{"conn-parity-1"}, "X-Network-Interface": []string{"wifi"}, "Version": []string{"2025.2.1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The rate limit: 5 acked, the 6th and 7th dropped without an ack.
+	var ms []*envelope.StreamMessage
+	for i := range 7 {
+		ms = append(ms, newRecord(vins[0], "V", fmt.Sprintf("rl-%d", i)))
+	}
+	sendAndAck(t, c, ms[:5])
+	c.SendMany(ms[5:])
+	if r, err := c.ReadReply(500 * time.Millisecond); err == nil {
+		t.Fatalf("a record over the rate limit was answered: %+v", r)
+	}
+	c.Close()
+
+	// CONNECTED and DISCONNECTED, from the server, with the vehicle's headers.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var events []map[string]any
+		for _, l := range d.printed() {
+			if l.Topic != "connectivity" {
+				continue
+			}
+			var rec map[string]any
+			json.Unmarshal(l.Record, &rec)
+			events = append(events, rec)
+		}
+		if len(events) == 2 {
+			for i, want := range []string{"CONNECTED", "DISCONNECTED"} {
+				e := events[i]
+				if e["status"] != want || e["connectionId"] != "conn-parity-1" || e["networkInterface"] != "wifi" || e["vin"] != vins[0] {
+					t.Fatalf("event %d: %v, want %s for conn-parity-1 over wifi", i, e, want)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("connectivity events printed: %v", events)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	m := scrape(t, d.logText())
+	if m[`rate_limit_exceeded_total{device_id="`+vins[0]+`",txtype="V"}`] != 2 {
+		t.Errorf("rate_limit_exceeded_total: %v", m)
+	}
+}
