@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -104,13 +105,19 @@ func (e *testEnv) dial(t *testing.T, vin string) *vehicle.Client {
 	return c
 }
 
-var rng = rand.New(rand.NewPCG(1, 2))
+var (
+	rngMu sync.Mutex // tests build records from several goroutines
+	rng   = rand.New(rand.NewPCG(1, 2))
+)
 
 func newRecord(vin, topic, txid string) *envelope.StreamMessage {
+	rngMu.Lock()
+	payload := vehicle.Payload(rng, topic, vin, time.Now())
+	rngMu.Unlock()
 	return &envelope.StreamMessage{
 		TxID: []byte(txid), Topic: []byte(topic), MessageID: []byte("m-" + txid),
 		CreatedAt: uint32(time.Now().Unix()), SenderID: []byte("vehicle_device." + vin),
-		Payload: vehicle.Payload(rng, topic, vin, time.Now()), DeviceType: []byte("vehicle_device"), DeviceID: []byte(vin),
+		Payload: payload, DeviceType: []byte("vehicle_device"), DeviceID: []byte(vin),
 	}
 }
 
