@@ -100,6 +100,7 @@ var (
 	recRateLimited    = recordRefused(reasonRateLimited)
 
 	refusedVINNotAllowed = connRefused(reasonVINNotAllowed)
+	refusedTooMany       = connRefused("too_many_connections")
 
 	connectivityEvents       = metrics.GetOrCreateCounter("fleet_connectivity_events_total")
 	connectivityEventsFailed = metrics.GetOrCreateCounter("fleet_connectivity_events_failed_total")

@@ -58,6 +58,14 @@ type Options struct {
 	// more wait in a queue of MaxHandshakeQueue (default 16384), beyond which
 	// new connections are closed at once.
 	MaxHandshakes, MaxHandshakeQueue int
+	// MaxConnections caps open connections (default: the process's
+	// open-file limit less ReservedFiles). Beyond it new connections are
+	// closed at once and counted: accept must never run out of file
+	// descriptors, because gnet stops its event loops when accept fails.
+	MaxConnections int
+	// ReservedFiles are descriptors kept for everything but vehicles (the
+	// spool's files, sinks, metrics; default 1024).
+	ReservedFiles int
 	// AckMode says when a record kept in the spool is acked (default
 	// AckOnCommit).
 	AckMode AckMode
@@ -108,6 +116,16 @@ func (o *Options) setDefaults() {
 	}
 	if o.IdleTimeout == 0 {
 		o.IdleTimeout = 10 * time.Minute
+	}
+	if o.ReservedFiles <= 0 {
+		o.ReservedFiles = 1024
+	}
+	if o.MaxConnections <= 0 {
+		var rl unix.Rlimit
+		o.MaxConnections = 1 << 20
+		if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil && rl.Cur < uint64(o.MaxConnections+o.ReservedFiles) {
+			o.MaxConnections = max(int(rl.Cur)-o.ReservedFiles, 16)
+		}
 	}
 	if o.MaxHandshakes <= 0 {
 		o.MaxHandshakes = 64 * runtime.NumCPU()
@@ -165,6 +183,9 @@ type Server struct {
 	done     chan struct{}
 	runErr   error
 	draining atomic.Bool
+
+	openConns   atomic.Int64
+	lastFullLog atomic.Int64 // unix seconds of the last "limit reached" line
 
 	quietHandshakeErrors bool
 
@@ -304,6 +325,13 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		refusedDraining.Inc()
 		return nil, gnet.Close
 	}
+	if n := s.openConns.Load(); n >= int64(s.opts.MaxConnections) {
+		refusedTooMany.Inc()
+		if now := time.Now().Unix(); s.lastFullLog.Swap(now) != now {
+			s.log.Warn("connection limit reached; refusing new connections", "limit", s.opts.MaxConnections)
+		}
+		return nil, gnet.Close
+	}
 	c := newConn(s, gc)
 	gc.SetContext(c)
 	select {
@@ -342,6 +370,7 @@ func (s *Server) register(c *conn) {
 	s.regMu.Lock()
 	s.conns[c] = struct{}{}
 	s.regMu.Unlock()
+	s.openConns.Add(1)
 	connectionsOpen.Inc()
 }
 
@@ -351,6 +380,7 @@ func (s *Server) unregister(c *conn) {
 	delete(s.conns, c)
 	s.regMu.Unlock()
 	if ok {
+		s.openConns.Add(-1)
 		connectionsOpen.Dec()
 	}
 }

@@ -97,3 +97,29 @@ func TestSpoolFullShedsWith1013(t *testing.T) {
 	c2.Send(newRecord(vinA, "V", "after-space"))
 	expectAck(t, c2, "after-space", "V")
 }
+
+// TestConnectionLimitRefusesWithoutStopping: beyond MaxConnections new
+// connections are closed at once and counted; the server keeps serving.
+func TestConnectionLimitRefusesWithoutStopping(t *testing.T) {
+	e := newTestEnv(t, allTopics, func(o *Options) { o.MaxConnections = 3 })
+	before := refusedTooMany.Get()
+	var open []*vehicle.Client
+	for range 3 {
+		open = append(open, e.dial(t, vinA))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := vehicle.Dial(ctx, vehicle.Config{Addr: e.addr(), TLS: e.clientTLS(t, vinA)}); err == nil {
+		t.Fatal("a fourth connection was accepted")
+	}
+	if refusedTooMany.Get()-before != 1 {
+		t.Fatal("refusal not counted")
+	}
+	open[0].Send(newRecord(vinA, "V", "still-served"))
+	expectAck(t, open[0], "still-served", "V")
+	open[1].Close()
+	waitFor(t, func() bool { return e.srv.Connections() < 3 })
+	c := e.dial(t, vinA)
+	c.Send(newRecord(vinA, "V", "room-again"))
+	expectAck(t, c, "room-again", "V")
+}

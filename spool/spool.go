@@ -47,6 +47,10 @@ var (
 )
 
 const (
+	// MaxOpenFiles bounds the files Pebble keeps open (its default is
+	// 1000); a daemon holding one descriptor per vehicle budgets for it.
+	MaxOpenFiles = 500
+
 	// DefaultMaxPendingBytes is used when Options.MaxPendingBytes is 0.
 	DefaultMaxPendingBytes = 16 << 20
 	// maxPendingLimit keeps a batch far below Pebble's 4 GiB batch limit,
@@ -213,6 +217,9 @@ func Open(o Options) (*Spool, error) {
 
 func (s *Spool) pebbleOptions() *pebble.Options {
 	o := &pebble.Options{
+		// Bounded so the daemon can reserve descriptors for it and give
+		// the rest to vehicle connections (see netloop's MaxConnections).
+		MaxOpenFiles:       MaxOpenFiles,
 		Logger:             pebbleLogger{l: s.log},
 		FormatMajorVersion: pebble.FormatNewest,
 		// Batches up to MaxPendingBytes should go through the memtable, not

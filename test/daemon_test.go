@@ -63,8 +63,14 @@ type stdoutLine struct {
 // "listening" log line, which carries the bound address.
 func startDaemon(t *testing.T, configPath string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, exited: make(chan struct{})}
-	d.cmd = exec.Command(binary, "-config", configPath)
+	return startDaemonCmd(t, exec.Command(binary, "-config", configPath))
+}
+
+// startDaemonCmd is startDaemon for a command line of the caller's (for
+// example the binary under prlimit, which execs it in place).
+func startDaemonCmd(t *testing.T, cmd *exec.Cmd) *daemon {
+	t.Helper()
+	d := &daemon{t: t, exited: make(chan struct{}), cmd: cmd}
 	stdout, err := d.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

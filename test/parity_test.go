@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -120,4 +122,62 @@ func TestReferenceKeysFromTheConfigFile(t *testing.T) {
 	if m[`rate_limit_exceeded_total{device_id="`+vins[0]+`",txtype="V"}`] != 2 {
 		t.Errorf("rate_limit_exceeded_total: %v", m)
 	}
+}
+
+// TestDescriptorExhaustionDoesNotStopTheDaemon runs the daemon with a low
+// open-file limit and opens more connections than it allows: the excess is
+// refused and counted, and the daemon keeps serving (gnet stops its event
+// loops if accept ever fails with EMFILE, so the daemon must refuse first).
+func TestDescriptorExhaustionDoesNotStopTheDaemon(t *testing.T) {
+	prlimit, err := exec.LookPath("prlimit")
+	if err != nil {
+		t.Skip("prlimit (util-linux) is not installed")
+	}
+	dir := t.TempDir()
+	configPath, certs := writeConfig(t, dir)
+	d := startDaemonCmd(t, exec.Command(prlimit, "--nofile=1100:1100", binary, "-config", configPath))
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range 200 { // the limit leaves room for about 76 connections
+		c, err := net.Dial("tcp", d.addr)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		conns = append(conns, c)
+	}
+	time.Sleep(500 * time.Millisecond)
+	select {
+	case <-d.exited:
+		t.Fatalf("the daemon exited when connections ran out:\n%s", d.logText())
+	default:
+	}
+	m := scrape(t, d.logText())
+	if m[`fleet_connections_refused_total{reason="too_many_connections"}`] < 100 {
+		t.Fatalf("refusals not counted: %v", m[`fleet_connections_refused_total{reason="too_many_connections"}`])
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tlsCfg, _ := vehicle.TLSFromDir(certs, vins[0])
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c, err := vehicle.Dial(ctx, vehicle.Config{Addr: d.addr, TLS: tlsCfg})
+		cancel()
+		if err == nil {
+			sendAndAck(t, c, []*envelope.StreamMessage{newRecord(vins[0], "V", "after-exhaustion")})
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no vehicle served after the flood: %v\n%s", err, d.logText())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	d.stop(t)
 }
