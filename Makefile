@@ -4,7 +4,7 @@ BIN      := bin
 PREFIX   ?= /usr/local
 FUZZTIME ?= 30s
 
-.PHONY: all build run test race vet generate check-generate fuzz bench clean install
+.PHONY: all build run test race vet generate check-generate fuzz bench microbench bench-tools clean install
 
 all: build
 
@@ -49,10 +49,35 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg; \
 	done
 
+# Longer variants of the reliability and hostile-client tests (issue #7):
+# 20 SIGKILL rounds of crash consistency (FT_RELIABILITY_ROUNDS), 30 s
+# broker outages, 500 connections with big partial frames.
+# FT_RELIABILITY_SEED=<seed> replays a crash run's decisions.
+RELIABILITY_ROUNDS ?= 20
+.PHONY: reliability
+reliability:
+	FT_RELIABILITY_ROUNDS=$(RELIABILITY_ROUNDS) $(GO) test -race -count=1 -timeout 30m -run 'Reliability|Hostile' -v ./test/
+
 # Micro-benchmarks of the hot path (frame decode, envelope decode, payload
 # validation, spool hand-off, the whole per-record path).
-bench:
+microbench:
 	$(GO) test -run '^$$' -bench . -benchmem ./wsframe ./proto/... ./spool ./netloop
+
+# The load generator (bench/, see bench/PERFORMANCE.md), the daemon and the
+# kfake broker it routes records to.
+bench-tools: build
+	$(GO) build -o $(BIN)/bench ./bench
+	$(GO) build -o $(BIN)/kfakebroker ./test/kfakebroker
+
+# The standard load scenarios against a fresh daemon per scenario (records
+# to a kfake broker, spool ack mode), the daemon pinned to CPU 0 and the
+# bench and broker to CPU 1 when the machine has two or more. Reports land
+# in var/bench/. Override sizes with BENCH_ARGS, e.g.
+#   make bench BENCH_ARGS='-idle-conns 50000 -duration 30s'
+BENCH_OUT  ?= var/bench
+BENCH_ARGS ?=
+bench: bench-tools
+	BENCH_OUT=$(BENCH_OUT) bash bench/run.sh $(BENCH_ARGS)
 
 # make install [PREFIX=/usr/local] [DESTDIR=]: the binary to $(PREFIX)/bin,
 # the systemd unit to $(PREFIX)/lib/systemd/system (systemd searches

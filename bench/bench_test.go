@@ -1,0 +1,56 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/fleet-telemetry/fleet-telemetry/bench/internal/report"
+)
+
+// TestThroughputEndToEnd builds the daemon and the kfake broker and runs a
+// tiny throughput scenario through them: every ack must match.
+func TestThroughputEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the real daemon and a kfake broker")
+	}
+	dir := t.TempDir()
+	for bin, pkg := range map[string]string{"fleet-telemetry": "../cmd/fleet-telemetry", "kfakebroker": "../test/kfakebroker"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, bin), pkg)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	out := filepath.Join(dir, "out.json")
+	html := filepath.Join(dir, "out.html")
+	code := run([]string{"-spawn", "-quiet", "-scenario", "throughput,rate",
+		"-daemon-bin", filepath.Join(dir, "fleet-telemetry"), "-broker-bin", filepath.Join(dir, "kfakebroker"),
+		"-certs", filepath.Join(dir, "certs"), "-work-dir", filepath.Join(dir, "work"),
+		"-conns", "3", "-inflight", "20", "-rate-conns", "3", "-rate", "20", "-duration", "2s", "-warmup", "500ms",
+		"-alerts-pct", "5", "-errors-pct", "5",
+		"-json", out, "-html", html})
+	if code != 0 {
+		t.Fatalf("bench exited %d", code)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r report.Run
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Results) != 2 {
+		t.Fatalf("%d results, want 2", len(r.Results))
+	}
+	for _, x := range r.Results {
+		if !x.OK || x.Acked == 0 || x.Acked != x.Sent || x.Latency == nil || x.ServerCPUUsPerRecord <= 0 {
+			t.Errorf("%s: ok=%v sent=%d acked=%d latency=%v cpu/rec=%v", x.Scenario, x.OK, x.Sent, x.Acked, x.Latency, x.ServerCPUUsPerRecord)
+		}
+	}
+	if fi, err := os.Stat(html); err != nil || fi.Size() == 0 {
+		t.Errorf("html report: %v", err)
+	}
+}

@@ -1,0 +1,240 @@
+// Package spawn starts the processes a benchmark runs against: a kfake
+// Kafka broker (test/kfakebroker) and the daemon with a config file written
+// for the run, optionally pinned to CPUs with taskset.
+package spawn
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Proc is a started process.
+type Proc struct {
+	Cmd  *exec.Cmd
+	Addr string
+	// Log is where its stderr goes.
+	Log  string
+	done chan struct{}
+}
+
+// PID is the process id (the program's own: taskset execs it).
+func (p *Proc) PID() int { return p.Cmd.Process.Pid }
+
+// Stop sends SIGTERM, waits up to timeout, then SIGKILL.
+func (p *Proc) Stop(timeout time.Duration) {
+	if p == nil || p.Cmd.Process == nil {
+		return
+	}
+	_ = p.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		_ = p.Cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// Exited reports whether the process has ended.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func command(cpus, bin string, args ...string) *exec.Cmd {
+	if cpus != "" {
+		return exec.Command("taskset", append([]string{"-c", cpus, bin}, args...)...)
+	}
+	return exec.Command(bin, args...)
+}
+
+// StartBroker runs the kfakebroker binary and waits for its "listening" line.
+func StartBroker(bin, cpus, dir string) (*Proc, error) {
+	logPath := filepath.Join(dir, "kfakebroker.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := command(cpus, bin, "-port", "0")
+	cmd.Stderr = logf
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	p := &Proc{Cmd: cmd, Log: logPath, done: make(chan struct{})}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "listening "); ok {
+				addr <- a
+			}
+		}
+	}()
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	select {
+	case p.Addr = <-addr:
+		return p, nil
+	case <-p.done:
+		return nil, fmt.Errorf("kfakebroker exited before listening (see %s)", logPath)
+	case <-time.After(20 * time.Second):
+		p.Stop(time.Second)
+		return nil, fmt.Errorf("kfakebroker did not listen within 20s")
+	}
+}
+
+// DaemonConfig is what the written config file says.
+type DaemonConfig struct {
+	// Dir holds the config file, the spool and the daemon's log.
+	Dir string
+	// CertDir is a `certs dev` directory (server.crt/key, ca.crt).
+	CertDir string
+	// Port to listen on (0: pick a free one).
+	Port int
+	// Sink is "kafka" (needs BrokerAddr), "logger" or "none" (records are
+	// acked without a sink and without the spool).
+	Sink       string
+	BrokerAddr string
+	// AckMode is "spool" or "receive".
+	AckMode string
+	// LogLevel of the daemon.
+	LogLevel string
+	// PprofPort serves /debug/pprof when > 0.
+	PprofPort int
+	// MetricsPort serves /metrics when > 0.
+	MetricsPort int
+}
+
+// FreePort returns a TCP port free on 127.0.0.1 right now.
+func FreePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// WriteConfig writes the daemon's config file and returns its path.
+func WriteConfig(c *DaemonConfig) (string, error) {
+	types := []string{"V", "alerts", "errors"}
+	records := map[string][]string{}
+	cfg := map[string]any{
+		"host": "127.0.0.1", "port": c.Port, "log_level": c.LogLevel, "json_log_enable": true,
+		"namespace": "tesla_telemetry",
+		"tls": map[string]string{
+			"server_cert": filepath.Join(c.CertDir, "server.crt"),
+			"server_key":  filepath.Join(c.CertDir, "server.key"),
+			"ca_file":     filepath.Join(c.CertDir, "ca.crt"),
+		},
+		"spool":        map[string]any{"dir": filepath.Join(c.Dir, "spool")},
+		"ack_mode":     c.AckMode,
+		"idle_timeout": "0",
+	}
+	switch c.Sink {
+	case "kafka":
+		for _, t := range types {
+			records[t] = []string{"kafka"}
+		}
+		cfg["kafka"] = map[string]any{"bootstrap.servers": c.BrokerAddr}
+	case "logger":
+		for _, t := range types {
+			records[t] = []string{"logger"}
+		}
+	case "none":
+	default:
+		return "", fmt.Errorf("unknown sink %q (kafka, logger, none)", c.Sink)
+	}
+	cfg["records"] = records
+	mon := map[string]any{}
+	if c.PprofPort > 0 {
+		mon["profiler_port"] = c.PprofPort
+	}
+	if c.MetricsPort > 0 {
+		mon["prometheus_metrics_port"] = c.MetricsPort
+	}
+	if len(mon) > 0 {
+		cfg["monitoring"] = mon
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(c.Dir, "config.json")
+	return path, os.WriteFile(path, b, 0o600)
+}
+
+// StartDaemon writes the config and runs bin -config FILE, waiting until
+// the port accepts connections. Stdout (the logger sink) is discarded;
+// stderr goes to daemon.log in c.Dir.
+func StartDaemon(bin, cpus string, c *DaemonConfig) (*Proc, error) {
+	if c.Port == 0 {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		c.Port = port
+	}
+	path, err := WriteConfig(c)
+	if err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(c.Dir, "daemon.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := command(cpus, bin, "-config", path)
+	cmd.Stderr = logf
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer devnull.Close()
+	cmd.Stdout = devnull
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	p := &Proc{Cmd: cmd, Log: logPath, Addr: fmt.Sprintf("127.0.0.1:%d", c.Port), done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if p.Exited() {
+			b, _ := os.ReadFile(logPath)
+			return nil, fmt.Errorf("daemon exited before listening:\n%s", tail(b, 2000))
+		}
+		conn, err := net.DialTimeout("tcp", p.Addr, time.Second)
+		if err == nil {
+			conn.Close()
+			return p, nil
+		}
+		if time.Now().After(deadline) {
+			p.Stop(5 * time.Second)
+			return nil, fmt.Errorf("daemon did not listen on %s within 30s (see %s)", p.Addr, logPath)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
