@@ -92,8 +92,9 @@ type conn struct {
 	// closed is set when OnClose ran (read off the loop by Delivered).
 	closed atomic.Bool
 
-	plain []byte // plaintext not yet parsed (partial frame or request)
-	dec   *wsframe.Decoder
+	plain   []byte // plaintext not yet parsed (partial frame or request)
+	charged int    // cap(plain) as booked in srv.buffered
+	dec     *wsframe.Decoder
 
 	// replies holds encoded WebSocket frames (acks, error replies) in the
 	// order their records arrived; queue marks where each ends and whether
@@ -262,11 +263,18 @@ func (c *conn) readTLS(data []byte, now time.Time) gnet.Action {
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 func (c *conn) onPlaintext(p []byte, now time.Time) gnet.Action {
+	defer c.recharge()
 	if len(c.plain) == 0 {
 		n, act := c.parse(p, now)
 		if act == gnet.None && n < len(p) && c.phase < phaseClosing {
+			if act := c.reserve(len(p) - n); act != gnet.None {
+				return act
+			}
 			c.plain = append(c.plain[:0], p[n:]...)
 		}
+		return act
+	}
+	if act := c.reserve(len(c.plain) + len(p)); act != gnet.None {
 		return act
 	}
 	c.plain = append(c.plain, p...)
@@ -281,6 +289,39 @@ func (c *conn) onPlaintext(p []byte, now time.Time) gnet.Action {
 		c.plain = nil
 	}
 	return act
+}
+
+// reserve checks that growing the partial-message buffer to need bytes fits
+// the server-wide budget. Thousands of vehicles each half-way through a
+// 1 MB message must not take the host's memory: past the budget the
+// connection is shed with 1013 and the vehicle resends later.
+func (c *conn) reserve(need int) gnet.Action {
+	if need <= cap(c.plain) {
+		return gnet.None
+	}
+	// Grown here rather than by append, so that what is booked is exactly
+	// what is allocated.
+	newCap := need
+	if need > keepBufferBytes {
+		newCap = max(need, min(2*cap(c.plain), c.srv.opts.MaxMessageSize+ws.MaxHeaderSize))
+		if c.srv.buffered.Load()+int64(newCap-c.charged) > c.srv.opts.MaxBufferedBytes {
+			refusedMemoryBudget.Inc()
+			return c.shed("server buffer budget exhausted", "buffer_budget")
+		}
+	}
+	nb := make([]byte, len(c.plain), newCap)
+	copy(nb, c.plain)
+	c.plain = nb
+	return gnet.None
+}
+
+// recharge books the buffer's capacity against the server-wide budget.
+func (c *conn) recharge() {
+	if d := cap(c.plain) - c.charged; d != 0 {
+		c.srv.buffered.Add(int64(d))
+		totalBuffered.Add(int64(d))
+		c.charged = cap(c.plain)
+	}
 }
 
 // parse consumes what it can of buf: HTTP requests, then frames.
@@ -658,6 +699,7 @@ func (c *conn) onClose(err error) {
 	c.phase = phaseClosed
 	c.mc.Close()
 	c.plain = nil
+	c.recharge()
 	c.replies = nil
 	c.queue = nil
 	c.dec = nil

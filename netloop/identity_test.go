@@ -1,11 +1,16 @@
 package netloop
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 )
@@ -120,4 +125,43 @@ func TestEngineeringBundleReplacesProduction(t *testing.T) {
 	if !eng["Tesla Motors Product Issuing CA"] {
 		t.Fatal("engineering bundle lacks its product issuing CA")
 	}
+}
+
+func TestQuietHandshakeErrorsStillCounted(t *testing.T) {
+	for _, quiet := range []bool{false, true} {
+		var logs lockedLog
+		e := newTestEnv(t, allTopics, func(o *Options) {
+			o.QuietHandshakeErrors = quiet
+			o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		})
+		cfg := e.clientTLS(t, vinA)
+		cfg.Certificates = nil
+		before := refusedHandshakeFailed.Get()
+		if c, err := tls.Dial("tcp", e.addr(), cfg); err == nil {
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			c.Read(make([]byte, 1))
+			c.Close()
+		}
+		waitFor(t, func() bool { return refusedHandshakeFailed.Get() > before })
+		if logged := strings.Contains(logs.String(), "tls handshake failed"); logged == quiet {
+			t.Fatalf("quiet=%v but logged=%v", quiet, logged)
+		}
+	}
+}
+
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

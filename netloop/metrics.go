@@ -31,6 +31,10 @@ var (
 	ackLatencySeconds = metrics.GetOrCreateHistogram("fleet_ack_latency_seconds")
 )
 
+// totalBuffered is what all servers' connections hold in partly received
+// messages (the gauge fleet_partial_message_bytes).
+var totalBuffered atomic.Int64
+
 // refusal reasons; each is a label value of one counter family so operators
 // can graph them together.
 const (
@@ -101,6 +105,8 @@ var (
 
 	refusedVINNotAllowed = connRefused(reasonVINNotAllowed)
 	refusedTooMany       = connRefused("too_many_connections")
+	refusedMemoryBudget  = connRefused("buffer_budget")
+	_                    = metrics.GetOrCreateGauge("fleet_partial_message_bytes", func() float64 { return float64(totalBuffered.Load()) })
 
 	connectivityEvents       = metrics.GetOrCreateCounter("fleet_connectivity_events_total")
 	connectivityEventsFailed = metrics.GetOrCreateCounter("fleet_connectivity_events_failed_total")

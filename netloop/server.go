@@ -63,6 +63,10 @@ type Options struct {
 	// closed at once and counted: accept must never run out of file
 	// descriptors, because gnet stops its event loops when accept fails.
 	MaxConnections int
+	// MaxBufferedBytes bounds the memory all connections together may hold
+	// in partly received messages (default 256 MiB); a connection that
+	// would go past it is shed with 1013.
+	MaxBufferedBytes int64
 	// ReservedFiles are descriptors kept for everything but vehicles (the
 	// spool's files, sinks, metrics; default 1024).
 	ReservedFiles int
@@ -116,6 +120,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.IdleTimeout == 0 {
 		o.IdleTimeout = 10 * time.Minute
+	}
+	if o.MaxBufferedBytes <= 0 {
+		o.MaxBufferedBytes = 256 << 20
 	}
 	if o.ReservedFiles <= 0 {
 		o.ReservedFiles = 1024
@@ -185,6 +192,7 @@ type Server struct {
 	draining atomic.Bool
 
 	openConns   atomic.Int64
+	buffered    atomic.Int64 // bytes held in partial messages, all connections
 	lastFullLog atomic.Int64 // unix seconds of the last "limit reached" line
 
 	quietHandshakeErrors bool

@@ -13,6 +13,7 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
+	"github.com/fleet-telemetry/fleet-telemetry/wsframe"
 )
 
 // TestSpoolFullShedsWith1013 fills a small spool: the record that does not
@@ -122,4 +123,43 @@ func TestConnectionLimitRefusesWithoutStopping(t *testing.T) {
 	c := e.dial(t, vinA)
 	c.Send(newRecord(vinA, "V", "room-again"))
 	expectAck(t, c, "room-again", "V")
+}
+
+// TestPartialMessageBudget: many vehicles each half-way through a big
+// message are shed with 1013 once their buffers together pass the budget;
+// the memory they hold stays under it, and a small vehicle is still served.
+func TestPartialMessageBudget(t *testing.T) {
+	const budget = 2 << 20
+	e := newTestEnv(t, allTopics, func(o *Options) { o.MaxBufferedBytes = budget })
+	var shed int
+	for i := range 8 {
+		c := e.dial(t, vinA)
+		// The header announces 1,000,000 bytes; only 800,000 follow.
+		frame := wsframe.AppendMaskedFrame(nil, ws.OpBinary, true, make([]byte, 1_000_000), [4]byte{1, 2, 3, 4})
+		if err := c.Conn().SetWriteDeadline(time.Now().Add(5 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Conn().Write(frame[:len(frame)-200_000]); err != nil {
+			shed++
+			continue
+		}
+		_, err := c.ReadReply(300 * time.Millisecond)
+		var ce *vehicle.CloseError
+		if errors.As(err, &ce) {
+			if ce.Code != ws.StatusCode(1013) {
+				t.Fatalf("connection %d closed with %d, want 1013", i, ce.Code)
+			}
+			shed++
+		}
+		if got := totalBuffered.Load(); got > budget {
+			t.Fatalf("partial messages hold %d bytes, budget %d", got, budget)
+		}
+	}
+	if shed == 0 {
+		t.Fatal("8 × 800 KB partial messages fit a 2 MiB budget: nothing was shed")
+	}
+	t.Logf("%d of 8 connections shed", shed)
+	small := e.dial(t, vinB)
+	small.Send(newRecord(vinB, "V", "small"))
+	expectAck(t, small, "small", "V")
 }

@@ -64,9 +64,9 @@ func TestVINAllowlistInlineAndFile(t *testing.T) {
 }
 
 func TestDurationsAndDefaults(t *testing.T) {
-	c, w := mustParse(t, `{`+base+`, "records": {"V": ["logger"]}, "idle_timeout": "90s", "handshake_timeout": 2.5, "reliable_ack": true}`)
-	if c.IdleTimeout.Duration != 90*time.Second || c.HandshakeTimeout.Duration != 2500*time.Millisecond {
-		t.Fatalf("durations %v %v", c.IdleTimeout, c.HandshakeTimeout)
+	c, w := mustParse(t, `{`+base+`, "records": {"V": ["logger"]}, "idle_timeout": "90s", "handshake_timeout": 2.5, "shutdown_timeout": "40s", "reliable_ack": true}`)
+	if c.IdleTimeout.Duration != 90*time.Second || c.HandshakeTimeout.Duration != 2500*time.Millisecond || c.ShutdownTimeout.Duration != 40*time.Second {
+		t.Fatalf("durations %v %v %v", c.IdleTimeout, c.HandshakeTimeout, c.ShutdownTimeout)
 	}
 	if len(w) != 1 || !strings.Contains(w[0], "reliable_ack") {
 		t.Fatalf("warnings %v, want one about reliable_ack", w)
@@ -95,5 +95,16 @@ func TestSyntaxErrorsNameTheLine(t *testing.T) {
 	_, _, err := ParseConfig([]byte("{\n  \"port\": 1,\n  \"host\": oops\n}"))
 	if err == nil || !strings.Contains(err.Error(), "line 3") {
 		t.Fatalf("got %v, want the line number", err)
+	}
+}
+
+func TestSuppressHandshakeErrorLoggingEnv(t *testing.T) {
+	c, _ := mustParse(t, `{`+base+`, "records": {"V": ["logger"]}}`)
+	if serverOptions(c, nil, nil, nil).QuietHandshakeErrors {
+		t.Fatal("quiet without the variable")
+	}
+	t.Setenv("SUPPRESS_TLS_HANDSHAKE_ERROR_LOGGING", "true")
+	if !serverOptions(c, nil, nil, nil).QuietHandshakeErrors {
+		t.Fatal("SUPPRESS_TLS_HANDSHAKE_ERROR_LOGGING=true not honoured")
 	}
 }
