@@ -6,6 +6,7 @@
 //	fleet-telemetry check-config -config FILE
 //	fleet-telemetry certs dev DIR [-vins A,B]
 //	fleet-telemetry send [-addr HOST:PORT] [-certs DIR] [-vin VIN] [-topic V] [-n N]
+//	fleet-telemetry spool [-config FILE | -dir DIR] stats|ls|cat|tail|verify|export|replay ...
 package main
 
 import (
@@ -19,6 +20,8 @@ const usage = `usage:
   fleet-telemetry check-config -config FILE
   fleet-telemetry certs dev DIR [-vins A,B]
   fleet-telemetry send [-addr 127.0.0.1:4443] [-certs var/dev-certs] [-vin VIN] [-topic V] [-n 1]
+  fleet-telemetry spool [-config FILE | -dir DIR] COMMAND   inspect the spool (stats, ls, cat, tail, verify, export, replay;
+                                                            "spool help" for more)
 `
 
 func main() {
@@ -38,6 +41,8 @@ func run(args []string) int {
 		return certs(args[1:])
 	case "send":
 		return send(args[1:])
+	case "spool":
+		return spoolCmd(args[1:])
 	case "help", "-h", "-help", "--help":
 		fmt.Print(usage)
 		return 0

@@ -20,6 +20,7 @@ import (
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder/stdout"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/admin"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/sdnotify"
 	"github.com/fleet-telemetry/fleet-telemetry/netloop"
@@ -30,7 +31,8 @@ import (
 // directory, like the embedded config's paths).
 const devCertsDir = "var/dev-certs"
 
-// shutdownTimeout bounds the graceful part of a stop.
+// shutdownTimeout bounds the graceful part of a stop unless the config's
+// shutdown_timeout says otherwise.
 const shutdownTimeout = 25 * time.Second
 
 func loadForServe(fs *flag.FlagSet, args []string) (*Config, []string, bool, error) {
@@ -145,6 +147,12 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 			_ = sp.Close()
 		}
 	}()
+	adminSrv, err := admin.Listen(admin.DefaultSocketPath(cfg.Spool.Dir), sp, log)
+	if err != nil {
+		log.Warn("admin socket not available; `fleet-telemetry spool` cannot reach this daemon", "err", err)
+	} else {
+		defer adminSrv.Close()
+	}
 	srv, err := netloop.New(serverOptions(cfg, tlsCfg, sp, log))
 	if err != nil {
 		return err
@@ -228,7 +236,11 @@ wait:
 	if err := sdnotify.Notify(sdnotify.Stopping); err != nil {
 		log.Warn("systemd notify", "err", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	stopWithin := shutdownTimeout
+	if cfg.ShutdownTimeout != nil && cfg.ShutdownTimeout.Duration > 0 {
+		stopWithin = cfg.ShutdownTimeout.Duration
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stopWithin)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
 		log.Warn("netloop shutdown", "err", err)
@@ -239,6 +251,9 @@ wait:
 		if err := f.Drain(ctx); err != nil {
 			log.Warn("forwarder did not drain before the shutdown timeout; records stay in the spool", "err", err)
 		}
+	}
+	if adminSrv != nil {
+		adminSrv.Close()
 	}
 	spoolClosed = true
 	if err := sp.Close(); err != nil {

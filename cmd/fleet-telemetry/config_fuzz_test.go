@@ -1,0 +1,49 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// FuzzParseConfig: ParseConfig and Validate never panic, whatever the file
+// holds; a config that parses either validates or says why not. Seeds: the
+// reference configs the end-to-end tests load, the embedded dev config and
+// a few hand-written edge cases.
+func FuzzParseConfig(f *testing.F) {
+	for _, pattern := range []string{"../../test/testdata/configs/*.json", "*.json"} {
+		paths, _ := filepath.Glob(pattern)
+		for _, p := range paths {
+			if b, err := os.ReadFile(p); err == nil {
+				f.Add(b)
+			}
+		}
+	}
+	for _, s := range []string{
+		`{}`, `null`, `[]`, `{"port": -1}`, `{"port": 1e300}`,
+		`{"records": {"V": ["logger", "logger"]}, "tls": {"server_cert": "a", "server_key": "b"}}`,
+		`{"records": {"V": null}, "reliable_ack_sources": {"V": "kafka"}}`,
+		`{"idle_timeout": "-5s", "handshake_timeout": 1e309}`,
+		`{"idle_timeout": 9.3e18, "handshake_timeout": "9999999999h"}`,
+		`{"kafka": {"bootstrap.servers": 5, "linger.ms": "x", "acks": null}}`,
+		`{"spool": {"max_bytes": -1}, "rate_limit": {"enabled": true, "message_limit": -3, "message_interval_time": 0}}`,
+		`{"monitoring": {"statsd": {"host": "", "flush_period": -1}}}`,
+		`{"vin_allowlist": ["A", 1, null]}`,
+		`{"kinesis": {"streams": {"V": ""}, "max_retries": -1}, "pubsub": {}}`,
+		`{"records": {"V": ["logger"]}} trailing`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, _, err := ParseConfig(data)
+		if err != nil {
+			return
+		}
+		if cfg == nil {
+			t.Fatal("ParseConfig returned neither a config nor an error")
+		}
+		_ = cfg.Validate()
+		_ = cfg.Dispatchers()
+		_ = cfg.RoutedTopics()
+	})
+}
