@@ -60,6 +60,8 @@ type conn struct {
 	phase    phase
 	accepted time.Time
 
+	// hsQueued: the connection was handed to the handshake pool.
+	hsQueued bool
 	// Set by the handshake worker; hsDone publishes hsErr and tls.
 	hsErr  error
 	hsDone atomic.Bool
@@ -175,6 +177,12 @@ func (c *conn) onTraffic() gnet.Action {
 				// A handshake never needs this much: a flood, not a vehicle.
 				refusedHandshakeFailed.Inc()
 				return gnet.Close
+			}
+			if !c.hsQueued {
+				c.hsQueued = true
+				if !c.srv.queueHandshake(c) {
+					return gnet.Close
+				}
 			}
 		}
 		if !c.hsDone.Load() {
@@ -662,8 +670,12 @@ func (c *conn) expire(now time.Time) gnet.Action {
 	}
 	switch c.phase {
 	case phaseHandshake:
-		// The handshake worker counts its own timeout; this is the safety
-		// net for one that never got a worker.
+		if !c.hsQueued {
+			// Silent since accept: no worker ever saw it.
+			refusedHandshakeTimeout.Inc()
+		}
+		// Otherwise the handshake worker counts its own timeout; this is
+		// the safety net for one that never got a worker.
 		return gnet.Close
 	case phaseRequest:
 		refusedRequestTimeout.Inc()

@@ -33,7 +33,8 @@ func parseRequestLine(req []byte) (method, path []byte, err error) {
 		return nil, nil, errRequestLine
 	}
 	target, proto, ok := bytes.Cut(rest, []byte(" "))
-	if !ok || len(target) == 0 || !bytes.HasPrefix(proto, []byte("HTTP/1.")) {
+	if !ok || len(target) == 0 || target[0] != '/' ||
+		(string(proto) != "HTTP/1.1" && string(proto) != "HTTP/1.0") {
 		return nil, nil, errRequestLine
 	}
 	if i := bytes.IndexByte(target, '?'); i >= 0 {

@@ -342,16 +342,24 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	}
 	c := newConn(s, gc)
 	gc.SetContext(c)
+	s.register(c)
+	// The handshake is queued when the ClientHello starts to arrive (see
+	// conn.onTraffic): a connection that sends nothing holds no worker, only
+	// its deadline, so silent sockets cannot starve real vehicles.
+	return nil, gnet.None
+}
+
+// queueHandshake hands a connection whose first bytes arrived to the
+// handshake pool; false when the queue is full.
+func (s *Server) queueHandshake(c *conn) bool {
 	select {
 	case s.hsQueue <- c:
 	default:
 		refusedHandshakeBusy.Inc()
-		gc.SetContext(nil)
-		return nil, gnet.Close
+		return false
 	}
-	s.register(c)
 	s.startHandshakeWorker()
-	return nil, gnet.None
+	return true
 }
 
 // OnTraffic implements gnet.EventHandler.

@@ -93,3 +93,19 @@ func TestDiscardOversizeStillRefusesProtocolErrors(t *testing.T) {
 		buf = buf[n:]
 	}
 }
+
+func TestDiscardOversizeRefusesAbsurdLengths(t *testing.T) {
+	d := NewDecoder(Options{Role: RoleServer, MaxMessageSize: 1000, DiscardOversize: true})
+	// A header announcing 2^63-1 bytes: refused at once, not skipped.
+	hdr := []byte{0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4}
+	if _, _, err := d.Decode(hdr); err != ErrMessageTooLarge {
+		t.Fatalf("got %v, want ErrMessageTooLarge", err)
+	}
+	// 16 × the limit is still skipped.
+	d = NewDecoder(Options{Role: RoleServer, MaxMessageSize: 1000, DiscardOversize: true})
+	frame := AppendMaskedFrame(nil, ws.OpBinary, true, make([]byte, 16_000), [4]byte{1, 2, 3, 4})
+	kinds, _ := feedAll(t, d, frame, 4096)
+	if len(kinds) != 1 || kinds[0] != KindTooLarge {
+		t.Fatalf("kinds %v, want one KindTooLarge", kinds)
+	}
+}

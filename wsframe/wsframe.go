@@ -325,7 +325,10 @@ func (d *Decoder) Decode(buf []byte) (msg Message, n int, err error) {
 			left -= int64(len(d.reasm))
 		}
 		if h.Length > left {
-			if !d.discard {
+			// Skipping is for vehicles that overshoot a little; a header
+			// announcing far more (up to 2^63) would tie the connection up
+			// for ever: refuse it outright.
+			if !d.discard || h.Length > int64(d.max)*maxDiscardFactor {
 				return d.fail(ErrMessageTooLarge)
 			}
 			d.reasm = nil
@@ -385,6 +388,10 @@ func (d *Decoder) Decode(buf []byte) (msg Message, n int, err error) {
 		return msg, n, nil
 	}
 }
+
+// maxDiscardFactor bounds what DiscardOversize skips: a frame announcing
+// more than this many times MaxMessageSize is refused instead.
+const maxDiscardFactor = 16
 
 // startSkip consumes a skipped frame's header; its payload is consumed as
 // it arrives.

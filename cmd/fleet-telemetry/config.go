@@ -58,6 +58,9 @@ type Config struct {
 	IdleTimeout *Duration `json:"idle_timeout"`
 	// HandshakeTimeout bounds the TLS handshake (default 10s).
 	HandshakeTimeout *Duration `json:"handshake_timeout"`
+	// RequestTimeout bounds TLS established → WebSocket upgrade request
+	// complete (default 10s): slow or silent HTTP clients are dropped.
+	RequestTimeout *Duration `json:"request_timeout"`
 	// ShutdownTimeout bounds the graceful stop: acks owed, vehicles closed,
 	// forwarders draining (default 25s).
 	ShutdownTimeout *Duration `json:"shutdown_timeout"`
@@ -164,7 +167,7 @@ var usedKeys = map[string]bool{
 	"monitoring": true, "status_port": true, "ack_mode": true, "reliable_ack": true,
 	"reliable_ack_sources": true, "rate_limit": true, "vin_allowlist": true,
 	"idle_timeout": true, "handshake_timeout": true, "vins_signal_tracking_enabled": true,
-	"shutdown_timeout": true,
+	"shutdown_timeout": true, "request_timeout": true,
 }
 
 // referenceKeys are keys of the reference's format this build does not act

@@ -314,6 +314,9 @@ func serverOptions(cfg *Config, tlsCfg *tls.Config, sp *spool.Spool, log *slog.L
 	if cfg.HandshakeTimeout != nil {
 		o.HandshakeTimeout = cfg.HandshakeTimeout.Duration
 	}
+	if cfg.RequestTimeout != nil {
+		o.RequestTimeout = cfg.RequestTimeout.Duration
+	}
 	return o
 }
 

@@ -7,11 +7,13 @@ package kafka
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
@@ -116,6 +118,13 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 	producedTotal.Add(w.acked)
 	if w.failed > 0 {
 		produceErrorTotal.Add(w.failed)
+		if errors.Is(w.firstErr, kerr.UnknownTopicID) {
+			// The topic was deleted and created again: it has a new ID the
+			// client will not learn on its own. Forget it so the retry
+			// looks it up afresh instead of failing for ever.
+			s.client.PurgeTopicsFromClient(w.firstRec.Topic)
+			s.log.Warn("kafka topic changed identity; refreshing it", "topic", w.firstRec.Topic)
+		}
 		return fmt.Errorf("kafka: %d of %d records not acknowledged; first: topic %s key %s: %w",
 			w.failed, len(s.ptrs), w.firstRec.Topic, w.firstRec.Key, w.firstErr)
 	}

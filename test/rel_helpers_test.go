@@ -1,0 +1,442 @@
+package test
+
+// Helpers for the reliability (reliability_*_test.go) and hostile-client
+// (hostile_*_test.go) tests: a config writer with knobs, a kfake broker
+// process the tests can SIGSTOP/SIGKILL, RSS and /metrics readers, and a
+// well-behaved vehicle that keeps sending in the background.
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
+	"github.com/fleet-telemetry/fleet-telemetry/test/kfakebroker/kfaketest"
+)
+
+// relVINs are the vehicles of the reliability tests (more connections than
+// the shared vins list).
+var relVINs = []string{
+	"5YJ3E1EA1KF000001", "5YJ3E1EA1KF000002", "5YJ3E1EA1KF000003",
+	"5YJ3E1EA1KF000004", "5YJ3E1EA1KF000005", "5YJ3E1EA1KF000006",
+}
+
+// relRounds reads FT_RELIABILITY_ROUNDS (make reliability sets it), else def.
+func relRounds(def int) int {
+	if v, err := strconv.Atoi(os.Getenv("FT_RELIABILITY_ROUNDS")); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// relLong reports whether the long variants run (make reliability).
+func relLong() bool { return os.Getenv("FT_RELIABILITY_ROUNDS") != "" }
+
+// relConfig is what relWriteConfig varies.
+type relConfig struct {
+	// Records maps a record type to its dispatchers (default: every
+	// topic to the logger).
+	Records map[string][]string
+	// Kafka is bootstrap.servers ("" leaves the section out).
+	Kafka string
+	// SpoolDir defaults to dir/spool.
+	SpoolDir string
+	// MaxBytes is spool.max_bytes (0: unlimited).
+	MaxBytes int64
+	// ExtraCAs are PEM certificates added to the ca_file bundle.
+	ExtraCAs [][]byte
+	// Extra top-level keys (idle_timeout, handshake_timeout, ...).
+	Extra map[string]any
+}
+
+// relSetup is one written config.
+type relSetup struct {
+	ConfigPath  string
+	Certs       string
+	MetricsPort int
+	PprofPort   int
+	CA          *devca.CA
+}
+
+func relWriteConfig(t *testing.T, dir string, rc relConfig) relSetup {
+	t.Helper()
+	certs := filepath.Join(dir, "certs")
+	ca, err := devca.WriteDir(certs, relVINs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := devca.Dir{Path: certs}
+	caFile := d.File(devca.CACertFile)
+	if len(rc.ExtraCAs) > 0 {
+		bundle, err := os.ReadFile(caFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pem := range rc.ExtraCAs {
+			bundle = append(bundle, pem...)
+		}
+		caFile = filepath.Join(dir, "ca-bundle.pem")
+		if err := os.WriteFile(caFile, bundle, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rc.Records == nil {
+		rc.Records = map[string][]string{"V": {"logger"}, "alerts": {"logger"}, "errors": {"logger"}}
+	}
+	if rc.SpoolDir == "" {
+		rc.SpoolDir = filepath.Join(dir, "spool")
+	}
+	s := relSetup{Certs: certs, MetricsPort: freePort(t), PprofPort: freePort(t), CA: ca}
+	spoolCfg := map[string]any{"dir": rc.SpoolDir}
+	if rc.MaxBytes > 0 {
+		spoolCfg["max_bytes"] = rc.MaxBytes
+	}
+	cfg := map[string]any{
+		"host": "127.0.0.1", "port": 0, "log_level": "info", "json_log_enable": true,
+		"namespace": "tesla_telemetry",
+		"records":   rc.Records,
+		"tls": map[string]string{
+			"server_cert": d.File(devca.ServerCertFile), "server_key": d.File(devca.ServerKeyFile),
+			"ca_file": caFile,
+		},
+		"monitoring": map[string]any{"prometheus_metrics_port": s.MetricsPort, "profiler_port": s.PprofPort},
+		"spool":      spoolCfg,
+	}
+	if rc.Kafka != "" {
+		cfg["kafka"] = map[string]any{"bootstrap.servers": rc.Kafka, "queue.buffering.max.ms": 5}
+	}
+	for k, v := range rc.Extra {
+		cfg[k] = v
+	}
+	b, _ := json.MarshalIndent(cfg, "", "  ")
+	s.ConfigPath = filepath.Join(dir, "config.json")
+	if err := os.WriteFile(s.ConfigPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// metrics reads the daemon's /metrics page into name → value (nil on error).
+func (s relSetup) metrics() map[string]float64 {
+	page, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/metrics", s.MetricsPort))
+	if err != nil {
+		return nil
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(page, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
+// refused is the name of a connection refusal counter.
+func refused(reason string) string {
+	return `fleet_connections_refused_total{reason="` + reason + `"}`
+}
+
+// rssKB reads VmRSS of pid in kB.
+func rssKB(pid int) (int, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			var kb int
+			_, err := fmt.Sscanf(strings.TrimSpace(v), "%d kB", &kb)
+			return kb, err
+		}
+	}
+	return 0, errors.New("no VmRSS line")
+}
+
+func (d *daemon) pid() int { return d.cmd.Process.Pid }
+
+// alive reports whether the daemon process is still running.
+func (d *daemon) alive() bool {
+	select {
+	case <-d.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// relBroker is a kfakebroker process the test controls directly (it can
+// be paused with SIGSTOP and SIGKILLed, which kfaketest.Broker does not
+// expose).
+type relBroker struct {
+	bin, dataDir string
+	port         int
+	Addr         string
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+func startRelBroker(t *testing.T, dataDir string) *relBroker {
+	t.Helper()
+	bin, err := kfaketest.Build(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &relBroker{bin: bin, dataDir: dataDir}
+	if err := b.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		b.signal(syscall.SIGCONT)
+		b.kill()
+	})
+	return b
+}
+
+func (b *relBroker) start() error {
+	args := []string{"-port", strconv.Itoa(b.port), "-partitions", "3"}
+	if b.dataDir != "" {
+		args = append(args, "-data-dir", b.dataDir)
+	}
+	cmd := exec.Command(b.bin, args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	addrCh := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "listening "); ok {
+				addrCh <- a
+			}
+		}
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	b.mu.Lock()
+	b.cmd, b.exited = cmd, exited
+	b.mu.Unlock()
+	select {
+	case a := <-addrCh:
+		b.Addr = a
+		p, err := strconv.Atoi(a[strings.LastIndexByte(a, ':')+1:])
+		if err != nil {
+			return err
+		}
+		b.port = p
+		return nil
+	case <-exited:
+		return errors.New("kfakebroker exited before listening")
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		return errors.New("kfakebroker did not listen within 20s")
+	}
+}
+
+func (b *relBroker) signal(sig syscall.Signal) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cmd != nil && b.cmd.Process != nil {
+		_ = b.cmd.Process.Signal(sig)
+	}
+}
+
+func (b *relBroker) kill() {
+	b.mu.Lock()
+	cmd, exited := b.cmd, b.exited
+	b.mu.Unlock()
+	select {
+	case <-exited:
+		return
+	default:
+	}
+	_ = cmd.Process.Kill()
+	<-exited
+}
+
+// restart starts the broker again on the same port and data directory.
+func (b *relBroker) restart(t *testing.T) {
+	t.Helper()
+	var err error
+	for range 20 {
+		if err = b.start(); err == nil {
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Fatal(err)
+}
+
+// kafkaCounts reads tesla_telemetry_<topic> for each topic and counts the
+// copies of each txid.
+func kafkaCounts(addr string, topics ...string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, topic := range topics {
+		msgs, err := kfaketest.ReadTopic(addr, "tesla_telemetry_"+topic)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			tx, _ := m.Header("txid")
+			out[tx]++
+		}
+	}
+	return out, nil
+}
+
+// waitKafka polls until every txid of want is in Kafka or timeout passes;
+// it returns the last counts and how many are missing.
+func waitKafka(addr string, want map[string]bool, timeout time.Duration, topics ...string) (map[string]int, int, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		got, err := kafkaCounts(addr, topics...)
+		missing := -1
+		if err == nil {
+			missing = 0
+			for tx := range want {
+				if got[tx] == 0 {
+					missing++
+				}
+			}
+			if missing == 0 {
+				return got, 0, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return got, missing, err
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
+
+// printedCounts counts the stdout copies of each txid over several daemon
+// runs.
+func printedCounts(ds ...*daemon) map[string]int {
+	out := map[string]int{}
+	for _, d := range ds {
+		for _, l := range d.printed() {
+			out[l.TxID]++
+		}
+	}
+	return out
+}
+
+// lostAndDup compares acked txids with the copies a sink holds.
+func lostAndDup(acked map[string]bool, got map[string]int) (lost []string, dup int) {
+	for tx := range acked {
+		switch n := got[tx]; {
+		case n == 0:
+			lost = append(lost, tx)
+		case n > 1:
+			dup += n - 1
+		}
+	}
+	return lost, dup
+}
+
+// goodVehicle keeps one well-behaved vehicle sending a record every
+// interval and waiting for its ack, reconnecting only if told to.
+type goodVehicle struct {
+	mu      sync.Mutex
+	acked   map[string]bool
+	errs    []error
+	maxWait time.Duration
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+func startGoodVehicle(t *testing.T, addr, certs, vin string, interval time.Duration) *goodVehicle {
+	t.Helper()
+	c := dial(t, addr, certs, vin)
+	g := &goodVehicle{acked: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(g.done)
+		for i := 0; ; i++ {
+			select {
+			case <-g.stop:
+				return
+			case <-time.After(interval):
+			}
+			tx := fmt.Sprintf("good-%s-%06d", vin, i)
+			start := time.Now()
+			if err := c.Send(newRecord(vin, "V", tx)); err != nil {
+				g.fail(fmt.Errorf("send %s: %w", tx, err))
+				return
+			}
+			r, err := c.ReadReply(10 * time.Second)
+			if err != nil {
+				g.fail(fmt.Errorf("reply for %s: %w", tx, err))
+				return
+			}
+			if !r.Ack || r.TxID != tx {
+				g.fail(fmt.Errorf("got %+v, want the ack of %s", r, tx))
+				return
+			}
+			g.mu.Lock()
+			g.acked[tx] = true
+			g.maxWait = max(g.maxWait, time.Since(start))
+			g.mu.Unlock()
+		}
+	}()
+	return g
+}
+
+func (g *goodVehicle) fail(err error) {
+	g.mu.Lock()
+	g.errs = append(g.errs, err)
+	g.mu.Unlock()
+}
+
+func (g *goodVehicle) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.acked)
+}
+
+// halt stops the vehicle and returns what it saw.
+func (g *goodVehicle) halt() (acked map[string]bool, maxWait time.Duration, errs []error) {
+	select {
+	case <-g.stop:
+	default:
+		close(g.stop)
+	}
+	<-g.done
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.acked, g.maxWait, g.errs
+}
+
+// closeCode returns the WebSocket close code inside err, or 0.
+func closeCode(err error) int {
+	var ce *vehicle.CloseError
+	if errors.As(err, &ce) {
+		return int(ce.Code)
+	}
+	return 0
+}

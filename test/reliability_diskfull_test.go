@@ -1,0 +1,293 @@
+package test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+	"github.com/fleet-telemetry/fleet-telemetry/test/kfakebroker/kfaketest"
+)
+
+// mountSmallFS mounts a size-limited tmpfs on a new directory and unmounts
+// it when the test ends; it skips, saying why, where mounting is not
+// possible (not root, no CAP_SYS_ADMIN, a container without mount rights).
+func mountSmallFS(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	mnt := filepath.Join(dir, "fs")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", mnt).CombinedOutput()
+	if err != nil {
+		t.Skipf("cannot mount a %s tmpfs here (needs root / CAP_SYS_ADMIN): %v: %s", size, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
+			t.Logf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	return mnt
+}
+
+// fillFS writes a filler file until the file system is full and returns its
+// path.
+func fillFS(t *testing.T, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "filler")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("fill %s: %v", path, err)
+			}
+			break
+		}
+	}
+	// The last pages.
+	small := make([]byte, 512)
+	for {
+		if _, err := f.Write(small); err != nil {
+			break
+		}
+	}
+	return path
+}
+
+// pushUntilRefused sends pipelined batches on fresh connections until the
+// daemon refuses (close 1013, another close or an error reply) or limit
+// records were acked; it returns the acked txids and the close code seen.
+func pushUntilRefused(t *testing.T, d *daemon, certs, prefix string, limit int) (acked map[string]bool, code int, detail string) {
+	t.Helper()
+	acked = map[string]bool{}
+	vin := relVINs[0]
+	c := dialNoFail(d.addr, certs, vin)
+	if c == nil {
+		return acked, -1, "dial failed"
+	}
+	defer c.Close()
+	for b := 0; len(acked) < limit; b++ {
+		batch := make([]*envelope.StreamMessage, 50)
+		for j := range batch {
+			batch[j] = newRecord(vin, "V", fmt.Sprintf("%s-%05d-%02d", prefix, b, j))
+		}
+		if err := c.SendMany(batch); err != nil {
+			return acked, -1, "send: " + err.Error()
+		}
+		for range batch {
+			r, err := c.ReadReply(15 * time.Second)
+			if err != nil {
+				return acked, closeCode(err), err.Error()
+			}
+			if !r.Ack {
+				return acked, 0, fmt.Sprintf("error reply %+v", r)
+			}
+			acked[r.TxID] = true
+		}
+	}
+	return acked, 0, "limit reached"
+}
+
+// sendOneAcked dials and sends one record; it reports whether it was acked
+// (and otherwise why not).
+func sendOneAcked(d *daemon, certs, tx string) (bool, string) {
+	c := dialNoFail(d.addr, certs, relVINs[1])
+	if c == nil {
+		return false, "dial failed"
+	}
+	defer c.Close()
+	if err := c.Send(newRecord(relVINs[1], "V", tx)); err != nil {
+		return false, err.Error()
+	}
+	r, err := c.ReadReply(10 * time.Second)
+	if err != nil {
+		return false, err.Error()
+	}
+	if !r.Ack || r.TxID != tx {
+		return false, fmt.Sprintf("reply %+v", r)
+	}
+	return true, ""
+}
+
+// waitAcked retries sendOneAcked until a record is acked or timeout; it
+// returns the acked txid ("" on timeout) and the last failure.
+func waitAcked(d *daemon, certs, prefix string, timeout time.Duration) (string, string, time.Duration) {
+	start := time.Now()
+	last := ""
+	for i := 0; time.Since(start) < timeout; i++ {
+		tx := fmt.Sprintf("%s-%03d", prefix, i)
+		ok, why := sendOneAcked(d, certs, tx)
+		if ok {
+			return tx, last, time.Since(start)
+		}
+		last = why
+		time.Sleep(200 * time.Millisecond)
+	}
+	return "", last, time.Since(start)
+}
+
+// TestReliabilityDiskFullSoftLimit puts the spool on an 8 MB tmpfs with
+// spool.max_bytes = 512 KiB and a Kafka forwarder whose broker is paused
+// (SIGSTOP): the spool fills to its budget, vehicles are shed with close
+// 1013 and counted (spool_full), the daemon stays up; once the broker runs
+// again the forwarder drains, space returns and acks resume; every acked
+// record reaches Kafka and stdout.
+func TestReliabilityDiskFullSoftLimit(t *testing.T) {
+	kfaketest.RequireKcat(t)
+	mnt := mountSmallFS(t, "8m")
+	broker := startRelBroker(t, "")
+	dir := t.TempDir()
+	setup := relWriteConfig(t, dir, relConfig{
+		Records:  map[string][]string{"V": {"kafka", "logger"}},
+		Kafka:    broker.Addr,
+		SpoolDir: filepath.Join(mnt, "spool"),
+		MaxBytes: 512 << 10,
+	})
+	d := startDaemon(t, setup.ConfigPath)
+	all := map[string]bool{}
+	if tx, why, _ := waitAcked(d, setup.Certs, "soft-warm", 10*time.Second); tx == "" {
+		t.Fatalf("no ack before the test started: %s", why)
+	} else {
+		all[tx] = true
+	}
+
+	broker.signal(syscall.SIGSTOP)
+	before := setup.metrics()
+	acked, code, detail := pushUntilRefused(t, d, setup.Certs, "soft", 20000)
+	for tx := range acked {
+		all[tx] = true
+	}
+	t.Logf("broker paused: %d records acked, then %s (close %d)", len(acked), detail, code)
+	if code != 1013 {
+		t.Fatalf("the spool filling did not shed the vehicle with 1013: %s", detail)
+	}
+	if ok, why := sendOneAcked(d, setup.Certs, "soft-while-full"); ok {
+		t.Fatalf("a record was acked while the spool was full")
+	} else if !d.alive() {
+		t.Fatalf("daemon died while full:\n%s", d.logText())
+	} else {
+		t.Logf("new connection while full: %s", why)
+	}
+	after := setup.metrics()
+	if n := after[refused("spool_full")] - before[refused("spool_full")]; n < 1 {
+		t.Errorf("spool_full refusals did not move (%v → %v)", before[refused("spool_full")], after[refused("spool_full")])
+	}
+	t.Logf("while full: fleet_spool_bytes=%.0f fleet_spool_records=%.0f lag{kafka}=%.0f lag{logger}=%.0f",
+		after["fleet_spool_bytes"], after["fleet_spool_records"],
+		after[`fleet_forwarder_lag_records{forwarder="kafka"}`], after[`fleet_forwarder_lag_records{forwarder="logger"}`])
+	if after[`fleet_forwarder_lag_records{forwarder="kafka"}`] <= 0 {
+		t.Errorf("kafka lag gauge shows no backlog while the broker is paused")
+	}
+
+	broker.signal(syscall.SIGCONT)
+	tx, why, took := waitAcked(d, setup.Certs, "soft-resumed", 60*time.Second)
+	if tx == "" {
+		t.Fatalf("acks did not resume within 60s after the broker came back: %s\n%s", why, d.logText())
+	}
+	all[tx] = true
+	t.Logf("acks resumed %s after the broker came back", took.Round(time.Millisecond))
+
+	d.waitPrinted(t, all, 30*time.Second)
+	got, missing, err := waitKafka(broker.Addr, all, 60*time.Second, "V")
+	if err != nil || missing > 0 {
+		t.Fatalf("%d of %d acked records not in Kafka (err %v)", missing, len(all), err)
+	}
+	_, dup := lostAndDup(all, got)
+	t.Logf("%d acked records all in Kafka (%d duplicates) and on stdout", len(all), dup)
+	d.stop(t)
+}
+
+// TestReliabilityDiskFullENOSPC fills the spool's file system with a
+// filler file (no max_bytes): commits fail with ENOSPC, vehicles are shed
+// with 1013, the daemon keeps running; once the filler is deleted acks
+// resume, and every record acked before, during and after is printed.
+func TestReliabilityDiskFullENOSPC(t *testing.T) {
+	mnt := mountSmallFS(t, "8m")
+	dir := t.TempDir()
+	setup := relWriteConfig(t, dir, relConfig{
+		Records:  map[string][]string{"V": {"logger"}},
+		SpoolDir: filepath.Join(mnt, "spool"),
+	})
+	d := startDaemon(t, setup.ConfigPath)
+	all := map[string]bool{}
+	acked, code, detail := pushUntilRefused(t, d, setup.Certs, "hard-before", 500)
+	if code != 0 || len(acked) < 500 {
+		t.Fatalf("before filling: %s", detail)
+	}
+	for tx := range acked {
+		all[tx] = true
+	}
+
+	filler := fillFS(t, mnt)
+	before := setup.metrics()
+	var lastDetail string
+	var shed bool
+	start := time.Now()
+	for i := 0; i < 20 && !shed && d.alive(); i++ {
+		acked, code, detail := pushUntilRefused(t, d, setup.Certs, fmt.Sprintf("hard-full%02d", i), 20000)
+		for tx := range acked {
+			all[tx] = true
+		}
+		lastDetail = fmt.Sprintf("%d acked, then %s", len(acked), detail)
+		t.Logf("disk full, attempt %d: %s", i, lastDetail)
+		shed = code == 1013
+	}
+	if !d.alive() {
+		t.Fatalf("BUG: the daemon died on ENOSPC (exit %v):\n%s", d.cmd.ProcessState, d.logText())
+	}
+	if !shed {
+		t.Fatalf("a full disk did not shed vehicles with 1013 within %s: %s", time.Since(start).Round(time.Millisecond), lastDetail)
+	}
+	// Still full: new records are not acked, and the daemon stays up.
+	time.Sleep(1 * time.Second)
+	if ok, why := sendOneAcked(d, setup.Certs, "hard-still-full"); ok {
+		t.Logf("NOTE: a record was acked while the disk is still full (the spool found room): %s", why)
+		all["hard-still-full"] = true
+	}
+	if !d.alive() {
+		t.Fatalf("BUG: the daemon died while the disk stayed full:\n%s", d.logText())
+	}
+	after := setup.metrics()
+	t.Logf("refusals while full: spool_commit_failed +%.0f, spool_busy +%.0f, spool_full +%.0f; fleet_spool_commit_errors_total +%.0f",
+		after[refused("spool_commit_failed")]-before[refused("spool_commit_failed")],
+		after[refused("spool_busy")]-before[refused("spool_busy")],
+		after[refused("spool_full")]-before[refused("spool_full")],
+		after["fleet_spool_commit_errors_total"]-before["fleet_spool_commit_errors_total"])
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	tx, why, took := waitAcked(d, setup.Certs, "hard-resumed", 60*time.Second)
+	if tx == "" {
+		t.Fatalf("acks did not resume within 60s after space returned: %s\n%s", why, d.logText())
+	}
+	all[tx] = true
+	t.Logf("acks resumed %s after the filler was deleted", took.Round(time.Millisecond))
+	acked, code, detail = pushUntilRefused(t, d, setup.Certs, "hard-after", 500)
+	if code != 0 {
+		t.Fatalf("after space returned: %s", detail)
+	}
+	for tx := range acked {
+		all[tx] = true
+	}
+	d.waitPrinted(t, all, 30*time.Second)
+	t.Logf("all %d acked records printed (before, while and after the disk was full)", len(all))
+	d.stop(t)
+	// And a restart on that spool starts (nothing left corrupt).
+	d2 := startDaemon(t, setup.ConfigPath)
+	if ok, why := sendOneAcked(d2, setup.Certs, "hard-restart"); !ok {
+		t.Fatalf("after a restart on the spool that was full: %s\n%s", why, d2.logText())
+	}
+	d2.stop(t)
+}
