@@ -7,7 +7,7 @@
 //	bench -scenario throughput -addr 127.0.0.1:4443 -server-pid PID
 //	bench -spawn -scenario idle,throughput,rate,storm -json out.json -html out.html
 //
-// See bench/PERFORMANCE.md for the scenarios and measured figures.
+// See the README's "Performance" section for the scenarios and measured figures.
 package main
 
 import (
