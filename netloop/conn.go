@@ -186,6 +186,9 @@ func (c *conn) onTraffic() gnet.Action {
 			}
 		}
 		if !c.hsDone.Load() {
+			if c.expired.Load() {
+				return c.expire(time.Now()) // silent, or a handshake stuck past its deadline
+			}
 			return gnet.None
 		}
 		if act := c.finishHandshake(); act != gnet.None {

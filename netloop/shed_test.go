@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -162,4 +164,37 @@ func TestPartialMessageBudget(t *testing.T) {
 	small := e.dial(t, vinB)
 	small.Send(newRecord(vinB, "V", "small"))
 	expectAck(t, small, "small", "V")
+}
+
+// TestSilentConnectionsTimeOutWithoutAWorker: TCP connections that never
+// send a ClientHello hold no handshake worker and are closed at the
+// handshake deadline, counted; vehicles connect meanwhile.
+func TestSilentConnectionsTimeOutWithoutAWorker(t *testing.T) {
+	e := newTestEnv(t, allTopics, func(o *Options) {
+		o.HandshakeTimeout = 500 * time.Millisecond
+		o.MaxHandshakes = 1
+	})
+	before := refusedHandshakeTimeout.Get()
+	var silent []net.Conn
+	for range 20 {
+		c, err := net.Dial("tcp", e.addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		silent = append(silent, c)
+	}
+	// One handshake worker, twenty silent sockets: a vehicle still gets in.
+	v := e.dial(t, vinA)
+	v.Send(newRecord(vinA, "V", "during"))
+	expectAck(t, v, "during", "V")
+	for _, c := range silent {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("silent connection not closed by the server: %v", err)
+		}
+	}
+	if got := refusedHandshakeTimeout.Get() - before; got != 20 {
+		t.Fatalf("handshake timeouts counted %d, want 20", got)
+	}
 }
