@@ -466,7 +466,8 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 	}
 	if err := record.Validate(env.Topic, env.Stream.Payload); err != nil {
 		recBadPayload.Inc()
-		c.queueReply(env.TxID, env.Topic, nil, true, errorText)
+		// As the reference: the txid echoed, the topic left empty.
+		c.queueReply(env.TxID, nil, nil, true, errorText)
 		return gnet.None
 	}
 	tm.records.Inc()
