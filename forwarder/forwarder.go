@@ -52,8 +52,8 @@ type Forwarder struct {
 	topics map[string]bool
 	log    *slog.Logger
 
-	sent, failed, retries, skipped *metrics.Counter
-	lag                            *metrics.Gauge
+	sent, failed, retries, skipped, corrupt *metrics.Counter
+	lag                                     *metrics.Gauge
 }
 
 // New prepares a forwarder; Run starts it.
@@ -86,6 +86,7 @@ func New(sp *spool.Spool, sink Sink, o Options) (*Forwarder, error) {
 	f.failed = metrics.GetOrCreateCounter("fleet_forwarder_failed_batches_total" + label)
 	f.retries = metrics.GetOrCreateCounter("fleet_forwarder_retries_total" + label)
 	f.skipped = metrics.GetOrCreateCounter("fleet_forwarder_skipped_total" + label)
+	f.corrupt = metrics.GetOrCreateCounter("fleet_forwarder_damaged_records_total" + label)
 	f.lag = metrics.GetOrCreateGauge("fleet_forwarder_lag_records"+label, nil)
 	return f, nil
 }
@@ -146,10 +147,35 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 		}
 		committed := f.spool.Committed() // fetched before Read: no lost wake-up
 		recs, err := f.spool.Read(cursor+1, f.opts.BatchRecords, f.opts.BatchBytes, buf[:0])
-		if err != nil {
-			if errors.Is(err, spool.ErrBusy) && f.pause(ctx) {
+		var damaged *spool.CorruptRecordError
+		switch {
+		case err == nil:
+		case errors.As(err, &damaged) && len(recs) > 0:
+			// Deliver what precedes the damaged record first.
+		case errors.As(err, &damaged):
+			// Unreadable, so undeliverable: stopping here would block every
+			// record behind it for ever (and a restart would stop again).
+			// Say so loudly and go past it.
+			f.corrupt.Inc()
+			f.log.Error("spool record is damaged; skipped", "seq", damaged.Seq, "err", damaged.Err)
+			if err := f.spool.SetCursor(f.opts.Name, damaged.Seq); err != nil {
+				if errors.Is(err, spool.ErrBusy) && f.pause(ctx) {
+					continue
+				}
+				return fmt.Errorf("forwarder %s: set cursor %d: %w", f.opts.Name, damaged.Seq, err)
+			}
+			cursor = damaged.Seq
+			cursorNow.Store(cursor)
+			continue
+		case errors.Is(err, spool.ErrBusy):
+			if f.pause(ctx) {
 				continue // the spool is reopening after a failed commit
 			}
+			if drain {
+				return ctx.Err()
+			}
+			return nil
+		default:
 			return fmt.Errorf("forwarder %s: read from %d: %w", f.opts.Name, cursor+1, err)
 		}
 		buf = recs

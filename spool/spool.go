@@ -627,7 +627,8 @@ func (s *Spool) getDB() (*pebble.DB, error) {
 // Read appends to dst the committed records with Seq >= from, in seq order,
 // at most maxRecords of them and at most maxBytes of encoded values, but at
 // least one if any is available. maxRecords or maxBytes <= 0 mean no limit.
-// The records own their memory.
+// The records own their memory. A damaged record ends the read with a
+// *CorruptRecordError; the records before it are returned with it.
 func (s *Spool) Read(from uint64, maxRecords, maxBytes int, dst []Record) ([]Record, error) {
 	last := s.LastSeq()
 	if from > last {
@@ -652,7 +653,7 @@ func (s *Spool) Read(from uint64, maxRecords, maxBytes int, dst []Record) ([]Rec
 		v, err := it.ValueAndErr()
 		if err != nil {
 			_ = it.Close()
-			return dst, fmt.Errorf("spool: read record %d: %w", seq, err)
+			return dst, &CorruptRecordError{Seq: seq, Err: err}
 		}
 		if n > 0 && maxBytes > 0 && size+len(v) > maxBytes {
 			break
@@ -662,7 +663,7 @@ func (s *Spool) Read(from uint64, maxRecords, maxBytes int, dst []Record) ([]Rec
 		var r Record
 		if err := decodeRecord(buf, seq, &r, true); err != nil {
 			_ = it.Close()
-			return dst, err
+			return dst, &CorruptRecordError{Seq: seq, Err: err}
 		}
 		dst = append(dst, r)
 		n++
