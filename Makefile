@@ -43,7 +43,8 @@ FUZZ_TARGETS := \
 	./proto/envelope:FuzzDecode \
 	./proto/record:FuzzTransform \
 	./spool:FuzzDecodeRecord \
-	./netloop:FuzzParseRequestLine
+	./netloop:FuzzParseRequestLine \
+	./cmd/fleet-telemetry:FuzzParseConfig
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
