@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -408,7 +409,7 @@ func (c *Config) AllowedVINs() (map[string]bool, error) {
 		if err := json.Unmarshal(c.VINAllowlist, &path); err != nil {
 			return nil, errors.New("vin_allowlist must be a list of VINs or a file path")
 		}
-		data, err := os.ReadFile(path)
+		data, err := readAllowlistFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("vin_allowlist: %w", err)
 		}
@@ -434,4 +435,28 @@ func uniq(list []string) map[string]bool {
 		m[v] = true
 	}
 	return m
+}
+
+// maxAllowlistBytes bounds the allowlist file (tens of millions of VINs).
+const maxAllowlistBytes = 256 << 20
+
+// readAllowlistFile reads a regular file of bounded size: a device or a
+// FIFO named by mistake must not hang or exhaust the daemon at start.
+func readAllowlistFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if st.Size() > maxAllowlistBytes {
+		return nil, fmt.Errorf("%s is %d bytes; at most %d", path, st.Size(), maxAllowlistBytes)
+	}
+	return io.ReadAll(io.LimitReader(f, maxAllowlistBytes))
 }

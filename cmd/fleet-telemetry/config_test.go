@@ -108,3 +108,10 @@ func TestSuppressHandshakeErrorLoggingEnv(t *testing.T) {
 		t.Fatal("SUPPRESS_TLS_HANDSHAKE_ERROR_LOGGING=true not honoured")
 	}
 }
+
+func TestAllowlistMustBeARegularFile(t *testing.T) {
+	c, _ := mustParse(t, `{`+base+`, "records": {"V": ["logger"]}, "vin_allowlist": "/dev/zero"}`)
+	if _, err := c.AllowedVINs(); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("got %v, want a refusal of /dev/zero", err)
+	}
+}
