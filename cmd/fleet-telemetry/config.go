@@ -443,18 +443,19 @@ const maxAllowlistBytes = 256 << 20
 // readAllowlistFile reads a regular file of bounded size: a device or a
 // FIFO named by mistake must not hang or exhaust the daemon at start.
 func readAllowlistFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
+	// Checked before opening: opening a FIFO blocks until a writer comes.
+	st, err := os.Stat(path)
 	if err != nil {
 		return nil, err
 	}
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
 	if st.Size() > maxAllowlistBytes {
 		return nil, fmt.Errorf("%s is %d bytes; at most %d", path, st.Size(), maxAllowlistBytes)
 	}
