@@ -81,7 +81,7 @@ func readRaw(db *pebble.DB, from, to, upper uint64, maxRecords, maxBytes int, ds
 		v, err := it.ValueAndErr()
 		if err != nil {
 			_ = it.Close()
-			return dst, fmt.Errorf("spool: read record %d: %w", seq, err)
+			return dst, &CorruptRecordError{Seq: seq, Err: err}
 		}
 		if n > 0 && maxBytes > 0 && size+len(v) > maxBytes {
 			break

@@ -639,43 +639,16 @@ func (s *Spool) Read(from uint64, maxRecords, maxBytes int, dst []Record) ([]Rec
 		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
 	}
 	defer s.dbMu.RUnlock()
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: recKey(from), UpperBound: recKeyAfter(last)})
-	if err != nil {
-		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
-	}
-	n, size := 0, 0
-	for ok := it.First(); ok; ok = it.Next() {
-		seq, err := parseRecKey(it.Key())
-		if err != nil {
-			_ = it.Close()
-			return dst, err
-		}
-		v, err := it.ValueAndErr()
-		if err != nil {
-			_ = it.Close()
-			return dst, &CorruptRecordError{Seq: seq, Err: err}
-		}
-		if n > 0 && maxBytes > 0 && size+len(v) > maxBytes {
-			break
-		}
-		buf := make([]byte, len(v))
-		copy(buf, v)
+	raw, err := readRaw(db, from, last, last, maxRecords, maxBytes, nil)
+	for _, rr := range raw {
 		var r Record
-		if err := decodeRecord(buf, seq, &r, true); err != nil {
-			_ = it.Close()
-			return dst, &CorruptRecordError{Seq: seq, Err: err}
+		// rr.Value is a copy the record may keep.
+		if derr := decodeRecord(rr.Value, rr.Seq, &r, true); derr != nil {
+			return dst, &CorruptRecordError{Seq: rr.Seq, Err: derr}
 		}
 		dst = append(dst, r)
-		n++
-		size += len(v)
-		if maxRecords > 0 && n >= maxRecords {
-			break
-		}
 	}
-	if err := it.Close(); err != nil {
-		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
-	}
-	return dst, nil
+	return dst, err
 }
 
 // Cursor returns the last seq consumer name has delivered, 0 if none.
