@@ -42,7 +42,17 @@ type Options struct {
 	// Delivered, when set, is called with each batch the sink confirmed,
 	// before the cursor moves (reliable acks hang on it). It must not block.
 	Delivered func(batch []spool.Record)
+	// CursorInterval is how often the cursor is written to the spool while
+	// records flow (default 100ms; negative: after every batch). Each
+	// write waits for an fsync and trims the spool, so writing it per batch
+	// costs more than the batch at small batch sizes; the price is that
+	// after a crash up to this interval's records are sent again (they were
+	// delivered, at least once, already).
+	CursorInterval time.Duration
 }
+
+// DefaultCursorInterval is Options.CursorInterval's default.
+const DefaultCursorInterval = 100 * time.Millisecond
 
 // Forwarder moves records from a spool to a sink.
 type Forwarder struct {
@@ -74,6 +84,9 @@ func New(sp *spool.Spool, sink Sink, o Options) (*Forwarder, error) {
 		o.MaxBackoff = 30 * time.Second
 	}
 	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
+	if o.CursorInterval == 0 {
+		o.CursorInterval = DefaultCursorInterval
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -129,21 +142,62 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 	}()
 	var buf []spool.Record
 	var batch []spool.Record
+	// cursor is what has been delivered; persisted what the spool has on
+	// disk. They differ for at most CursorInterval while records flow.
+	persisted, lastWrite := cursor, time.Now()
+	persist := func() error {
+		if persisted == cursor {
+			return nil
+		}
+		if err := f.spool.SetCursor(f.opts.Name, cursor); err != nil {
+			return err
+		}
+		persisted, lastWrite = cursor, time.Now()
+		return nil
+	}
+	// persistAtExit writes the cursor on the way out, so a clean stop
+	// sends nothing again; a closed spool just keeps the older cursor.
+	persistAtExit := func() {
+		if err := persist(); err != nil && !errors.Is(err, spool.ErrClosed) {
+			f.log.Warn("cursor not saved at stop; records after it will be sent again",
+				"cursor", persisted, "delivered", cursor, "err", err)
+		}
+	}
+	// persistDue writes the cursor if CursorInterval has passed. A busy
+	// spool (reopening after a failed commit) is not an error: the cursor
+	// stays in memory and is written on a later pass.
+	persistDue := func() error {
+		if persisted == cursor || time.Since(lastWrite) < f.opts.CursorInterval {
+			return nil
+		}
+		if err := persist(); err != nil && !errors.Is(err, spool.ErrBusy) {
+			return fmt.Errorf("forwarder %s: set cursor %d: %w", f.opts.Name, cursor, err)
+		}
+		return nil
+	}
+	dueTimer := time.NewTimer(time.Hour)
+	dueTimer.Stop()
+	defer dueTimer.Stop()
 	// A poll interval backs up the commit signal.
 	poll := time.NewTicker(250 * time.Millisecond)
 	defer poll.Stop()
 	for {
 		if drain && cursor >= target {
+			persistAtExit()
 			return nil
 		}
 		// Checked on every pass, not only while idle or failing: with a
 		// backlog and a healthy sink the loop would otherwise never look at
 		// ctx and Run would not stop until the spool was empty.
 		if err := ctx.Err(); err != nil {
+			persistAtExit()
 			if drain {
 				return err
 			}
 			return nil
+		}
+		if err := persistDue(); err != nil {
+			return err
 		}
 		committed := f.spool.Committed() // fetched before Read: no lost wake-up
 		recs, err := f.spool.Read(cursor+1, f.opts.BatchRecords, f.opts.BatchBytes, buf[:0])
@@ -158,12 +212,6 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 			// Say so loudly and go past it.
 			f.corrupt.Inc()
 			f.log.Error("spool record is damaged; skipped", "seq", damaged.Seq, "err", damaged.Err)
-			if err := f.spool.SetCursor(f.opts.Name, damaged.Seq); err != nil {
-				if errors.Is(err, spool.ErrBusy) && f.pause(ctx) {
-					continue
-				}
-				return fmt.Errorf("forwarder %s: set cursor %d: %w", f.opts.Name, damaged.Seq, err)
-			}
 			cursor = damaged.Seq
 			cursorNow.Store(cursor)
 			continue
@@ -171,6 +219,7 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 			if f.pause(ctx) {
 				continue // the spool is reopening after a failed commit
 			}
+			persistAtExit()
 			if drain {
 				return ctx.Err()
 			}
@@ -182,10 +231,18 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 		f.setLag(cursor)
 		if len(recs) == 0 {
 			if drain {
+				persistAtExit()
 				return nil
+			}
+			// With an unsaved cursor, wake up when it is due.
+			var due <-chan time.Time
+			if persisted != cursor {
+				dueTimer.Reset(max(0, f.opts.CursorInterval-time.Since(lastWrite)))
+				due = dueTimer.C
 			}
 			select {
 			case <-ctx.Done():
+				persistAtExit()
 				return nil
 			case <-committed:
 				// Close also closes the channel, for good: without this
@@ -193,6 +250,7 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 				if _, err := f.spool.Cursor(f.opts.Name); err != nil {
 					return fmt.Errorf("forwarder %s: %w", f.opts.Name, err)
 				}
+			case <-due:
 			case <-poll.C:
 			}
 			continue
@@ -208,6 +266,7 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 		}
 		if len(batch) > 0 {
 			if err := f.send(ctx, batch); err != nil {
+				persistAtExit()
 				if drain {
 					return err
 				}
@@ -217,16 +276,7 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 				f.opts.Delivered(batch)
 			}
 		}
-		last := recs[len(recs)-1].Seq
-		if err := f.spool.SetCursor(f.opts.Name, last); err != nil {
-			if errors.Is(err, spool.ErrBusy) && f.pause(ctx) {
-				// The batch was delivered; it is sent again after the
-				// pause (at least once), since the cursor did not move.
-				continue
-			}
-			return fmt.Errorf("forwarder %s: set cursor %d: %w", f.opts.Name, last, err)
-		}
-		cursor = last
+		cursor = recs[len(recs)-1].Seq
 		cursorNow.Store(cursor)
 	}
 }

@@ -217,7 +217,7 @@ func TestUnroutedTopicsSkippedCursorPasses(t *testing.T) {
 }
 
 // The cursor moves only after Send returned nil: while the sink fails the
-// cursor stays at the end of the previous batch, and every record is still
+// cursor stays at (with CursorInterval < 0) the end of the previous batch, and every record is still
 // delivered exactly once (failed calls confirm nothing).
 func TestCursorAdvancesOnlyAfterSuccessfulSend(t *testing.T) {
 	const name = "retry"
@@ -252,7 +252,9 @@ func TestCursorAdvancesOnlyAfterSuccessfulSend(t *testing.T) {
 		}
 		return nil
 	}
-	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 2})
+	// CursorInterval < 0: the cursor is written after every batch, so it
+	// must sit exactly before each batch sent.
+	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 2, CursorInterval: -1})
 	drain(t, f)
 
 	if len(cursorsSeen) > 0 {
@@ -639,4 +641,55 @@ func TestRetryWaitBounds(t *testing.T) {
 	if w := inv.retryWait(time.Second); w != time.Second {
 		t.Fatalf("retryWait = %v, want 1s", w)
 	}
+}
+
+// With CursorInterval the cursor is written at most that often while
+// records flow, never ahead of what the sink confirmed, and once more when
+// the forwarder goes idle or stops, so a clean stop sends nothing again.
+func TestCursorIsWrittenEveryIntervalAndAtStop(t *testing.T) {
+	const name = "interval"
+	sp := openSpool(t, t.TempDir(), name)
+	var mu sync.Mutex
+	var ahead []string
+	sink := &testSink{hook: func(call int, batch []spool.Record) {
+		if c := cursor(t, sp, name); c >= batch[0].Seq {
+			mu.Lock()
+			ahead = append(ahead, fmt.Sprintf("call %d: cursor %d, batch starts at %d", call, c, batch[0].Seq))
+			mu.Unlock()
+		}
+	}}
+	seqs := appendRecs(t, sp, repeat("V", 40)...)
+	// An interval far longer than the test: only the stop writes it.
+	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 4, CursorInterval: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	waitFor(t, "all records sent", func() bool { return len(sink.delivered()) == len(seqs) })
+	if c := cursor(t, sp, name); c != 0 {
+		t.Fatalf("cursor written during a 1h interval: %d", c)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if c := cursor(t, sp, name); c != seqs[len(seqs)-1] {
+		t.Fatalf("cursor after stop = %d, want %d", c, seqs[len(seqs)-1])
+	}
+	if len(ahead) > 0 {
+		t.Fatalf("cursor ahead of unconfirmed records: %v", ahead)
+	}
+
+	// A short interval: an idle forwarder writes the cursor once it is due,
+	// without a stop.
+	more := appendRecs(t, sp, repeat("V", 10)...)
+	f = newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 4, CursorInterval: 20 * time.Millisecond})
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	go func() { done <- f.Run(ctx) }()
+	waitFor(t, "cursor written while idle", func() bool { return cursor(t, sp, name) == more[len(more)-1] })
+	if got := sink.delivered(); len(got) != len(seqs)+len(more) {
+		t.Fatalf("delivered %d records, want %d (nothing twice)", len(got), len(seqs)+len(more))
+	}
+	cancel()
+	<-done
 }

@@ -1,6 +1,7 @@
 package forwarder
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strconv"
 
@@ -55,24 +56,31 @@ type Encoder struct {
 // spool or a bug); sinks skip such records and count them.
 func (e Encoder) Encode(r *spool.Record) (Message, error) {
 	recordType := string(r.Topic)
-	msg, err := record.Transform(recordType, r.VIN, r.Payload)
-	if err != nil {
-		return Message{}, fmt.Errorf("forwarder: decode record %d: %w", r.Seq, err)
-	}
-	var value []byte
-	if e.JSON {
-		value, err = record.MarshalJSON(msg)
-	} else {
-		value, err = record.MarshalProto(msg)
-	}
-	if err != nil {
-		return Message{}, fmt.Errorf("forwarder: encode record %d: %w", r.Seq, err)
-	}
 	// The reference always wrote timestamp "0"; ours is the record's own
 	// created-at, falling back to the envelope's.
 	createdMs := int64(r.CreatedAtSec) * 1000
-	if ts := createdAt(msg); ts != nil && ts.IsValid() {
-		createdMs = ts.AsTime().UnixMilli()
+	var value []byte
+	if fast, created, ok := e.fastPath(recordType, r); ok {
+		value = fast
+		if created.Valid() {
+			createdMs = created.UnixMilli()
+		}
+	} else {
+		msg, err := record.Transform(recordType, r.VIN, r.Payload)
+		if err != nil {
+			return Message{}, fmt.Errorf("forwarder: decode record %d: %w", r.Seq, err)
+		}
+		if e.JSON {
+			value, err = record.MarshalJSON(msg)
+		} else {
+			value, err = record.MarshalProto(msg)
+		}
+		if err != nil {
+			return Message{}, fmt.Errorf("forwarder: encode record %d: %w", r.Seq, err)
+		}
+		if ts := createdAt(msg); ts != nil && ts.IsValid() {
+			createdMs = ts.AsTime().UnixMilli()
+		}
 	}
 	return Message{
 		Seq:        r.Seq,
@@ -90,6 +98,16 @@ func (e Encoder) Encode(r *spool.Record) (Message, error) {
 			{"device_client_version", r.ClientVersion},
 		},
 	}, nil
+}
+
+// fastPath returns the dispatched protobuf bytes without decoding the
+// record when the payload allows it (see record.AppendDispatched).
+func (e Encoder) fastPath(recordType string, r *spool.Record) ([]byte, record.CreatedAt, bool) {
+	if e.JSON {
+		return nil, record.CreatedAt{}, false
+	}
+	dst := make([]byte, 0, len(r.Payload)+len(r.VIN)+2+binary.MaxVarintLen64)
+	return record.AppendDispatched(dst, recordType, r.VIN, r.Payload)
 }
 
 // createdAt finds a record's created_at, whatever its type.

@@ -88,60 +88,18 @@ func Transform(topic, vin string, payload []byte) (proto.Message, error) {
 	return m, nil
 }
 
-// vtMarshaler is implemented by every generated message (vtproto).
-type vtMarshaler interface {
-	MarshalVT() ([]byte, error)
-}
-
-// MarshalProto returns the protobuf bytes dispatched to the sinks. It uses
-// the generated MarshalVT (several times faster than proto.Marshal) unless a
-// Timestamp in m carries unknown fields, which MarshalVT would drop.
+// MarshalProto returns the protobuf bytes dispatched to the sinks:
+// proto.Marshal, as the reference runs. The generated MarshalVT is not used
+// here: it drops a negative zero in proto3 float and double fields (it
+// tests v != 0 where proto.Marshal tests the bits) and unknown fields
+// inside Timestamps, so its bytes can differ from the reference's. Records
+// in canonical form skip this entirely (AppendDispatched).
 func MarshalProto(m proto.Message) ([]byte, error) {
-	var (
-		b   []byte
-		err error
-	)
-	if vt, ok := m.(vtMarshaler); ok && !timestampUnknowns(m) {
-		b, err = vt.MarshalVT()
-	} else {
-		b, err = proto.Marshal(m)
-	}
+	b, err := proto.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("record: marshal %T: %w", m, err)
 	}
 	return b, nil
-}
-
-// timestampUnknowns reports whether any Timestamp in m has unknown fields.
-func timestampUnknowns(m proto.Message) bool {
-	has := func(ts *timestamppb.Timestamp) bool {
-		return ts != nil && len(ts.ProtoReflect().GetUnknown()) > 0
-	}
-	switch msg := m.(type) {
-	case *pb.Payload:
-		return has(msg.CreatedAt)
-	case *pb.VehicleAlerts:
-		for _, a := range msg.Alerts {
-			if has(a.StartedAt) || has(a.EndedAt) {
-				return true
-			}
-		}
-		return has(msg.CreatedAt)
-	case *pb.VehicleErrors:
-		for _, e := range msg.Errors {
-			if has(e.CreatedAt) {
-				return true
-			}
-		}
-		return has(msg.CreatedAt)
-	case *pb.VehicleConnectivity:
-		return has(msg.CreatedAt)
-	case *pb.VehicleMetrics:
-		return has(msg.CreatedAt)
-	}
-	// Unknown message types take the vtproto path only if they have no
-	// Timestamps we know of; be safe and use proto.Marshal.
-	return true
 }
 
 // jsonOptions give the reference's transmit_decoded_records form: enum
