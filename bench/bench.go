@@ -210,7 +210,7 @@ func (b *bench) start(name string) (*target, error) {
 	}
 	t := &target{}
 	cfg := &spawn.DaemonConfig{Dir: dir, CertDir: b.o.certsDir, Sink: b.o.sink, AckMode: b.o.ackMode,
-		LogLevel: b.o.serverLogLevel, PprofPort: b.o.serverPprofPort}
+		LogLevel: b.o.serverLogLevel, PprofPort: b.o.serverPprofPort, MetricsPort: b.o.serverMetricsPort}
 	if b.o.sink == "kafka" {
 		br, err := spawn.StartBroker(b.o.brokerBin, b.o.brokerCPUs, dir)
 		if err != nil {
@@ -581,7 +581,7 @@ func (r *scenarioRun) load(nconns, inflight int, rate float64, dur time.Duration
 			defer writers.Done()
 			var err error
 			if rate > 0 {
-				err = r.rateWriter(c, i, rate, stop)
+				err = r.rateWriter(c, i, len(conns), rate, stop)
 			} else {
 				err = r.windowWriter(c, sem, inflight, stop)
 			}
@@ -660,9 +660,12 @@ func (r *scenarioRun) windowWriter(c *sim.Conn, sem chan struct{}, inflight int,
 
 // rateWriter sends one record every 1/rate seconds (phases spread over the
 // connections); a late tick sends at once, so no send is skipped.
-func (r *scenarioRun) rateWriter(c *sim.Conn, i int, rate float64, stop chan struct{}) error {
+func (r *scenarioRun) rateWriter(c *sim.Conn, i, n int, rate float64, stop chan struct{}) error {
 	interval := time.Duration(float64(time.Second) / rate)
-	next := time.Now().Add(time.Duration(int64(i) * 7919 % int64(interval)))
+	// Connection i of n starts i/n of an interval in, so the n senders
+	// are spread evenly over each interval, as independent vehicles are,
+	// instead of sending in one burst.
+	next := time.Now().Add(time.Duration(int64(interval) * int64(i) / int64(max(n, 1))))
 	timer := time.NewTimer(time.Until(next))
 	defer timer.Stop()
 	for {

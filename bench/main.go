@@ -31,6 +31,7 @@ type options struct {
 	serverCPUs, brokerCPUs     string
 	ackMode, serverLogLevel    string
 	serverPprofPort            int
+	serverMetricsPort          int
 	profile                    string
 	workDir                    string
 	keep                       bool
@@ -73,6 +74,7 @@ func run(args []string) int {
 	fs.StringVar(&o.ackMode, "ack-mode", "spool", "with -spawn: the daemon's ack_mode (spool or receive)")
 	fs.StringVar(&o.serverLogLevel, "server-log-level", "info", "with -spawn: the daemon's log_level")
 	fs.IntVar(&o.serverPprofPort, "server-pprof-port", 0, "with -spawn: serve the daemon's /debug/pprof on this port")
+	fs.IntVar(&o.serverMetricsPort, "server-metrics-port", 0, "with -spawn: serve the daemon's /metrics on this port")
 	fs.StringVar(&o.profile, "profile", "", "save a CPU profile of the daemon taken during the throughput scenario's measurement window to this file (needs -server-pprof-port)")
 	fs.StringVar(&o.workDir, "work-dir", "", "with -spawn: directory for configs, spools and logs (default: a new temporary one)")
 	fs.BoolVar(&o.keep, "keep", false, "with -spawn: keep the work directory")

@@ -62,7 +62,10 @@ type conn struct {
 
 	// hsQueued: the connection was handed to the handshake pool.
 	hsQueued bool
-	// Set by the handshake worker; hsDone publishes hsErr and tls.
+	// Set by the handshake worker; hsDone publishes hsErr and tls. It is
+	// set by a task the worker queues on the loop after its last TLS
+	// write, never by the worker itself: the loop must not write before
+	// the handshake's queued records (the session tickets) are out.
 	hsErr  error
 	hsDone atomic.Bool
 
@@ -161,10 +164,20 @@ func (c *conn) handshake(base context.Context) {
 		}
 	}
 	c.hsErr = err
-	c.hsDone.Store(true)
-	// The TLS writes above were queued with AsyncWrite at high priority; a
-	// Wake runs after them, so the loop cannot overtake a session ticket.
-	_ = c.gc.Wake(nil)
+	// The handshake's records went out with AsyncWrite, as high-priority
+	// loop tasks in order. A read event on the socket can run OnTraffic
+	// before those tasks, so hsDone is set by one more such task queued
+	// behind them: once the loop sees it, every handshake record (the TLS
+	// 1.3 session tickets included) has been written, and a reply the
+	// loop writes cannot overtake one (the client would see "bad record
+	// MAC"). The Wake that follows runs OnTraffic for the transition.
+	if werr := c.gc.AsyncWrite(nil, func(gnet.Conn, error) error {
+		c.hsDone.Store(true)
+		return c.gc.Wake(nil)
+	}); werr != nil {
+		// The connection is already closed: there is nothing to finish.
+		c.hsDone.Store(true)
+	}
 }
 
 var errHandshakeTimeout = errors.New("tls handshake timed out")

@@ -531,3 +531,70 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A reply the loop writes must never overtake the handshake's own records:
+// Go's TLS 1.3 server queues its session tickets at the end of the
+// handshake, and a request sent right behind the client's Finished could
+// be answered before they were out ("bad record MAC" on the client). Many
+// short connections, resumed and full, each asking at once.
+func TestRepliesNeverOvertakeHandshakeRecords(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	conns, workers := 1500, 24
+	if testing.Short() {
+		conns = 300
+	}
+	cache := tls.NewLRUClientSessionCache(64)
+	jobs := make(chan int)
+	errs := make(chan error, conns)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range jobs {
+				cfg := e.clientTLS(t, []string{vinA, vinB}[k%2]).Clone()
+				if k%3 != 0 {
+					cfg.ClientSessionCache = cache
+				}
+				errs <- statusOnce(e.addr(), cfg)
+			}
+		}()
+	}
+	for k := range conns {
+		jobs <- k
+	}
+	close(jobs)
+	wg.Wait()
+	close(errs)
+	var failed []string
+	for err := range errs {
+		if err != nil {
+			failed = append(failed, err.Error())
+		}
+	}
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d connections failed, e.g. %v", len(failed), conns, failed[:min(3, len(failed))])
+	}
+}
+
+// statusOnce connects, asks GET /status without waiting and reads the answer.
+func statusOnce(addr string, cfg *tls.Config) error {
+	c, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("GET /status HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return fmt.Errorf("resumed=%v: %w", c.ConnectionState().DidResume, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
