@@ -33,7 +33,10 @@ type Options struct {
 	// Topics are the record types routed to this sink; others are skipped
 	// (but the cursor passes them).
 	Topics []string
-	// BatchRecords and BatchBytes bound one Send (defaults 500, 4 MiB).
+	// BatchRecords and BatchBytes bound one Send (defaults 4000, 16 MiB).
+	// A forwarder waits for each batch's confirmation before reading the
+	// next, so a batch must hold more than a round trip's worth of
+	// records: with 500 a Kafka forwarder fell behind one busy vehicle.
 	BatchRecords, BatchBytes int
 	// MinBackoff and MaxBackoff bound retry waits (defaults 100ms, 30s).
 	MinBackoff, MaxBackoff time.Duration
@@ -72,10 +75,10 @@ func New(sp *spool.Spool, sink Sink, o Options) (*Forwarder, error) {
 		return nil, errors.New("forwarder: no name")
 	}
 	if o.BatchRecords <= 0 {
-		o.BatchRecords = 500
+		o.BatchRecords = 4000
 	}
 	if o.BatchBytes <= 0 {
-		o.BatchBytes = 4 << 20
+		o.BatchBytes = 16 << 20
 	}
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = 100 * time.Millisecond

@@ -152,8 +152,15 @@ func (s *msgSchema) walk(b []byte, depth int) error {
 		return errTooDeep
 	}
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+		var (
+			num protowire.Number
+			typ protowire.Type
+			n   int
+		)
+		if b[0] < 0x80 && b[0]>>3 != 0 {
+			// One-byte tag (fields 1-15): the common case, inlined.
+			num, typ, n = protowire.Number(b[0]>>3), protowire.Type(b[0]&7), 1
+		} else if num, typ, n = protowire.ConsumeTag(b); n < 0 {
 			return protowire.ParseError(n)
 		}
 		if num > protowire.MaxValidNumber {
@@ -184,14 +191,23 @@ func (f *fieldSchema) consume(num protowire.Number, typ protowire.Type, b []byte
 	if f != nil {
 		switch {
 		case typ == protowire.VarintType && f.kind == kindVarint:
+			if len(b) > 0 && b[0] < 0x80 {
+				return 1, nil
+			}
 			return check(protowire.ConsumeVarint(b))
 		case typ == protowire.Fixed32Type && f.kind == kindFixed32:
 			return check(protowire.ConsumeFixed32(b))
 		case typ == protowire.Fixed64Type && f.kind == kindFixed64:
 			return check(protowire.ConsumeFixed64(b))
 		case typ == protowire.BytesType && f.kind != kindVarint && f.kind != kindFixed32 && f.kind != kindFixed64:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
+			var (
+				v []byte
+				n int
+			)
+			if len(b) > 0 && b[0] < 0x80 && int(b[0]) < len(b) {
+				// One-byte length, the whole value present: inlined.
+				v, n = b[1:1+b[0]], 1+int(b[0])
+			} else if v, n = protowire.ConsumeBytes(b); n < 0 {
 				return 0, protowire.ParseError(n)
 			}
 			switch f.kind {
