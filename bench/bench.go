@@ -185,10 +185,12 @@ func (b *bench) runAll() int {
 
 // target is the daemon one scenario runs against.
 type target struct {
-	addr   string
-	pid    int
-	daemon *spawn.Proc
-	broker *spawn.Proc
+	addr string
+	pid  int
+	// metricsPort serves the spawned daemon's /metrics (0: not spawned).
+	metricsPort int
+	daemon      *spawn.Proc
+	broker      *spawn.Proc
 }
 
 func (t *target) stop() {
@@ -208,9 +210,17 @@ func (b *bench) start(name string) (*target, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	t := &target{}
+	t := &target{metricsPort: b.o.serverMetricsPort}
+	if t.metricsPort == 0 {
+		// The forwarding figures come from the daemon's /metrics.
+		p, err := spawn.FreePort()
+		if err != nil {
+			return nil, err
+		}
+		t.metricsPort = p
+	}
 	cfg := &spawn.DaemonConfig{Dir: dir, CertDir: b.o.certsDir, Sink: b.o.sink, AckMode: b.o.ackMode,
-		LogLevel: b.o.serverLogLevel, PprofPort: b.o.serverPprofPort, MetricsPort: b.o.serverMetricsPort}
+		LogLevel: b.o.serverLogLevel, PprofPort: b.o.serverPprofPort, MetricsPort: t.metricsPort}
 	if b.o.sink == "kafka" {
 		br, err := spawn.StartBroker(b.o.brokerBin, b.o.brokerCPUs, dir)
 		if err != nil {
@@ -286,6 +296,9 @@ type scenarioRun struct {
 	acked0, acked1 int64
 	hs0, hs1       int64
 	t0, t1         time.Time
+	// records the daemon's forwarders sent, and their lag at the end
+	fwd0, fwd1, lag1 int64
+	fwdErr           error
 }
 
 func (r *scenarioRun) dialOpts(i int) sim.DialOptions {
@@ -368,6 +381,9 @@ func (r *scenarioRun) markStart() {
 	r.m0, _ = procstat.Read(r.t.pid)
 	r.b0, _ = procstat.Read(0)
 	r.acked0, r.hs0, r.t0 = r.st.Acked.Load(), r.st.Handshakes.Load(), time.Now()
+	if r.t.metricsPort > 0 {
+		r.fwd0, _, r.fwdErr = spawn.ScrapeForwarding(r.t.metricsPort)
+	}
 	r.st.Measure.Store(true)
 }
 
@@ -376,6 +392,9 @@ func (r *scenarioRun) markEnd() {
 	r.m1, _ = procstat.Read(r.t.pid)
 	r.b1, _ = procstat.Read(0)
 	r.acked1, r.hs1, r.t1 = r.st.Acked.Load(), r.st.Handshakes.Load(), time.Now()
+	if r.t.metricsPort > 0 && r.fwdErr == nil {
+		r.fwd1, r.lag1, r.fwdErr = spawn.ScrapeForwarding(r.t.metricsPort)
+	}
 }
 
 func latency(s *hist.Snapshot) *report.Latency {
@@ -417,6 +436,9 @@ func (r *scenarioRun) finish() {
 			if x.ServerRSSKiB == 0 {
 				x.ServerRSSKiB = r.m1.RSSKiB
 			}
+		}
+		if r.t.metricsPort > 0 && r.fwdErr == nil {
+			x.Forwarded, x.ForwarderLagEnd = r.fwd1-r.fwd0, r.lag1
 		}
 		x.BenchCPUPct = (r.b1.CPU - r.b0.CPU).Seconds() * 100 / secs
 		if hs := r.hs1 - r.hs0; hs > 0 {

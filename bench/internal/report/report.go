@@ -66,6 +66,13 @@ type Result struct {
 	// HandshakesPerSec is completed connections (TLS + upgrade) per second.
 	HandshakesPerSec float64 `json:",omitempty"`
 
+	// Forwarded is what the daemon's forwarders sent to their sinks in the
+	// window and ForwarderLagEnd the records they had still to send at its
+	// end (from the spawned daemon's /metrics). CPU per record is the
+	// whole production path's cost only when Forwarded keeps up with Acked.
+	Forwarded       int64 `json:",omitempty"`
+	ForwarderLagEnd int64 `json:",omitempty"`
+
 	ServerPID int `json:",omitempty"`
 	// ServerCPUUsPerRecord is server CPU time / records acked in the window.
 	ServerCPUUsPerRecord float64 `json:",omitempty"`
@@ -118,15 +125,15 @@ func f1(v float64) string {
 // Table writes a human-readable summary.
 func Table(w io.Writer, r *Run) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tconns\tacked\tacked/s\tp50 µs\tp90 µs\tp99 µs\tp99.9 µs\tmax µs\tsrv µs/rec\tsrv RSS KiB\tKiB/conn\tconn/s\tsrv CPU%\tbench CPU%\tfailures\t")
+	fmt.Fprintln(tw, "scenario\tconns\tacked\tacked/s\tp50 µs\tp90 µs\tp99 µs\tp99.9 µs\tmax µs\tsrv µs/rec\tfwd %\tsrv RSS KiB\tKiB/conn\tconn/s\tsrv CPU%\tbench CPU%\tfailures\t")
 	for _, x := range r.Results {
 		l := x.Latency
 		if l == nil {
 			l = &Latency{}
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t\n",
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t\n",
 			x.Scenario, x.Conns, x.Acked, f1(x.AckedPerSec), f1(l.P50Us), f1(l.P90Us), f1(l.P99Us), f1(l.P999Us), f1(l.MaxUs),
-			f1(x.ServerCPUUsPerRecord), x.ServerRSSKiB, f1(x.ServerRSSPerConnKiB), f1(x.HandshakesPerSec),
+			f1(x.ServerCPUUsPerRecord), f1(x.ForwardedPct()), x.ServerRSSKiB, f1(x.ServerRSSPerConnKiB), f1(x.HandshakesPerSec),
 			f1(x.ServerCPUPct), f1(x.BenchCPUPct), x.FailureCount)
 	}
 	tw.Flush()
@@ -144,12 +151,28 @@ func Table(w io.Writer, r *Run) {
 			fmt.Fprintf(w, "  server RSS %d KiB before, %d KiB with %d connections: %.2f KiB per connection; bench RSS %.2f KiB per connection\n",
 				x.ServerRSSBaseKiB, x.ServerRSSKiB, x.Conns, x.ServerRSSPerConnKiB, x.BenchRSSPerConnKiB)
 		}
+		if pct := x.ForwardedPct(); pct > 0 {
+			fmt.Fprintf(w, "  forwarded to sinks in the window: %d records (%.0f%% of acked); forwarder lag at the end: %d records\n",
+				x.Forwarded, pct, x.ForwarderLagEnd)
+			if pct < 95 {
+				fmt.Fprintf(w, "  note: the forwarders fell behind, so server CPU per record counts ingesting every acked record but forwarding only %.0f%% of them\n", pct)
+			}
+		}
 		fmt.Fprintf(w, "  sent %d acked %d error replies %d mismatches %d unexpected %d missing %d connection errors %d dial errors %d\n",
 			x.Sent, x.Acked, x.ErrorReplies, x.Mismatches, x.Unexpected, x.Missing, x.ConnErrors, x.DialErrors)
 		for _, f := range x.Failures {
 			fmt.Fprintf(w, "  ! %s\n", f)
 		}
 	}
+}
+
+// ForwardedPct is Forwarded as a percentage of the records acked in the
+// window (0 when unknown).
+func (x *Result) ForwardedPct() float64 {
+	if x.Forwarded <= 0 || x.AckedPerSec <= 0 || x.MeasuredSeconds <= 0 {
+		return 0
+	}
+	return float64(x.Forwarded) * 100 / (x.AckedPerSec * x.MeasuredSeconds)
 }
 
 func params(p map[string]any) string {

@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -128,6 +130,45 @@ func FreePort() (int, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ScrapeForwarding reads the daemon's /metrics on port and returns the
+// records its forwarders have sent (fleet_forwarder_sent_total) and still
+// have to send (fleet_forwarder_lag_records), summed over forwarders.
+func ScrapeForwarding(port int) (sent, lag int64, err error) {
+	cl := http.Client{Timeout: 5 * time.Second}
+	resp, err := cl.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		return 0, 0, fmt.Errorf("scrape metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, 0, fmt.Errorf("scrape metrics: %s", resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		var dst *int64
+		switch {
+		case strings.HasPrefix(line, "fleet_forwarder_sent_total{"):
+			dst = &sent
+		case strings.HasPrefix(line, "fleet_forwarder_lag_records{"):
+			dst = &lag
+		default:
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, perr := strconv.ParseFloat(line[i+1:], 64)
+		if perr != nil {
+			return 0, 0, fmt.Errorf("scrape metrics: %q: %w", line, perr)
+		}
+		*dst += int64(v)
+	}
+	if err := sc.Err(); err != nil {
+		return 0, 0, fmt.Errorf("scrape metrics: %w", err)
+	}
+	return sent, lag, nil
 }
 
 // WriteConfig writes the daemon's config file and returns its path.
