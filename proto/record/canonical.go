@@ -46,10 +46,11 @@ func AppendDispatched(dst []byte, topic, vin string, payload []byte) (out []byte
 	if topic != TopicV {
 		return dst, CreatedAt{}, false
 	}
-	st := canonState{created: &created}
+	var st canonState
 	if !canonPayload.walk(payload, 0, &st) {
 		return dst, CreatedAt{}, false
 	}
+	created = st.created
 	insertAt, skipTo := st.vinAt, st.vinEnd
 	if skipTo < insertAt {
 		skipTo = insertAt
@@ -189,7 +190,7 @@ func buildCanon(md protoreflect.MessageDescriptor, seen map[protoreflect.FullNam
 
 // canonState is what the walk reports besides ok.
 type canonState struct {
-	created *CreatedAt
+	created CreatedAt
 	// vinAt is the offset of the first top-level field numbered >= vin
 	// (where the vin field goes); vinEnd the end of an existing vin field.
 	vinAt, vinEnd int
@@ -214,9 +215,12 @@ func (s *canonSchema) walk(b []byte, depth int, st *canonState) bool {
 	}
 	for len(b) > 0 {
 		start := full - len(b)
-		tag, n := protowire.ConsumeVarint(b)
-		if n < 0 || n != protowire.SizeVarint(tag) || tag>>3 > uint64(protowire.MaxValidNumber) {
-			return false
+		tag, n := uint64(b[0]), 1
+		if tag >= 0x80 {
+			tag, n = protowire.ConsumeVarint(b)
+			if n < 0 || n != protowire.SizeVarint(tag) || tag>>3 > uint64(protowire.MaxValidNumber) {
+				return false
+			}
 		}
 		num, typ := protowire.Number(tag>>3), protowire.Type(tag&7)
 		if int(num) >= len(s.fields) || s.fields[num].kind == 0 || num < last || (num == last && !s.fields[num].repeated) {
@@ -249,15 +253,23 @@ func (s *canonSchema) walk(b []byte, depth int, st *canonState) bool {
 			}
 			b = b[n:]
 		case canonString, canonBytes, canonMessage:
-			l, n := protowire.ConsumeVarint(b)
-			if n < 0 || typ != protowire.BytesType || n != protowire.SizeVarint(l) || l > uint64(len(b)-n) {
+			l, n := uint64(0), 1
+			if len(b) > 0 && b[0] < 0x80 {
+				l = uint64(b[0])
+			} else {
+				l, n = protowire.ConsumeVarint(b)
+				if n < 0 || n != protowire.SizeVarint(l) {
+					return false
+				}
+			}
+			if typ != protowire.BytesType || l > uint64(len(b)-n) {
 				return false
 			}
 			v := b[n : n+int(l)]
 			b = b[n+int(l):]
 			switch f.kind {
 			case canonString:
-				if (f.implicit && len(v) == 0) || !utf8.Valid(v) || (f.scientific && isScientific(string(v))) {
+				if (f.implicit && len(v) == 0) || !utf8.Valid(v) || (f.scientific && isScientific(v)) {
 					return false
 				}
 				if num == s.stringMember {
@@ -275,12 +287,20 @@ func (s *canonSchema) walk(b []byte, depth int, st *canonState) bool {
 					return false
 				}
 				if s.top && num == payloadCreatedAtField {
-					*st.created = parseCreatedAt(v)
+					st.created = parseCreatedAt(v)
 				}
 			}
 		default:
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 || typ != protowire.VarintType || n != protowire.SizeVarint(v) || (f.implicit && v == 0) {
+			v, n := uint64(0), 1
+			if len(b) > 0 && b[0] < 0x80 {
+				v = uint64(b[0])
+			} else {
+				v, n = protowire.ConsumeVarint(b)
+				if n < 0 || n != protowire.SizeVarint(v) {
+					return false
+				}
+			}
+			if typ != protowire.VarintType || (f.implicit && v == 0) {
 				return false
 			}
 			switch f.kind {

@@ -68,7 +68,7 @@ func transformScientificNotation(m *pb.Payload) {
 
 // isScientific matches ^[+-]?(\d*\.\d+|\d+\.\d*)[eE][+-]?\d+$ (ASCII digits):
 // a mantissa with a decimal point and at least one digit, then an exponent.
-func isScientific(s string) bool {
+func isScientific[T string | []byte](s T) bool {
 	i := 0
 	if i < len(s) && (s[i] == '+' || s[i] == '-') {
 		i++
@@ -93,7 +93,7 @@ func isScientific(s string) bool {
 }
 
 // digits counts the leading ASCII digits of s.
-func digits(s string) int {
+func digits[T string | []byte](s T) int {
 	n := 0
 	for n < len(s) && s[n] >= '0' && s[n] <= '9' {
 		n++
