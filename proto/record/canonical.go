@@ -215,12 +215,13 @@ func (s *canonSchema) walk(b []byte, depth int, st *canonState) bool {
 	}
 	for len(b) > 0 {
 		start := full - len(b)
+		// One-byte varints, the common case, are read inline here and below.
 		tag, n := uint64(b[0]), 1
 		if tag >= 0x80 {
-			tag, n = protowire.ConsumeVarint(b)
-			if n < 0 || n != protowire.SizeVarint(tag) || tag>>3 > uint64(protowire.MaxValidNumber) {
-				return false
-			}
+			tag, n = minimalVarintLong(b)
+		}
+		if n < 0 || tag>>3 > uint64(protowire.MaxValidNumber) {
+			return false
 		}
 		num, typ := protowire.Number(tag>>3), protowire.Type(tag&7)
 		if int(num) >= len(s.fields) || s.fields[num].kind == 0 || num < last || (num == last && !s.fields[num].repeated) {
@@ -256,13 +257,10 @@ func (s *canonSchema) walk(b []byte, depth int, st *canonState) bool {
 			l, n := uint64(0), 1
 			if len(b) > 0 && b[0] < 0x80 {
 				l = uint64(b[0])
-			} else {
-				l, n = protowire.ConsumeVarint(b)
-				if n < 0 || n != protowire.SizeVarint(l) {
-					return false
-				}
+			} else if l, n = minimalVarintLong(b); n < 0 {
+				return false
 			}
-			if typ != protowire.BytesType || l > uint64(len(b)-n) {
+			if n < 0 || typ != protowire.BytesType || l > uint64(len(b)-n) {
 				return false
 			}
 			v := b[n : n+int(l)]
@@ -294,13 +292,10 @@ func (s *canonSchema) walk(b []byte, depth int, st *canonState) bool {
 			v, n := uint64(0), 1
 			if len(b) > 0 && b[0] < 0x80 {
 				v = uint64(b[0])
-			} else {
-				v, n = protowire.ConsumeVarint(b)
-				if n < 0 || n != protowire.SizeVarint(v) {
-					return false
-				}
+			} else if v, n = minimalVarintLong(b); n < 0 {
+				return false
 			}
-			if typ != protowire.VarintType || (f.implicit && v == 0) {
+			if n < 0 || typ != protowire.VarintType || (f.implicit && v == 0) {
 				return false
 			}
 			switch f.kind {
@@ -328,6 +323,16 @@ func (s *canonSchema) walk(b []byte, depth int, st *canonState) bool {
 	}
 	st.sawString = sawString
 	return true
+}
+
+// minimalVarintLong reads a varint at the start of b; n < 0 when there is
+// none or it is not in its shortest form (proto.Marshal would rewrite it).
+func minimalVarintLong(b []byte) (uint64, int) {
+	v, n := protowire.ConsumeVarint(b)
+	if n >= 0 && n != protowire.SizeVarint(v) {
+		return 0, -1
+	}
+	return v, n
 }
 
 // parseCreatedAt reads a canonical Timestamp's seconds (1) and nanos (2).
