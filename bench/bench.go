@@ -65,9 +65,15 @@ func newBench(o *options, cmdline string) (*bench, error) {
 	if b.minter, err = sim.NewMinter(o.caCert, o.caKey, true); err != nil {
 		return nil, err
 	}
+	curves, err := sim.ParseCurves(o.clientCurves)
+	if err != nil {
+		return nil, fmt.Errorf("-client-curves: %w", err)
+	}
+	b.minter.Curves = curves
 	if b.nocache, err = sim.NewMinter(o.caCert, o.caKey, false); err != nil {
 		return nil, err
 	}
+	b.nocache.Curves = curves
 	spec := sim.PayloadSpec{AlertsPct: o.alertsPct, ErrorsPct: o.errorsPct, Bytes: o.recordBytes}
 	lo, hi, ok := strings.Cut(o.datums, "-")
 	if spec.MinDatums, err = strconv.Atoi(lo); err != nil || spec.MinDatums < 1 {
@@ -713,6 +719,9 @@ func (r *scenarioRun) storm() error {
 	p["workers"] = workers
 	p["duration"] = dur.String()
 	p["resume"] = r.b.o.resume
+	if r.b.o.clientCurves != "" {
+		p["client_curves"] = r.b.o.clientCurves
+	}
 	var cache tls.ClientSessionCache
 	if r.b.o.resume {
 		cache = tls.NewLRUClientSessionCache(workers * 8)

@@ -53,6 +53,7 @@ type options struct {
 	dialConcurrency      int
 	drainTimeout         string
 	resume               bool
+	clientCurves         string
 	// output
 	jsonOut, htmlOut, note string
 	quiet                  bool
@@ -100,6 +101,7 @@ func run(args []string) int {
 	fs.IntVar(&o.dialConcurrency, "dial-concurrency", 64, "connections being set up at once")
 	fs.StringVar(&o.drainTimeout, "drain-timeout", "15s", "how long to wait for the acks still owed at the end")
 	fs.BoolVar(&o.resume, "resume", false, "storm: allow TLS session resumption (default: every connection is a full handshake)")
+	fs.StringVar(&o.clientCurves, "client-curves", "", "key exchanges the simulated vehicles offer, comma-separated (x25519mlkem768, x25519, p256, p384); default Go's, which offers X25519MLKEM768 first")
 	fs.StringVar(&o.jsonOut, "json", "", "write the results as JSON to this file")
 	fs.StringVar(&o.htmlOut, "html", "", "write a self-contained HTML report to this file")
 	fs.StringVar(&o.note, "note", "", "free text put in the reports (e.g. \"busy machine\")")

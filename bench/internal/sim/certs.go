@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
@@ -26,6 +27,10 @@ type Minter struct {
 	cache bool
 	mu    sync.Mutex
 	certs map[string]*tls.Certificate
+	// Curves, when set, are the key exchanges the client offers (Go's
+	// default offers the post-quantum X25519MLKEM768 hybrid first, which
+	// the server then picks and which costs both sides more).
+	Curves []tls.CurveID
 }
 
 // NewMinter loads the CA from PEM files.
@@ -74,10 +79,30 @@ func (m *Minter) TLSConfig(vin, serverName string, cache tls.ClientSessionCache)
 		ServerName:         serverName,
 		MinVersion:         tls.VersionTLS12,
 		ClientSessionCache: cache,
+		CurvePreferences:   m.Curves,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return m.Cert(vin)
 		},
 	}
+}
+
+// ParseCurves reads -client-curves: "" (Go's default), or a comma list of
+// x25519mlkem768, x25519, p256, p384.
+func ParseCurves(list string) ([]tls.CurveID, error) {
+	if list == "" {
+		return nil, nil
+	}
+	names := map[string]tls.CurveID{"x25519mlkem768": tls.X25519MLKEM768, "x25519": tls.X25519,
+		"p256": tls.CurveP256, "p384": tls.CurveP384}
+	var out []tls.CurveID
+	for _, n := range strings.Split(list, ",") {
+		id, ok := names[strings.ToLower(strings.TrimSpace(n))]
+		if !ok {
+			return nil, fmt.Errorf("unknown curve %q (x25519mlkem768, x25519, p256, p384)", n)
+		}
+		out = append(out, id)
+	}
+	return out, nil
 }
 
 // VIN is the bench's VIN for vehicle number i: 17 characters.
