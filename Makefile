@@ -42,6 +42,7 @@ FUZZ_TARGETS := \
 	./wsframe:FuzzDecode \
 	./proto/envelope:FuzzDecode \
 	./proto/record:FuzzTransform \
+	./proto/record:FuzzAppendDispatched \
 	./spool:FuzzDecodeRecord \
 	./netloop:FuzzParseRequestLine \
 	./cmd/fleet-telemetry:FuzzParseConfig
