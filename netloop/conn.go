@@ -477,7 +477,8 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 		c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
 		return gnet.None
 	}
-	if err := record.Validate(env.Topic, env.Stream.Payload); err != nil {
+	signals, err := record.Validate(env.Topic, env.Stream.Payload)
+	if err != nil {
 		recBadPayload.Inc()
 		// As the reference: the txid echoed, the topic left empty.
 		c.queueReply(env.TxID, nil, nil, true, errorText)
@@ -485,7 +486,7 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 	}
 	tm.records.Inc()
 	tm.bytes.Add(len(env.Stream.Payload))
-	countSignals(tm, c.vinSignals, env.Topic, env.Stream.Payload)
+	countSignals(tm, c.vinSignals, env.Topic, signals)
 	token := c.headToken + uint64(len(c.queue))
 	c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
 	onDelivery := c.srv.reliable[string(env.Topic)]

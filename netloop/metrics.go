@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 
 	"github.com/VictoriaMetrics/metrics"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
@@ -213,39 +212,9 @@ func newVINSignalMetrics(vin string) *vinSignalMetrics {
 	}
 }
 
-// signalCount is the reference's notion of signals in a record: the datums
-// of a V record, the alerts of an alerts record, none for other types. It
-// counts the repeated field 1 of a payload that already passed
-// record.Validate, without decoding it.
-func signalCount(topic, payload []byte) int {
-	switch string(topic) {
-	case record.TopicV, record.TopicAlerts:
-	default:
-		return 0
-	}
-	n := 0
-	for len(payload) > 0 {
-		num, typ, l := protowire.ConsumeTag(payload)
-		if l < 0 {
-			return n
-		}
-		payload = payload[l:]
-		if num == 1 && typ == protowire.BytesType {
-			n++
-		}
-		l = protowire.ConsumeFieldValue(num, typ, payload)
-		if l < 0 {
-			return n
-		}
-		payload = payload[l:]
-	}
-	return n
-}
-
 // countSignals adds a record's signals to signal_count and, for a tracked
 // VIN, to vin_signal_count.
-func countSignals(tm *topicMetrics, vs *vinSignalMetrics, topic, payload []byte) {
-	n := signalCount(topic, payload)
+func countSignals(tm *topicMetrics, vs *vinSignalMetrics, topic []byte, n int) {
 	if n == 0 {
 		return
 	}

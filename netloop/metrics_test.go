@@ -14,7 +14,6 @@ import (
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
-	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 )
 
 // scrape reads every series of the default registry as /metrics shows it.
@@ -167,23 +166,6 @@ func TestReliableAckMetrics(t *testing.T) {
 	e.srv.Delivered(spooled(t, e.sp)[1].Seq)
 	expectMoved(t, mid, scrape(t), map[string]float64{ack: 0, miss: 1,
 		`reliable_ack_miss{record_type="V",dispatcher="kafka"}`: 1})
-}
-
-func TestSignalCount(t *testing.T) {
-	for _, n := range []int{0, 1, 20} {
-		p := vehicle.PayloadV(rng, vinA, n, time.Now())
-		if got := signalCount([]byte("V"), p); got != n {
-			t.Errorf("V with %d datums: %d signals", n, got)
-		}
-	}
-	alerts := &pb.VehicleAlerts{Alerts: []*pb.VehicleAlert{{Name: "a"}, {Name: "b"}}, Vin: vinA}
-	ab, _ := alerts.MarshalVT()
-	if got := signalCount([]byte("alerts"), ab); got != 2 {
-		t.Errorf("alerts with 2 alerts: %d signals", got)
-	}
-	if got := signalCount([]byte("errors"), vehicle.PayloadErrors(vinA, time.Now())); got != 0 {
-		t.Errorf("errors record: %d signals, want 0", got)
-	}
 }
 
 func TestTopicSeriesAreBounded(t *testing.T) {

@@ -157,7 +157,7 @@ func TestAppendDispatchedDeclines(t *testing.T) {
 	}
 	for name, payload := range cases {
 		t.Run(name, func(t *testing.T) {
-			if err := Validate([]byte(TopicV), payload); err != nil {
+			if _, err := Validate([]byte(TopicV), payload); err != nil {
 				t.Fatalf("test input is not a valid record: %v", err)
 			}
 			if checkDispatched(t, testVIN, payload) {
@@ -204,7 +204,7 @@ func FuzzAppendDispatched(f *testing.F) {
 	f.Add(benchPayload(f), "")
 	f.Add(datumLocationZero(), testVIN)
 	f.Fuzz(func(t *testing.T, payload []byte, vin string) {
-		if Validate([]byte(TopicV), payload) != nil {
+		if _, err := Validate([]byte(TopicV), payload); err != nil {
 			if _, _, ok := AppendDispatched(nil, TopicV, vin, payload); ok {
 				t.Fatalf("fast path accepted an invalid payload")
 			}

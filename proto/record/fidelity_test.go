@@ -73,7 +73,7 @@ func TestReferenceFidelity(t *testing.T) {
 				t.Fatalf("sender_id %q does not match certificate VIN %q", env.Stream.SenderID, c.CertVIN)
 			}
 
-			verr := Validate(env.Topic, env.Stream.Payload)
+			_, verr := Validate(env.Topic, env.Stream.Payload)
 			outcome := "ack"
 			var reply []byte
 			if verr != nil {

@@ -19,7 +19,7 @@ func FuzzTransform(f *testing.F) {
 	f.Add(TopicAlerts, []byte{0x0a, 0x04, 0x12, 0x02, 0x02, 0x01})
 	f.Add("metrics", []byte{})
 	f.Fuzz(func(t *testing.T, topic string, payload []byte) {
-		verr := Validate([]byte(topic), payload)
+		_, verr := Validate([]byte(topic), payload)
 		ref := newMessage(topic)
 		if ref == nil {
 			if !errors.Is(verr, ErrUnknownTopic) {
@@ -83,7 +83,7 @@ func BenchmarkValidateV(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(payload)))
 	for b.Loop() {
-		if err := Validate(topic, payload); err != nil {
+		if _, err := Validate(topic, payload); err != nil {
 			b.Fatal(err)
 		}
 	}

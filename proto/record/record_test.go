@@ -3,14 +3,17 @@ package record
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"regexp"
 	"strconv"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 )
 
@@ -136,7 +139,7 @@ func TestValidate(t *testing.T) {
 		{"empty", TopicV, nil}, {"reference bad", TopicV, []byte{0x0a, 0xff, 0xff, 0xff}},
 	} {
 		ref := proto.Unmarshal(tc.payload, newMessage(tc.topic))
-		err := Validate([]byte(tc.topic), tc.payload)
+		_, err := Validate([]byte(tc.topic), tc.payload)
 		if (err == nil) != (ref == nil) {
 			t.Errorf("%s: Validate = %v, proto.Unmarshal = %v", tc.name, err, ref)
 		}
@@ -149,7 +152,7 @@ func TestValidate(t *testing.T) {
 			}
 		}
 	}
-	if err := Validate([]byte("metrics"), good); !errors.Is(err, ErrUnknownTopic) {
+	if _, err := Validate([]byte("metrics"), good); !errors.Is(err, ErrUnknownTopic) {
 		t.Errorf("Validate(metrics) = %v, want ErrUnknownTopic", err)
 	}
 	if _, err := Transform("nope", "VIN", good); !errors.Is(err, ErrUnknownTopic) {
@@ -175,7 +178,7 @@ func TestValidateZeroAllocs(t *testing.T) {
 	payload := benchPayload(t)
 	topic := []byte(TopicV)
 	if n := testing.AllocsPerRun(200, func() {
-		if err := Validate(topic, payload); err != nil {
+		if _, err := Validate(topic, payload); err != nil {
 			t.Fatal(err)
 		}
 	}); n != 0 {
@@ -244,5 +247,25 @@ func TestMarshalProtoKeepsTimestampUnknowns(t *testing.T) {
 	}
 	if !proto.Equal(back, m) || len(back.CreatedAt.ProtoReflect().GetUnknown()) == 0 {
 		t.Fatalf("Timestamp unknown fields lost: %v", back)
+	}
+}
+
+// Validate counts the reference's signals in the same walk: a V record's
+// datums, an alerts record's alerts, none for other types.
+func TestValidateCountsSignals(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{0, 1, 20} {
+		p := vehicle.PayloadV(rng, testVIN, n, time.Now())
+		if got, err := Validate([]byte(TopicV), p); err != nil || got != n {
+			t.Errorf("V with %d datums: %d signals, %v", n, got, err)
+		}
+	}
+	alerts := &pb.VehicleAlerts{Alerts: []*pb.VehicleAlert{{Name: "a"}, {Name: "b"}}, Vin: testVIN}
+	ab, _ := alerts.MarshalVT()
+	if got, err := Validate([]byte(TopicAlerts), ab); err != nil || got != 2 {
+		t.Errorf("alerts with 2 alerts: %d signals, %v", got, err)
+	}
+	if got, err := Validate([]byte(TopicErrors), vehicle.PayloadErrors(testVIN, time.Now())); err != nil || got != 0 {
+		t.Errorf("errors record: %d signals, %v; want 0", got, err)
 	}
 }

@@ -13,6 +13,9 @@ import (
 
 // Validate decides, on the hot path, whether payload is a well-formed record
 // of topic: nil means ack, an error means the vehicle gets an error reply.
+// signals is the reference's count of signals in the record, taken in the
+// same walk: the datums of a V record, the alerts of an alerts record, 0
+// for other types.
 //
 // It accepts exactly what proto.Unmarshal (what the reference server runs)
 // accepts, walking the wire format against the schema without building
@@ -25,15 +28,15 @@ import (
 //
 // Unknown topics return ErrUnknownTopic; malformed payloads return an error
 // wrapping both ErrInvalidPayload and the decode error.
-func Validate(topic []byte, payload []byte) error {
+func Validate(topic []byte, payload []byte) (signals int, err error) {
 	s := schemaFor(topic)
 	if s == nil {
-		return fmt.Errorf("record: topic %q: %w", topic, ErrUnknownTopic)
+		return 0, fmt.Errorf("record: topic %q: %w", topic, ErrUnknownTopic)
 	}
-	if err := s.walk(payload, 0); err != nil {
-		return fmt.Errorf("record: %q payload: %w: %w", topic, ErrInvalidPayload, err)
+	if signals, err = s.walk(payload, 0); err != nil {
+		return 0, fmt.Errorf("record: %q payload: %w: %w", topic, ErrInvalidPayload, err)
 	}
-	return nil
+	return signals, nil
 }
 
 // schemaFor maps a topic to its root schema without allocating.
@@ -83,6 +86,9 @@ type fieldSchema struct {
 // msgSchema is a dense table of a message's known fields by number.
 type msgSchema struct {
 	fields []fieldSchema // index = field number; kind 0 = unknown
+	// signalField, when not 0, is the repeated field whose entries the
+	// walk counts as signals (top level only).
+	signalField protowire.Number
 }
 
 // maxDepth is far above the schema's real nesting (Payload→Datum→Value→
@@ -90,11 +96,20 @@ type msgSchema struct {
 const maxDepth = 32
 
 var (
-	schemaPayload      = buildSchema((&pb.Payload{}).ProtoReflect().Descriptor())
-	schemaAlerts       = buildSchema((&pb.VehicleAlerts{}).ProtoReflect().Descriptor())
+	schemaPayload      = withSignals((&pb.Payload{}).ProtoReflect().Descriptor(), "data")
+	schemaAlerts       = withSignals((&pb.VehicleAlerts{}).ProtoReflect().Descriptor(), "alerts")
 	schemaErrors       = buildSchema((&pb.VehicleErrors{}).ProtoReflect().Descriptor())
 	schemaConnectivity = buildSchema((&pb.VehicleConnectivity{}).ProtoReflect().Descriptor())
 )
+
+// withSignals builds md's schema with field, a repeated field, counted as
+// the record's signals. Each root schema is built with its own memo, so
+// no sub-schema shared with another root is marked.
+func withSignals(md protoreflect.MessageDescriptor, field protoreflect.Name) *msgSchema {
+	s := buildSchema(md)
+	s.signalField = md.Fields().ByName(field).Number()
+	return s
+}
 
 // buildSchema derives the walker's tables from the generated descriptors, so
 // the validator can never drift from the .proto files.
@@ -146,10 +161,11 @@ func buildSchemaMemo(md protoreflect.MessageDescriptor, seen map[protoreflect.Fu
 	return s
 }
 
-// walk checks b as an encoded message of schema s.
-func (s *msgSchema) walk(b []byte, depth int) error {
+// walk checks b as an encoded message of schema s and counts the entries of
+// s.signalField.
+func (s *msgSchema) walk(b []byte, depth int) (signals int, err error) {
 	if depth > maxDepth {
-		return errTooDeep
+		return 0, errTooDeep
 	}
 	for len(b) > 0 {
 		var (
@@ -161,26 +177,28 @@ func (s *msgSchema) walk(b []byte, depth int) error {
 			// One-byte tag (fields 1-15): the common case, inlined.
 			num, typ, n = protowire.Number(b[0]>>3), protowire.Type(b[0]&7), 1
 		} else if num, typ, n = protowire.ConsumeTag(b); n < 0 {
-			return protowire.ParseError(n)
+			return 0, protowire.ParseError(n)
 		}
 		if num > protowire.MaxValidNumber {
-			return errFieldNumber
+			return 0, errFieldNumber
 		}
 		if typ == protowire.EndGroupType {
-			return errEndGroup
+			return 0, errEndGroup
+		}
+		if num == s.signalField && typ == protowire.BytesType {
+			signals++
 		}
 		b = b[n:]
 		var f *fieldSchema
 		if int(num) < len(s.fields) && s.fields[num].kind != 0 {
 			f = &s.fields[num]
 		}
-		n, err := f.consume(num, typ, b, depth)
-		if err != nil {
-			return err
+		if n, err = f.consume(num, typ, b, depth); err != nil {
+			return 0, err
 		}
 		b = b[n:]
 	}
-	return nil
+	return signals, nil
 }
 
 // consume checks one field value of wire type typ at the start of b and
@@ -216,7 +234,7 @@ func (f *fieldSchema) consume(num protowire.Number, typ protowire.Type, b []byte
 					return 0, errInvalidUTF8
 				}
 			case kindMessage:
-				if err := f.sub.walk(v, depth+1); err != nil {
+				if _, err := f.sub.walk(v, depth+1); err != nil {
 					return 0, err
 				}
 			}
