@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
@@ -13,7 +14,11 @@ import (
 // fails when that is impossible. PUBSUB_EMULATOR_HOST points it at an
 // emulator.
 func newPubsubSink(cfg *Config, enc forwarder.Encoder, recordTypes []string, log *slog.Logger) (forwarder.Sink, error) {
-	// Validate rejects a config routing to pubsub without this section.
+	// Validate rejects a config routing to pubsub without this section,
+	// but the spool CLI's replay builds sinks from a config it only loads.
+	if cfg.Pubsub == nil {
+		return nil, errors.New(`config: the "pubsub" section is missing`)
+	}
 	return pubsub.New(context.Background(), pubsub.Options{
 		ProjectID:   cfg.Pubsub.ProjectID,
 		RecordTypes: recordTypes,
