@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -159,7 +158,7 @@ func (c *conn) handshake(base context.Context) {
 		} else {
 			refusedHandshakeFailed.Inc()
 		}
-		if !c.srv.quietHandshakeErrors {
+		if !c.srv.opts.QuietHandshakeErrors {
 			c.srv.log.Info("tls handshake failed", "remote", c.mc.remote.String(), "err", err)
 		}
 	}
@@ -268,8 +267,9 @@ func (c *conn) readTLS(data []byte, now time.Time) gnet.Action {
 			}
 		}
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Temporary() {
+			// The memConn's would-block (errors.As with a net.Error
+			// target put one allocation on every traffic event).
+			if errors.Is(err, errWouldBlock) {
 				break
 			}
 			c.mc.detach()
@@ -552,8 +552,12 @@ func (c *conn) queueReply(txid, topic, messageID []byte, isError bool, text stri
 }
 
 // Committed implements spool.Waiter. It runs on the spool's committer
-// goroutine: it only posts to the mailbox and wakes the loop once.
-func (c *conn) Committed(token uint64, _ uint64, err error) {
+// goroutine: it only posts to the mailbox and wakes the loop once (and,
+// for a failed commit, drops any delivery wait on the record).
+func (c *conn) Committed(token uint64, seq uint64, err error) {
+	if err != nil {
+		c.srv.forgetDelivery(seq)
+	}
 	c.post(commitNote{token: token, err: err})
 }
 
@@ -573,9 +577,14 @@ func (c *conn) drainMailbox() gnet.Action {
 	c.mbMu.Lock()
 	notes := c.mailbox
 	c.mailbox = c.mbSpare[:0]
-	c.mbSpare = nil
 	c.wakeQueued = false
 	c.mbMu.Unlock()
+	// mbSpare is the loop's alone (post only touches mailbox): the drained
+	// slice becomes the next spare, unless it grew large.
+	c.mbSpare = nil
+	if cap(notes) <= 1024 {
+		c.mbSpare = notes[:0]
+	}
 	act := gnet.None
 	for _, n := range notes {
 		if n.err != nil {
@@ -595,11 +604,6 @@ func (c *conn) drainMailbox() gnet.Action {
 			}
 		}
 	}
-	c.mbMu.Lock()
-	if c.mbSpare == nil && cap(notes) <= 1024 {
-		c.mbSpare = notes[:0]
-	}
-	c.mbMu.Unlock()
 	return act
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -135,7 +136,7 @@ func (c *conn) writeHTTP(status int, body string) {
 	b.WriteString("HTTP/1.1 ")
 	b.WriteString(strconv.Itoa(status))
 	b.WriteByte(' ')
-	b.WriteString(statusText(status))
+	b.WriteString(http.StatusText(status))
 	b.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ")
 	b.WriteString(strconv.Itoa(len(body)))
 	if status != 200 {
@@ -147,18 +148,4 @@ func (c *conn) writeHTTP(status int, body string) {
 	if status != 200 && c.phase < phaseClosing {
 		c.phase = phaseClosing
 	}
-}
-
-func statusText(code int) string {
-	switch code {
-	case 200:
-		return "OK"
-	case 400:
-		return "Bad Request"
-	case 403:
-		return "Forbidden"
-	case 431:
-		return "Request Header Fields Too Large"
-	}
-	return "Error"
 }

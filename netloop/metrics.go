@@ -61,7 +61,6 @@ const (
 	reasonSenderMismatch = "sender_id_mismatch"
 	reasonClientAck      = "client_sent_ack"
 	reasonEmptyEnvelope  = "empty_envelope"
-	reasonUnknownTopic   = "unknown_topic"
 	reasonRateLimited    = "rate_limited"
 	reasonVINNotAllowed  = "vin_not_allowed"
 )
@@ -99,7 +98,6 @@ var (
 	recSenderMismatch = recordRefused(reasonSenderMismatch)
 	recClientAck      = recordRefused(reasonClientAck)
 	recEmptyEnvelope  = recordRefused(reasonEmptyEnvelope)
-	recUnknownTopic   = recordRefused(reasonUnknownTopic)
 	recRateLimited    = recordRefused(reasonRateLimited)
 
 	refusedVINNotAllowed = connRefused(reasonVINNotAllowed)
@@ -161,6 +159,13 @@ func metricsForTopic(topic []byte) *topicMetrics {
 	if m := topicTable.Load(); m != nil {
 		if tm := (*m)[string(topic)]; tm != nil {
 			return tm
+		}
+		// Once the table is full every new name counts as "other": no
+		// lock per record for a vehicle that sends made-up topics.
+		if len(*m) >= maxTopicSeries {
+			if tm := (*m)[otherTopic]; tm != nil {
+				return tm
+			}
 		}
 	}
 	return addTopicMetrics(topic)

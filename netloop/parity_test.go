@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -23,12 +24,10 @@ func expectNoReply(t *testing.T, c *vehicle.Client, wait time.Duration) {
 	if err == nil {
 		t.Fatalf("got %+v, want no reply", r)
 	}
-	if !errors.Is(err, errTimeout) && !strings.Contains(err.Error(), "timeout") {
+	if ne, ok := errors.AsType[net.Error](err); !ok || !ne.Timeout() {
 		t.Fatalf("got %v, want a read timeout", err)
 	}
 }
-
-var errTimeout = errors.New("timeout")
 
 func TestReliableAckWaitsForDelivery(t *testing.T) {
 	e := newTestEnv(t, allTopics, func(o *Options) { o.ReliableTopics = []string{"V"} })
@@ -197,5 +196,27 @@ func TestConnectivityOnShutdownAndGeneratedConnectionID(t *testing.T) {
 	}
 	if len(ev[0].ConnectionId) != 36 || ev[0].ConnectionId != ev[1].ConnectionId {
 		t.Fatalf("connection ids %q / %q, want one generated UUID", ev[0].ConnectionId, ev[1].ConnectionId)
+	}
+}
+
+// Deliveries nobody in this process can wait for leave nothing behind: a
+// backlog from an earlier run (seqs up to the spool's last seq at start),
+// and a record whose commit failed.
+func TestDeliveryRegistryDoesNotLeak(t *testing.T) {
+	e := newTestEnv(t, allTopics, func(o *Options) { o.ReliableTopics = []string{"V"} })
+	e.srv.deliveryFloor = 100 // as if the spool held 100 records at start
+	e.srv.Delivered(50)
+	if n := len(e.srv.pendingDelivery); n != 0 {
+		t.Fatalf("a backlog delivery left %d registry entries", n)
+	}
+	e.srv.Delivered(150) // this run's, ahead of its registration: kept
+	if n := len(e.srv.pendingDelivery); n != 1 {
+		t.Fatalf("registry holds %d entries, want the early delivery", n)
+	}
+	c := &conn{srv: e.srv, gc: wakeOnly{}}
+	e.srv.awaitDelivery(160, c, 7)
+	c.Committed(7, 160, errors.New("disk gone"))
+	if _, ok := e.srv.pendingDelivery[160]; ok {
+		t.Fatal("a failed commit's delivery wait stayed registered")
 	}
 }

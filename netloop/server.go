@@ -183,6 +183,10 @@ type Server struct {
 	// the connection waiting for it (see Delivered).
 	pdMu            sync.Mutex
 	pendingDelivery map[uint64]deliveryWaiter
+	// deliveryFloor is the spool's last seq when the server started: no
+	// connection of this process waits for a record at or below it (the
+	// forwarder delivering a backlog from an earlier run).
+	deliveryFloor uint64
 
 	engine   gnet.Engine
 	addr     net.Addr
@@ -194,8 +198,6 @@ type Server struct {
 	openConns   atomic.Int64
 	buffered    atomic.Int64 // bytes held in partial messages, all connections
 	lastFullLog atomic.Int64 // unix seconds of the last "limit reached" line
-
-	quietHandshakeErrors bool
 
 	hsSlots chan struct{}
 	hsQueue chan *conn
@@ -236,7 +238,6 @@ func New(o Options) (*Server, error) {
 		stopTicker: make(chan struct{}),
 		tickerDone: make(chan struct{}),
 	}
-	s.quietHandshakeErrors = o.QuietHandshakeErrors
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	s.tlsCfg.Store(o.TLS)
 	for _, t := range o.RoutedTopics {
@@ -244,6 +245,7 @@ func New(o Options) (*Server, error) {
 	}
 	s.reliable = map[string]bool{}
 	s.pendingDelivery = map[uint64]deliveryWaiter{}
+	s.deliveryFloor = o.Spool.LastSeq()
 	for _, t := range o.ReliableTopics {
 		if !s.routed[t] {
 			return nil, fmt.Errorf("netloop: reliable topic %q is not routed", t)
@@ -403,9 +405,7 @@ func (s *Server) unregister(c *conn) {
 
 // Connections is the number of open connections.
 func (s *Server) Connections() int {
-	s.regMu.Lock()
-	defer s.regMu.Unlock()
-	return len(s.conns)
+	return int(s.openConns.Load())
 }
 
 // startHandshakeWorker starts a worker if a slot is free. Workers take
@@ -548,9 +548,11 @@ func (s *Server) Delivered(seq uint64) {
 	w, ok := s.pendingDelivery[seq]
 	if ok {
 		delete(s.pendingDelivery, seq)
-	} else {
+	} else if seq > s.deliveryFloor {
 		// The forwarder can be faster than the loop that appended the
-		// record; remember it for awaitDelivery.
+		// record (awaitDelivery runs just after Append, the commit may
+		// already be done); remember it for awaitDelivery. Seqs from an
+		// earlier run are nobody's: remembering them would only leak.
 		s.pendingDelivery[seq] = deliveryWaiter{}
 	}
 	s.pdMu.Unlock()
@@ -560,6 +562,14 @@ func (s *Server) Delivered(seq uint64) {
 		}
 		w.c.post(commitNote{token: w.token, delivered: true})
 	}
+}
+
+// forgetDelivery drops the wait for seq, whose commit failed: it will
+// never be delivered.
+func (s *Server) forgetDelivery(seq uint64) {
+	s.pdMu.Lock()
+	delete(s.pendingDelivery, seq)
+	s.pdMu.Unlock()
 }
 
 // awaitDelivery registers conn c's reply token for seq.
