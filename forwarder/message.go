@@ -103,7 +103,7 @@ func (e Encoder) Encode(r *spool.Record) (Message, error) {
 // fastPath returns the dispatched protobuf bytes without decoding the
 // record when the payload allows it (see record.AppendDispatched).
 func (e Encoder) fastPath(recordType string, r *spool.Record) ([]byte, record.CreatedAt, bool) {
-	if e.JSON {
+	if e.JSON || recordType != record.TopicV { // the fast path covers V only
 		return nil, record.CreatedAt{}, false
 	}
 	dst := make([]byte, 0, len(r.Payload)+len(r.VIN)+2+binary.MaxVarintLen64)

@@ -32,9 +32,6 @@ type Sink struct {
 	client *kgo.Client
 	enc    forwarder.Encoder
 	log    *slog.Logger
-
-	// ptrs is reused between Sends (one forwarder drives a sink).
-	ptrs []*kgo.Record
 }
 
 // New connects lazily to cfg's brokers (no network I/O happens here) and
@@ -72,7 +69,7 @@ func New(cfg Config, enc forwarder.Encoder, log *slog.Logger) (*Sink, error) {
 // forwarder's cursor does not move past them.
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 	// The records may outlive this call (see below), so every Send hands
-	// the client fresh ones; only the slice of pointers is reused.
+	// the client fresh ones.
 	recs := make([]kgo.Record, 0, len(batch))
 	for i := range batch {
 		r := &batch[i]
@@ -91,17 +88,16 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 	if len(recs) == 0 {
 		return nil
 	}
-	s.ptrs = s.ptrs[:0]
+	w := newWaiter(len(recs))
 	for i := range recs {
-		s.ptrs = append(s.ptrs, &recs[i])
-	}
-
-	w := newWaiter(len(s.ptrs))
-	for _, rec := range s.ptrs {
 		// Produce blocks only while the client's buffer is full; ctx ends
 		// that wait (the promise then gets ctx's error).
-		s.client.Produce(ctx, rec, w.promise)
+		s.client.Produce(ctx, &recs[i], w.promise)
 	}
+	// The forwarder waits for the whole batch anyway: end the client's
+	// linger (10 ms by default) rather than sit it out on every batch.
+	// Flush returns once nothing is buffered, or when ctx ends.
+	_ = s.client.Flush(ctx)
 	// ProduceSync would also wait for records the client cannot fail yet
 	// (in flight to a broker that went away); waiting here on ctx as well
 	// keeps a shutdown bounded.
@@ -113,7 +109,7 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 			producedTotal.Add(acked)
 		}
 		return fmt.Errorf("kafka: %d of %d records unconfirmed (%d acked, %d failed) when the send was abandoned: %w",
-			len(s.ptrs)-acked, len(s.ptrs), acked, failed, ctx.Err())
+			len(recs)-acked, len(recs), acked, failed, ctx.Err())
 	}
 	producedTotal.Add(w.acked)
 	if w.failed > 0 {
@@ -126,7 +122,7 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 			s.log.Warn("kafka topic changed identity; refreshing it", "topic", w.firstRec.Topic)
 		}
 		return fmt.Errorf("kafka: %d of %d records not acknowledged; first: topic %s key %s: %w",
-			w.failed, len(s.ptrs), w.firstRec.Topic, w.firstRec.Key, w.firstErr)
+			w.failed, len(recs), w.firstRec.Topic, w.firstRec.Key, w.firstErr)
 	}
 	return nil
 }
