@@ -18,8 +18,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder/internal/sinktest"
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder/kafka"
-	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 	"github.com/fleet-telemetry/fleet-telemetry/test/kfakebroker/kfaketest"
@@ -45,73 +45,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// vector is one case of proto/testdata/reference-vectors.json.
-type vector struct {
-	Name               string            `json:"name"`
-	FrameB64           string            `json:"frame_b64"`
-	CertVIN            string            `json:"cert_vin"`
-	Topic              string            `json:"topic"`
-	TxID               string            `json:"txid"`
-	Outcome            string            `json:"outcome"`
-	DispatchedProtoB64 string            `json:"dispatched_proto_b64"`
-	DispatchedJSON     json.RawMessage   `json:"dispatched_json"`
-	HeadersStatic      map[string]string `json:"headers_static"`
-}
-
-func loadVectors(t *testing.T) []vector {
-	t.Helper()
-	b, err := os.ReadFile("../../proto/testdata/reference-vectors.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vs []vector
-	if err := json.Unmarshal(b, &vs); err != nil {
-		t.Fatalf("reference-vectors.json: %v", err)
-	}
-	var acked []vector
-	for _, v := range vs {
-		if v.Outcome == "ack" {
-			acked = append(acked, v)
-		}
-	}
-	if len(acked) == 0 {
-		t.Fatal("no acked vector")
-	}
-	return acked
-}
-
-// commitWaiter collects commit results (buffered: Committed never blocks).
-type commitWaiter chan error
-
-func (w commitWaiter) Committed(_, _ uint64, err error) { w <- err }
-
-// openSpool opens a spool in a temporary directory with the "kafka" cursor.
-func openSpool(t *testing.T) *spool.Spool {
-	t.Helper()
-	sp, err := spool.Open(spool.Options{Dir: t.TempDir(), Consumers: []string{"kafka"}, Logger: quietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sp.Close() })
-	return sp
-}
-
-// appendAll appends records and waits until they are durable.
-func appendAll(t *testing.T, sp *spool.Spool, recs []spool.Record) {
-	t.Helper()
-	w := make(commitWaiter, len(recs))
-	for i := range recs {
-		if err := sp.Append(&recs[i], w, 0); err != nil {
-			t.Fatalf("Append: %v", err)
-		}
-	}
-	for range recs {
-		if err := <-w; err != nil {
-			t.Fatalf("commit: %v", err)
-		}
-	}
-}
-
 func quietLog() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 }
@@ -133,21 +66,6 @@ func newSink(t *testing.T, addr string, json bool, extra map[string]any) *kafka.
 	return s
 }
 
-// pbFor returns an empty message of the type a record type carries.
-func pbFor(topic string) proto.Message {
-	switch topic {
-	case "V":
-		return &pb.Payload{}
-	case "alerts":
-		return &pb.VehicleAlerts{}
-	case "errors":
-		return &pb.VehicleErrors{}
-	case "connectivity":
-		return &pb.VehicleConnectivity{}
-	}
-	return nil
-}
-
 var wantHeaderOrder = []string{"vin", "receivedat", "timestamp", "txid", "txtype", "version", "device_client_version"}
 
 // TestReferenceVectorsThroughKafka sends every acked reference vector
@@ -156,7 +74,7 @@ var wantHeaderOrder = []string{"vin", "receivedat", "timestamp", "txid", "txtype
 // reference dispatched.
 func TestReferenceVectorsThroughKafka(t *testing.T) {
 	kfaketest.RequireKcat(t)
-	vectors := loadVectors(t)
+	vectors := sinktest.Acked(t, sinktest.Vectors(t))
 	for _, asJSON := range []bool{false, true} {
 		name := "protobuf"
 		if asJSON {
@@ -164,41 +82,23 @@ func TestReferenceVectorsThroughKafka(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			broker := kfaketest.Start(t, brokerBin, kfaketest.Options{Partitions: 3})
-			sp := openSpool(t)
+			sp := sinktest.OpenSpool(t, "kafka", quietLog())
 			const clientVersion = "2024.44.25"
 			receivedAt := time.Now().UnixMilli()
 			var recs []spool.Record
 			for _, v := range vectors {
-				frame, err := base64.StdEncoding.DecodeString(v.FrameB64)
-				if err != nil {
-					t.Fatalf("%s: frame: %v", v.Name, err)
-				}
-				var env envelope.Envelope
-				if err := envelope.Decode(frame, &env); err != nil {
-					t.Fatalf("%s: envelope: %v", v.Name, err)
-				}
+				env := sinktest.Envelope(t, v)
 				if string(env.Topic) != v.Topic || string(env.TxID) != v.TxID {
 					t.Fatalf("%s: envelope has topic %q txid %q, the vector says %q %q", v.Name, env.Topic, env.TxID, v.Topic, v.TxID)
 				}
-				recs = append(recs, spool.Record{
-					ReceivedAtMs: receivedAt, CreatedAtSec: env.Stream.CreatedAt, VIN: v.CertVIN,
-					ClientVersion: clientVersion, Topic: env.Topic, TxID: env.TxID, Payload: env.Stream.Payload,
-				})
+				recs = append(recs, sinktest.Record(v, env, receivedAt, clientVersion))
 			}
-			appendAll(t, sp, recs)
+			sinktest.Append(t, sp, recs)
 
 			sink := newSink(t, broker.Addr, asJSON, nil)
-			f, err := forwarder.New(sp, sink, forwarder.Options{
+			sinktest.Forward(t, sp, sink, forwarder.Options{
 				Name: "kafka", Topics: []string{"V", "alerts", "errors", "connectivity"}, Logger: quietLog(),
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := f.Drain(ctx); err != nil {
-				t.Fatalf("Drain: %v", err)
-			}
+			}, 30*time.Second)
 			if err := sink.Close(); err != nil {
 				t.Fatal(err)
 			}
@@ -233,7 +133,7 @@ func TestReferenceVectorsThroughKafka(t *testing.T) {
 	}
 }
 
-func checkMessage(t *testing.T, v vector, m kfaketest.Message, asJSON bool, receivedAt int64, clientVersion string) {
+func checkMessage(t *testing.T, v sinktest.Vector, m kfaketest.Message, asJSON bool, receivedAt int64, clientVersion string) {
 	t.Helper()
 	if m.Key != v.CertVIN {
 		t.Errorf("%s: key %q, want %q", v.Name, m.Key, v.CertVIN)
@@ -279,7 +179,7 @@ func checkMessage(t *testing.T, v vector, m kfaketest.Message, asJSON bool, rece
 	if err != nil {
 		t.Fatalf("%s: dispatched_proto_b64: %v", v.Name, err)
 	}
-	got, want := pbFor(v.Topic), pbFor(v.Topic)
+	got, want := sinktest.NewMessage(t, v.Topic), sinktest.NewMessage(t, v.Topic)
 	if err := proto.Unmarshal(m.Value, got); err != nil {
 		t.Errorf("%s: value is not a %T: %v", v.Name, got, err)
 		return

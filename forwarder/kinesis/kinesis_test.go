@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -23,10 +22,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder/internal/sinktest"
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder/kinesis/kinesistest"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
-	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
@@ -37,87 +36,16 @@ var allTopics = []string{record.TopicV, record.TopicAlerts, record.TopicErrors, 
 
 const namespace = "tesla_telemetry"
 
-type vector struct {
-	Name          string `json:"name"`
-	CertVIN       string `json:"cert_vin"`
-	FrameB64      string `json:"frame_b64"`
-	Topic         string `json:"topic"`
-	TxID          string `json:"txid"`
-	Outcome       string `json:"outcome"`
-	DispatchedB64 string `json:"dispatched_proto_b64"`
-}
-
-func ackedVectors(t *testing.T) []vector {
-	t.Helper()
-	b, err := os.ReadFile("../../proto/testdata/reference-vectors.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vs []vector
-	if err := json.Unmarshal(b, &vs); err != nil {
-		t.Fatalf("reference-vectors.json: %v", err)
-	}
-	var acked []vector
-	for _, v := range vs {
-		if v.Outcome == "ack" {
-			acked = append(acked, v)
-		}
-	}
-	if len(acked) == 0 {
-		t.Fatal("no acked vectors")
-	}
-	return acked
-}
-
-// newMessage returns an empty protobuf message of a record type.
-func newMessage(t *testing.T, topic string) proto.Message {
-	t.Helper()
-	switch topic {
-	case record.TopicV:
-		return &pb.Payload{}
-	case record.TopicAlerts:
-		return &pb.VehicleAlerts{}
-	case record.TopicErrors:
-		return &pb.VehicleErrors{}
-	case record.TopicConnectivity:
-		return &pb.VehicleConnectivity{}
-	}
-	t.Fatalf("no message type for topic %q", topic)
-	return nil
-}
+// drainOptions are the forwarder's options where a test drains a spool.
+var drainOptions = forwarder.Options{Name: "kinesis", MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, Logger: quiet}
 
 func decode(t *testing.T, topic string, b []byte) proto.Message {
 	t.Helper()
-	m := newMessage(t, topic)
+	m := sinktest.NewMessage(t, topic)
 	if err := proto.Unmarshal(b, m); err != nil {
 		t.Fatalf("decode %s data: %v", topic, err)
 	}
 	return m
-}
-
-type commitWaiter chan error
-
-func (w commitWaiter) Committed(_, _ uint64, err error) { w <- err }
-
-func openSpool(t *testing.T, recs []spool.Record) *spool.Spool {
-	t.Helper()
-	sp, err := spool.Open(spool.Options{Dir: t.TempDir(), Consumers: []string{"kinesis"}, Logger: quiet})
-	if err != nil {
-		t.Fatalf("spool.Open: %v", err)
-	}
-	t.Cleanup(func() { _ = sp.Close() })
-	w := make(commitWaiter, len(recs))
-	for i := range recs {
-		if err := sp.Append(&recs[i], w, 0); err != nil {
-			t.Fatalf("Append: %v", err)
-		}
-	}
-	for range recs {
-		if err := <-w; err != nil {
-			t.Fatalf("commit: %v", err)
-		}
-	}
-	return sp
 }
 
 // newSink builds a sink for endpoint from the test environment.
@@ -144,24 +72,6 @@ func newSink(t *testing.T, endpoint string, o Options) *Sink {
 	return s
 }
 
-func drain(t *testing.T, sp *spool.Spool, sink forwarder.Sink) {
-	t.Helper()
-	f, err := forwarder.New(sp, sink, forwarder.Options{
-		Name: "kinesis", Topics: allTopics, MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, Logger: quiet,
-	})
-	if err != nil {
-		t.Fatalf("forwarder.New: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := f.Drain(ctx); err != nil {
-		t.Fatalf("Drain: %v", err)
-	}
-	if c, _ := sp.Cursor("kinesis"); c != sp.LastSeq() {
-		t.Fatalf("cursor %d after Drain, want %d", c, sp.LastSeq())
-	}
-}
-
 // Every acked reference vector, spooled the way ingest spools it and
 // drained by a forwarder through the sink into a real Kinesis API, can be
 // read back from <namespace>_<topic> with the certificate's VIN as the
@@ -171,27 +81,18 @@ func TestVectorsThroughKinesis(t *testing.T) {
 	for _, topic := range allTopics {
 		srv.CreateStream(t, namespace+"_"+topic, 2)
 	}
-	acked := ackedVectors(t)
+	acked := sinktest.Acked(t, sinktest.Vectors(t))
 	recs := make([]spool.Record, len(acked))
 	for i, v := range acked {
-		frame, err := base64.StdEncoding.DecodeString(v.FrameB64)
-		if err != nil {
-			t.Fatalf("%s: frame_b64: %v", v.Name, err)
-		}
-		var env envelope.Envelope
-		if err := envelope.Decode(frame, &env); err != nil {
-			t.Fatalf("%s: envelope.Decode: %v", v.Name, err)
-		}
+		env := sinktest.Envelope(t, v)
 		if env.Type != envelope.TypeStream || !env.HasMessage || string(env.Topic) != v.Topic {
 			t.Fatalf("%s: envelope type %d topic %q, want a %s stream", v.Name, env.Type, env.Topic, v.Topic)
 		}
-		recs[i] = spool.Record{
-			VIN: v.CertVIN, Topic: env.Topic, TxID: env.TxID, Payload: env.Stream.Payload,
-			ReceivedAtMs: 1_700_000_000_000 + int64(i), CreatedAtSec: env.Stream.CreatedAt, ClientVersion: "1.0",
-		}
+		recs[i] = sinktest.Record(v, env, 1_700_000_000_000+int64(i), "1.0")
 	}
-	sp := openSpool(t, recs)
-	drain(t, sp, newSink(t, srv.Endpoint, Options{MaxRetries: 3}))
+	sp := sinktest.OpenSpool(t, "kinesis", quiet)
+	sinktest.Append(t, sp, recs)
+	sinktest.Drain(t, sp, newSink(t, srv.Endpoint, Options{MaxRetries: 3}), drainOptions, 30*time.Second)
 
 	got := map[string][]types.Record{}
 	for _, topic := range allTopics {
@@ -208,7 +109,7 @@ func TestVectorsThroughKinesis(t *testing.T) {
 	}
 	used := map[*types.Record]bool{}
 	for _, v := range acked {
-		b, err := base64.StdEncoding.DecodeString(v.DispatchedB64)
+		b, err := base64.StdEncoding.DecodeString(v.DispatchedProtoB64)
 		if err != nil {
 			t.Fatalf("%s: dispatched_proto_b64: %v", v.Name, err)
 		}
@@ -694,12 +595,13 @@ func TestPersistentFailureReturnsErrorAndForwarderRetries(t *testing.T) {
 	}
 
 	// Through a forwarder: the first Sends fail, then Kinesis heals.
-	sp := openSpool(t, recs)
+	sp := sinktest.OpenSpool(t, "kinesis", quiet)
+	sinktest.Append(t, sp, recs)
 	go func() {
 		time.Sleep(100 * time.Millisecond)
 		proxy.setFail(func([]byte, int) bool { return false })
 	}()
-	drain(t, sp, s)
+	sinktest.Drain(t, sp, s, drainOptions, 30*time.Second)
 	got := srv.ReadAll(t, stream)
 	seen := map[string]int{}
 	for _, r := range got {

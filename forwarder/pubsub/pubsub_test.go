@@ -3,12 +3,10 @@ package pubsub
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,8 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
-	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
-	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder/internal/sinktest"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
@@ -38,31 +35,9 @@ const (
 var (
 	quiet     = slog.New(slog.NewTextHandler(io.Discard, nil))
 	allTopics = []string{record.TopicV, record.TopicAlerts, record.TopicErrors, record.TopicConnectivity}
+	// drainOptions are the forwarder's options where a test drains a spool.
+	drainOptions = forwarder.Options{Name: "pubsub", MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Logger: quiet}
 )
-
-type vector struct {
-	Name          string            `json:"name"`
-	CertVIN       string            `json:"cert_vin"`
-	FrameB64      string            `json:"frame_b64"`
-	Topic         string            `json:"topic"`
-	TxID          string            `json:"txid"`
-	Outcome       string            `json:"outcome"`
-	DispatchedB64 string            `json:"dispatched_proto_b64"`
-	HeadersStatic map[string]string `json:"headers_static"`
-}
-
-func loadVectors(t *testing.T) []vector {
-	t.Helper()
-	b, err := os.ReadFile("../../proto/testdata/reference-vectors.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vs []vector
-	if err := json.Unmarshal(b, &vs); err != nil {
-		t.Fatalf("reference-vectors.json: %v", err)
-	}
-	return vs
-}
 
 // fake starts an in-process pstest server on 127.0.0.1 and points the
 // client library at it through PUBSUB_EMULATOR_HOST (so tests using it
@@ -142,31 +117,6 @@ func receive(t *testing.T, c *ps.Client, subID string, n int, timeout time.Durat
 	return got
 }
 
-type commitWaiter chan error
-
-func (w commitWaiter) Committed(_, _ uint64, err error) { w <- err }
-
-func openSpool(t *testing.T, recs []spool.Record) *spool.Spool {
-	t.Helper()
-	sp, err := spool.Open(spool.Options{Dir: t.TempDir(), Consumers: []string{"pubsub"}, Logger: quiet})
-	if err != nil {
-		t.Fatalf("spool.Open: %v", err)
-	}
-	t.Cleanup(func() { _ = sp.Close() })
-	w := make(commitWaiter, len(recs))
-	for i := range recs {
-		if err := sp.Append(&recs[i], w, 0); err != nil {
-			t.Fatalf("Append: %v", err)
-		}
-	}
-	for range recs {
-		if err := <-w; err != nil {
-			t.Fatalf("commit: %v", err)
-		}
-	}
-	return sp
-}
-
 func newSink(t *testing.T, startTimeout time.Duration) (*Sink, error) {
 	t.Helper()
 	s, err := New(context.Background(), Options{
@@ -181,67 +131,6 @@ func newSink(t *testing.T, startTimeout time.Duration) (*Sink, error) {
 		})
 	}
 	return s, err
-}
-
-func drain(t *testing.T, sp *spool.Spool, sink forwarder.Sink) {
-	t.Helper()
-	f, err := forwarder.New(sp, sink, forwarder.Options{
-		Name: "pubsub", Topics: allTopics, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Logger: quiet,
-	})
-	if err != nil {
-		t.Fatalf("forwarder.New: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := f.Drain(ctx); err != nil {
-		t.Fatalf("Drain: %v", err)
-	}
-	if c, _ := sp.Cursor("pubsub"); c != sp.LastSeq() {
-		t.Fatalf("cursor %d after Drain, want %d", c, sp.LastSeq())
-	}
-}
-
-// vectorRecords spools every acked reference vector the way ingest does.
-func vectorRecords(t *testing.T, vs []vector, receivedAt int64, clientVersion string) (recs []spool.Record, acked []vector) {
-	t.Helper()
-	for _, v := range vs {
-		if v.Outcome != "ack" {
-			continue
-		}
-		frame, err := base64.StdEncoding.DecodeString(v.FrameB64)
-		if err != nil {
-			t.Fatalf("%s: frame: %v", v.Name, err)
-		}
-		var env envelope.Envelope
-		if err := envelope.Decode(frame, &env); err != nil {
-			t.Fatalf("%s: envelope: %v", v.Name, err)
-		}
-		recs = append(recs, spool.Record{
-			ReceivedAtMs: receivedAt, CreatedAtSec: env.Stream.CreatedAt, VIN: v.CertVIN, ClientVersion: clientVersion,
-			Topic: env.Topic, TxID: env.TxID, Payload: env.Stream.Payload,
-		})
-		acked = append(acked, v)
-	}
-	if len(acked) == 0 {
-		t.Fatal("no acked vectors")
-	}
-	return recs, acked
-}
-
-func newPB(t *testing.T, topic string) proto.Message {
-	t.Helper()
-	switch topic {
-	case record.TopicV:
-		return &pb.Payload{}
-	case record.TopicAlerts:
-		return &pb.VehicleAlerts{}
-	case record.TopicErrors:
-		return &pb.VehicleErrors{}
-	case record.TopicConnectivity:
-		return &pb.VehicleConnectivity{}
-	}
-	t.Fatalf("no message type for topic %q", topic)
-	return nil
 }
 
 // Every acked reference vector, spooled and forwarded to Pub/Sub, arrives
@@ -260,10 +149,12 @@ func TestReferenceVectorsArriveByteCompatible(t *testing.T) {
 	}
 	const clientVersion = "2024.44.25"
 	receivedAt := time.Now().UnixMilli()
-	recs, acked := vectorRecords(t, loadVectors(t), receivedAt, clientVersion)
-	sp := openSpool(t, recs)
+	acked := sinktest.Acked(t, sinktest.Vectors(t))
+	recs := sinktest.Records(t, acked, receivedAt, clientVersion)
+	sp := sinktest.OpenSpool(t, "pubsub", quiet)
+	sinktest.Append(t, sp, recs)
 	before := published.Get()
-	drain(t, sp, sink)
+	sinktest.Drain(t, sp, sink, drainOptions, 30*time.Second)
 	if d := published.Get() - before; d != uint64(len(recs)) {
 		t.Errorf("fleet_pubsub_published_total grew by %d, want %d", d, len(recs))
 	}
@@ -301,11 +192,11 @@ func TestReferenceVectorsArriveByteCompatible(t *testing.T) {
 		if len(m.Attributes) != 7 {
 			t.Errorf("%s: attributes %v, want exactly vin, receivedat, timestamp, txid, txtype, version, device_client_version", v.Name, m.Attributes)
 		}
-		wantBytes, err := base64.StdEncoding.DecodeString(v.DispatchedB64)
+		wantBytes, err := base64.StdEncoding.DecodeString(v.DispatchedProtoB64)
 		if err != nil {
 			t.Fatalf("%s: dispatched_proto_b64: %v", v.Name, err)
 		}
-		want, gotMsg := newPB(t, v.Topic), newPB(t, v.Topic)
+		want, gotMsg := sinktest.NewMessage(t, v.Topic), sinktest.NewMessage(t, v.Topic)
 		if err := proto.Unmarshal(wantBytes, want); err != nil {
 			t.Fatalf("%s: reference payload: %v", v.Name, err)
 		}
@@ -402,7 +293,8 @@ func TestPublishFailureIsRetriedNotLost(t *testing.T) {
 		t.Fatalf("New: %v", err)
 	}
 	sub := subscribe(t, admin, namespace+"_"+record.TopicV)
-	recs, acked := vectorRecords(t, loadVectors(t), time.Now().UnixMilli(), "")
+	acked := sinktest.Acked(t, sinktest.Vectors(t))
+	recs := sinktest.Records(t, acked, time.Now().UnixMilli(), "")
 	var vRecs []spool.Record
 	for i, r := range recs {
 		if acked[i].Topic == record.TopicV {
@@ -422,8 +314,9 @@ func TestPublishFailureIsRetriedNotLost(t *testing.T) {
 	}
 
 	// Through the forwarder: retried until confirmed.
-	sp := openSpool(t, vRecs)
-	drain(t, sp, sink)
+	sp := sinktest.OpenSpool(t, "pubsub", quiet)
+	sinktest.Append(t, sp, vRecs)
+	sinktest.Drain(t, sp, sink, drainOptions, 30*time.Second)
 	got := receive(t, admin, sub, len(vRecs), 10*time.Second)
 	for _, r := range vRecs {
 		if m := got[string(r.TxID)]; m == nil || m.Attributes["vin"] != r.VIN {
@@ -443,7 +336,7 @@ func TestSendFailsWhenTopicVanished(t *testing.T) {
 	if err := admin.TopicAdminClient.DeleteTopic(context.Background(), &pubsubpb.DeleteTopicRequest{Topic: topicPath(namespace + "_V")}); err != nil {
 		t.Fatalf("DeleteTopic: %v", err)
 	}
-	recs, _ := vectorRecords(t, loadVectors(t), time.Now().UnixMilli(), "")
+	recs := sinktest.Records(t, sinktest.Acked(t, sinktest.Vectors(t)), time.Now().UnixMilli(), "")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	err = sink.Send(ctx, recs)

@@ -3,12 +3,10 @@ package stdout
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
-	"os"
 	"reflect"
 	"strings"
 	"sync"
@@ -16,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder/internal/sinktest"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
@@ -23,81 +22,16 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-var allTopics = []string{record.TopicV, record.TopicAlerts, record.TopicErrors, record.TopicConnectivity}
-
-type vector struct {
-	Name           string          `json:"name"`
-	CertVIN        string          `json:"cert_vin"`
-	FrameB64       string          `json:"frame_b64"`
-	Topic          string          `json:"topic"`
-	TxID           string          `json:"txid"`
-	Outcome        string          `json:"outcome"`
-	DispatchedJSON json.RawMessage `json:"dispatched_json"`
-}
-
-func loadVectors(t *testing.T) []vector {
-	t.Helper()
-	b, err := os.ReadFile("../../proto/testdata/reference-vectors.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vs []vector
-	if err := json.Unmarshal(b, &vs); err != nil {
-		t.Fatalf("reference-vectors.json: %v", err)
-	}
-	return vs
-}
-
-func openSpool(t *testing.T) *spool.Spool {
-	t.Helper()
-	sp, err := spool.Open(spool.Options{Dir: t.TempDir(), Consumers: []string{"logger"}, Logger: quiet})
-	if err != nil {
-		t.Fatalf("spool.Open: %v", err)
-	}
-	t.Cleanup(func() { _ = sp.Close() })
-	return sp
-}
-
-type commitWaiter chan error
-
-func (w commitWaiter) Committed(_, _ uint64, err error) { w <- err }
-
-func appendAll(t *testing.T, sp *spool.Spool, recs []spool.Record) {
-	t.Helper()
-	w := make(commitWaiter, len(recs))
-	for i := range recs {
-		if err := sp.Append(&recs[i], w, 0); err != nil {
-			t.Fatalf("Append: %v", err)
-		}
-	}
-	for range recs {
-		if err := <-w; err != nil {
-			t.Fatalf("commit: %v", err)
-		}
-	}
-}
-
 func drainTo(t *testing.T, sp *spool.Spool, out io.Writer, batchRecords int) {
 	t.Helper()
 	sink, err := New(Options{Out: out, Logger: quiet})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	f, err := forwarder.New(sp, sink, forwarder.Options{
-		Name: "logger", Topics: allTopics, BatchRecords: batchRecords,
+	sinktest.Drain(t, sp, sink, forwarder.Options{
+		Name: "logger", BatchRecords: batchRecords,
 		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Logger: quiet,
-	})
-	if err != nil {
-		t.Fatalf("forwarder.New: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := f.Drain(ctx); err != nil {
-		t.Fatalf("Drain: %v", err)
-	}
-	if c, _ := sp.Cursor("logger"); c != sp.LastSeq() {
-		t.Fatalf("cursor %d after Drain, want %d", c, sp.LastSeq())
-	}
+	}, 5*time.Second)
 }
 
 // parseLines splits out into lines, checking that it ends with a newline and
@@ -139,26 +73,11 @@ func keys(m map[string]any) []string {
 // forwarded through the logger sink, comes out as one line whose record is
 // the reference's dispatched JSON.
 func TestVectorsThroughStdoutSink(t *testing.T) {
-	var acked []vector
-	for _, v := range loadVectors(t) {
-		if v.Outcome == "ack" {
-			acked = append(acked, v)
-		}
-	}
-	if len(acked) == 0 {
-		t.Fatal("no acked vectors")
-	}
-	sp := openSpool(t)
+	acked := sinktest.Acked(t, sinktest.Vectors(t))
+	sp := sinktest.OpenSpool(t, "logger", quiet)
 	recs := make([]spool.Record, len(acked))
 	for i, v := range acked {
-		frame, err := base64.StdEncoding.DecodeString(v.FrameB64)
-		if err != nil {
-			t.Fatalf("%s: frame_b64: %v", v.Name, err)
-		}
-		var env envelope.Envelope
-		if err := envelope.Decode(frame, &env); err != nil {
-			t.Fatalf("%s: envelope.Decode: %v", v.Name, err)
-		}
+		env := sinktest.Envelope(t, v)
 		if env.Type != envelope.TypeStream || !env.HasMessage {
 			t.Fatalf("%s: envelope type %d (message %v), want a stream", v.Name, env.Type, env.HasMessage)
 		}
@@ -168,24 +87,17 @@ func TestVectorsThroughStdoutSink(t *testing.T) {
 		if len(v.DispatchedJSON) == 0 {
 			t.Fatalf("%s: acked vector without dispatched_json", v.Name)
 		}
-		recs[i] = spool.Record{
-			VIN:          v.CertVIN,
-			Topic:        env.Topic,
-			TxID:         env.TxID,
-			Payload:      env.Stream.Payload,
-			ReceivedAtMs: 1_700_000_000_000 + int64(i)*1001,
-			CreatedAtSec: env.Stream.CreatedAt,
-		}
+		recs[i] = sinktest.Record(v, env, 1_700_000_000_000+int64(i)*1001, "")
 	}
-	appendAll(t, sp, recs)
+	sinktest.Append(t, sp, recs)
 
 	// One batch for all, and one record per batch.
 	for _, batch := range []int{0, 1} {
 		var out bytes.Buffer
 		sp := sp
 		if batch == 1 {
-			sp = openSpool(t)
-			appendAll(t, sp, recs)
+			sp = sinktest.OpenSpool(t, "logger", quiet)
+			sinktest.Append(t, sp, recs)
 		}
 		drainTo(t, sp, &out, batch)
 		lines := parseLines(t, out.Bytes())
@@ -215,7 +127,7 @@ func TestVectorsThroughStdoutSink(t *testing.T) {
 // A record that cannot be decoded is skipped (and counted); the others
 // around it still go out, and the cursor passes it.
 func TestUndecodableRecordSkipped(t *testing.T) {
-	sp := openSpool(t)
+	sp := sinktest.OpenSpool(t, "logger", quiet)
 	good, err := record.NewConnectivity("5YJ3E1EA1KF000001", "conn-1", 1, time.UnixMilli(1_700_000_000_123), "wifi")
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +135,7 @@ func TestUndecodableRecordSkipped(t *testing.T) {
 	mk := func(payload []byte, tx string) spool.Record {
 		return spool.Record{VIN: "5YJ3E1EA1KF000001", Topic: []byte(record.TopicConnectivity), TxID: []byte(tx), Payload: payload, ReceivedAtMs: 1}
 	}
-	appendAll(t, sp, []spool.Record{mk(good, "a"), mk([]byte{0xff, 0xff, 0xff}, "bad"), mk(good, "c")})
+	sinktest.Append(t, sp, []spool.Record{mk(good, "a"), mk([]byte{0xff, 0xff, 0xff}, "bad"), mk(good, "c")})
 	before := undecodable.Get()
 	var out bytes.Buffer
 	drainTo(t, sp, &out, 0)
@@ -269,7 +181,7 @@ func (w *flakyWriter) Write(p []byte) (int, error) {
 // the line cut short is completed, and the output stays one JSON object per
 // line with every record present (the batch's earlier lines twice).
 func TestSinkRecoversFromWriteError(t *testing.T) {
-	sp := openSpool(t)
+	sp := sinktest.OpenSpool(t, "logger", quiet)
 	good, err := record.NewConnectivity("5YJ3E1EA1KF000001", "conn-1", 1, time.UnixMilli(1_700_000_000_123), "wifi")
 	if err != nil {
 		t.Fatal(err)
@@ -278,7 +190,7 @@ func TestSinkRecoversFromWriteError(t *testing.T) {
 	for _, tx := range []string{"a", "b", "c"} {
 		recs = append(recs, spool.Record{VIN: "5YJ3E1EA1KF000001", Topic: []byte(record.TopicConnectivity), TxID: []byte(tx), Payload: good, ReceivedAtMs: 1})
 	}
-	appendAll(t, sp, recs)
+	sinktest.Append(t, sp, recs)
 
 	// Measure one line, then cut the output in the middle of the second.
 	var probe bytes.Buffer

@@ -260,7 +260,7 @@ func (s *canonSchema) walk(b []byte, depth int, st *canonState) bool {
 			} else if l, n = minimalVarintLong(b); n < 0 {
 				return false
 			}
-			if n < 0 || typ != protowire.BytesType || l > uint64(len(b)-n) {
+			if typ != protowire.BytesType || l > uint64(len(b)-n) {
 				return false
 			}
 			v := b[n : n+int(l)]
@@ -295,7 +295,7 @@ func (s *canonSchema) walk(b []byte, depth int, st *canonState) bool {
 			} else if v, n = minimalVarintLong(b); n < 0 {
 				return false
 			}
-			if n < 0 || typ != protowire.VarintType || (f.implicit && v == 0) {
+			if typ != protowire.VarintType || (f.implicit && v == 0) {
 				return false
 			}
 			switch f.kind {
