@@ -491,7 +491,7 @@ func (r *scenarioRun) dialAll(n, offset int, idle bool) []*sim.Conn {
 					o.ReadBuf = 512
 				}
 				t0 := time.Now()
-				c, _, err := sim.Dial(context.Background(), o, vin, minter.TLSConfig(vin, r.b.o.serverName, nil), r.start)
+				c, err := sim.Dial(context.Background(), o, vin, minter.TLSConfig(vin, r.b.o.serverName, nil), r.start)
 				if err != nil {
 					r.st.DialErrors.Add(1)
 					r.st.Fail("dial %s (from %v): %v", vin, o.Local, err)
@@ -740,7 +740,7 @@ func (r *scenarioRun) storm() error {
 				o := r.dialOpts(w)
 				o.Timeout = 10 * time.Second
 				t0 := time.Now()
-				c, _, err := sim.Dial(context.Background(), o, vin, r.b.minter.TLSConfig(vin, r.b.o.serverName, cache), r.start)
+				c, err := sim.Dial(context.Background(), o, vin, r.b.minter.TLSConfig(vin, r.b.o.serverName, cache), r.start)
 				if err != nil {
 					if !stop.Load() {
 						r.st.DialErrors.Add(1)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -174,10 +175,7 @@ var usedKeys = map[string]bool{
 // referenceKeys are keys of the reference's format this build does not act
 // on yet: they load with a warning, never silently.
 var referenceKeys = map[string]bool{
-	"status_port": true, "reliable_ack": true, "reliable_ack_sources": true,
-	"zmq": true, "mqtt": true, "redis": true,
-	"rate_limit": true,
-	"airbrake":   true, "logger": true,
+	"zmq": true, "mqtt": true, "redis": true, "airbrake": true, "logger": true,
 }
 
 // knownRecordTypes are the record types the protocol defines.
@@ -238,7 +236,7 @@ func ParseConfig(data []byte) (*Config, []string, error) {
 		c.Namespace = "tesla_telemetry"
 	}
 	if c.Spool.Dir == "" {
-		c.Spool.Dir = "/var/lib/fleet-telemetry/spool"
+		c.Spool.Dir = defaultSpoolDir
 	}
 	return c, warnings, nil
 }
@@ -303,7 +301,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, errors.New("reliable_ack_sources: connectivity records are made by the server and cannot be acked on delivery"))
 		case d == "logger":
 			errs = append(errs, fmt.Errorf("reliable_ack_sources.%s: the logger dispatcher cannot confirm delivery", t))
-		case !contains(c.Records[t], d):
+		case !slices.Contains(c.Records[t], d):
 			errs = append(errs, fmt.Errorf("reliable_ack_sources.%s: dispatcher %q does not route %s records", t, d, t))
 		}
 	}
@@ -388,15 +386,6 @@ func describeJSONError(data []byte, err error) error {
 	return fmt.Errorf("line %d column %d: %w", line, col, err)
 }
 
-func contains(list []string, v string) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
-}
-
 // AllowedVINs returns the VIN allowlist (nil: everyone is allowed). A string
 // names a file with one VIN per line ('#' starts a comment).
 func (c *Config) AllowedVINs() (map[string]bool, error) {
@@ -422,11 +411,7 @@ func (c *Config) AllowedVINs() (map[string]bool, error) {
 			}
 		}
 	}
-	set := make(map[string]bool, len(list))
-	for _, v := range list {
-		set[v] = true
-	}
-	return set, nil
+	return uniq(list), nil
 }
 
 func uniq(list []string) map[string]bool {

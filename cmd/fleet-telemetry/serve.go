@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -334,7 +335,7 @@ func deliveredHook(cfg *Config, dispatcher string, srv *netloop.Server) func([]s
 	}
 	return func(batch []spool.Record) {
 		for i := range batch {
-			if contains(types, string(batch[i].Topic)) {
+			if slices.Contains(types, string(batch[i].Topic)) {
 				srv.Delivered(batch[i].Seq)
 			}
 		}

@@ -103,8 +103,7 @@ func (a adminSource) Kind() string     { return "admin" }
 func (a adminSource) Close() error     { return a.c.Close() }
 
 type directSource struct {
-	v   *spool.View
-	dir string
+	v *spool.View
 }
 
 func (d directSource) Info(context.Context) (spool.Info, error) { return d.v.Info() }
@@ -162,5 +161,5 @@ func (o *spoolOpts) open(ctx context.Context) (spoolSource, error) {
 		}
 		return nil, err
 	}
-	return directSource{v: v, dir: o.dir}, nil
+	return directSource{v: v}, nil
 }

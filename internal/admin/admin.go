@@ -122,9 +122,6 @@ func Listen(path string, src Source, log *slog.Logger) (*Server, error) {
 	return s, nil
 }
 
-// Path is the socket's path.
-func (s *Server) Path() string { return s.path }
-
 // Close stops serving (open streams, such as a tail, are cut) and removes
 // the socket. It is idempotent.
 func (s *Server) Close() error {

@@ -25,9 +25,6 @@ const (
 	Ready = "READY=1"
 	// Stopping tells systemd that the daemon began its graceful shutdown.
 	Stopping = "STOPPING=1"
-	// Reloading tells systemd that the daemon began reloading its
-	// configuration; send Ready when the reload is done.
-	Reloading = "RELOADING=1"
 	// Watchdog is the keep-alive ping for units with WatchdogSec=.
 	Watchdog = "WATCHDOG=1"
 )

@@ -77,16 +77,6 @@ func (h *H) Snapshot() *Snapshot {
 	return s
 }
 
-// Reset clears the histogram (not atomic with respect to concurrent Records).
-func (h *H) Reset() {
-	for i := range h.counts {
-		h.counts[i].Store(0)
-	}
-	h.max.Store(0)
-	h.total.Store(0)
-	h.sum.Store(0)
-}
-
 // Sub returns s minus an earlier snapshot of the same histogram (Max is s's).
 func (s *Snapshot) Sub(earlier *Snapshot) *Snapshot {
 	d := &Snapshot{Counts: make([]int64, len(s.Counts)), Max: s.Max}

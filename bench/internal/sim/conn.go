@@ -69,11 +69,6 @@ type DialOptions struct {
 	Timeout time.Duration
 }
 
-// Timing splits a dial.
-type Timing struct {
-	TCP, TLS, Upgrade time.Duration
-}
-
 // Conn is one vehicle connection. One goroutine may send while another
 // reads replies.
 type Conn struct {
@@ -112,8 +107,7 @@ func (e *CloseError) Error() string {
 
 // Dial connects vin: TCP (from o.Local), TLS with vin's certificate, the
 // WebSocket upgrade. start is the scenario clock's origin.
-func Dial(ctx context.Context, o DialOptions, vin string, cfg *tls.Config, start time.Time) (*Conn, Timing, error) {
-	var tm Timing
+func Dial(ctx context.Context, o DialOptions, vin string, cfg *tls.Config, start time.Time) (*Conn, error) {
 	if o.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.Timeout)
@@ -126,15 +120,13 @@ func Dial(ctx context.Context, o DialOptions, vin string, cfg *tls.Config, start
 	t0 := time.Now()
 	raw, err := d.DialContext(ctx, "tcp", o.Addr)
 	if err != nil {
-		return nil, tm, fmt.Errorf("connect: %w", err)
+		return nil, fmt.Errorf("connect: %w", err)
 	}
-	t1 := time.Now()
 	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
-		return nil, tm, fmt.Errorf("tls handshake: %w", err)
+		return nil, fmt.Errorf("tls handshake: %w", err)
 	}
-	t2 := time.Now()
 	if o.ReadBuf <= 0 {
 		o.ReadBuf = 16 << 10
 	}
@@ -146,11 +138,10 @@ func Dial(ctx context.Context, o DialOptions, vin string, cfg *tls.Config, start
 	}
 	if err := c.upgrade(o); err != nil {
 		tc.Close()
-		return nil, tm, err
+		return nil, err
 	}
 	_ = tc.SetDeadline(time.Time{})
-	tm = Timing{TCP: t1.Sub(t0), TLS: t2.Sub(t1), Upgrade: time.Since(t2)}
-	return c, tm, nil
+	return c, nil
 }
 
 func (c *Conn) upgrade(o DialOptions) error {
