@@ -68,6 +68,8 @@ func spoolCmd(args []string) int {
 type spoolCommand struct {
 	flags func(fs *flag.FlagSet, c *cmdFlags)
 	run   func(ctx context.Context, o *spoolOpts, c *cmdFlags, args []string) error
+	// takesArgs: the command has positional arguments (others refuse any).
+	takesArgs bool
 }
 
 // cmdFlags are the per-command flags (each command registers the ones it
@@ -91,7 +93,7 @@ var spoolCommands = map[string]spoolCommand{
 		fs.Uint64Var(&c.from, "from", 0, "list from this seq on instead of the newest")
 		filterFlags(fs, c)
 	}, run: spoolLs},
-	"cat": {run: spoolCat},
+	"cat": {run: spoolCat, takesArgs: true},
 	"tail": {flags: func(fs *flag.FlagSet, c *cmdFlags) {
 		fs.BoolVar(&c.follow, "f", false, "follow: print records as they are committed, until interrupted")
 		fs.IntVar(&c.n, "n", 10, "number of stored records to print first")
@@ -186,7 +188,14 @@ func runSpool(args []string, stdout, stderr io.Writer) int {
 	o.log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := cmd.run(ctx, o, c, pos); err != nil {
+	err = noArgs(pos)
+	if cmd.takesArgs {
+		err = nil
+	}
+	if err == nil {
+		err = cmd.run(ctx, o, c, pos)
+	}
+	if err != nil {
 		var ue usageError
 		switch {
 		case errors.As(err, &ue):
@@ -216,6 +225,21 @@ func noArgs(args []string) error {
 		return usageError{fmt.Sprintf("unexpected argument %q", args[0])}
 	}
 	return nil
+}
+
+// openInfo opens the spool (admin socket or read-only) and reads its
+// summary; the caller closes the source.
+func (o *spoolOpts) openInfo(ctx context.Context) (spoolSource, spool.Info, error) {
+	src, err := o.open(ctx)
+	if err != nil {
+		return nil, spool.Info{}, err
+	}
+	in, err := src.Info(ctx)
+	if err != nil {
+		src.Close()
+		return nil, spool.Info{}, err
+	}
+	return src, in, nil
 }
 
 func (o *spoolOpts) writeJSON(v any, indent bool) error {
@@ -252,19 +276,12 @@ type statsOut struct {
 	Forwarders       []forwarderStat `json:"forwarders"`
 }
 
-func spoolStats(ctx context.Context, o *spoolOpts, _ *cmdFlags, args []string) error {
-	if err := noArgs(args); err != nil {
-		return err
-	}
-	src, err := o.open(ctx)
+func spoolStats(ctx context.Context, o *spoolOpts, _ *cmdFlags, _ []string) error {
+	src, in, err := o.openInfo(ctx)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
-	in, err := src.Info(ctx)
-	if err != nil {
-		return err
-	}
 	now := time.Now()
 	out := statsOut{Dir: o.dir, Source: src.Kind(), Info: in}
 	if in.OldestReceivedAtMs != 0 {
@@ -334,10 +351,7 @@ func lagAfter(in spool.Info, cursor uint64) int64 {
 
 func (c *cmdFlags) query() admin.Query { return admin.Query{VIN: c.vin, Topic: c.topic} }
 
-func spoolLs(ctx context.Context, o *spoolOpts, c *cmdFlags, args []string) error {
-	if err := noArgs(args); err != nil {
-		return err
-	}
+func spoolLs(ctx context.Context, o *spoolOpts, c *cmdFlags, _ []string) error {
 	if c.n <= 0 {
 		return usageError{"-n must be positive"}
 	}
@@ -456,10 +470,7 @@ func (p *tailPrinter) print(r spool.RawRecord) error {
 	return nil
 }
 
-func spoolTail(ctx context.Context, o *spoolOpts, c *cmdFlags, args []string) error {
-	if err := noArgs(args); err != nil {
-		return err
-	}
+func spoolTail(ctx context.Context, o *spoolOpts, c *cmdFlags, _ []string) error {
 	if c.n < 0 {
 		return usageError{"-n must not be negative"}
 	}
@@ -577,19 +588,12 @@ type accounting struct {
 	OK          bool  `json:"ok"`
 }
 
-func spoolVerify(ctx context.Context, o *spoolOpts, _ *cmdFlags, args []string) error {
-	if err := noArgs(args); err != nil {
-		return err
-	}
-	src, err := o.open(ctx)
+func spoolVerify(ctx context.Context, o *spoolOpts, _ *cmdFlags, _ []string) error {
+	src, in, err := o.openInfo(ctx)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
-	in, err := src.Info(ctx)
-	if err != nil {
-		return err
-	}
 	out := verifyOut{Source: src.Kind(), Topics: map[string]int{}, Corrupt: []corruptRecord{}}
 	bar := newProgress(o.stderr, o.showProgress(), "verify", estimate(in, 0, in.NewestSeq))
 	last := uint64(0)
@@ -664,25 +668,18 @@ func spoolVerify(ctx context.Context, o *spoolOpts, _ *cmdFlags, args []string) 
 
 // --- export
 
-func spoolExport(ctx context.Context, o *spoolOpts, c *cmdFlags, args []string) error {
-	if err := noArgs(args); err != nil {
-		return err
-	}
+func spoolExport(ctx context.Context, o *spoolOpts, c *cmdFlags, _ []string) error {
 	if c.format != "jsonl" && c.format != "proto" {
 		return usageError{fmt.Sprintf("-format %q: want jsonl or proto", c.format)}
 	}
 	if c.to != 0 && c.from > c.to {
 		return usageError{"-from is after -to"}
 	}
-	src, err := o.open(ctx)
+	src, in, err := o.openInfo(ctx)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
-	in, err := src.Info(ctx)
-	if err != nil {
-		return err
-	}
 	to := c.to
 	if to == 0 {
 		to = in.LastSeq // a fixed range on a running daemon
@@ -767,10 +764,7 @@ func spoolExport(ctx context.Context, o *spoolOpts, c *cmdFlags, args []string) 
 
 // --- replay
 
-func spoolReplay(ctx context.Context, o *spoolOpts, c *cmdFlags, args []string) error {
-	if err := noArgs(args); err != nil {
-		return err
-	}
+func spoolReplay(ctx context.Context, o *spoolOpts, c *cmdFlags, _ []string) error {
 	if o.cfg == nil {
 		return usageError{"replay needs -config (the sinks are built from it)"}
 	}
@@ -801,15 +795,11 @@ func spoolReplay(ctx context.Context, o *spoolOpts, c *cmdFlags, args []string) 
 	if cl, ok := sink.(interface{ Close() error }); ok {
 		defer cl.Close()
 	}
-	src, err := o.open(ctx)
+	src, in, err := o.openInfo(ctx)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
-	in, err := src.Info(ctx)
-	if err != nil {
-		return err
-	}
 	to := c.to
 	if to == 0 {
 		to = in.LastSeq
