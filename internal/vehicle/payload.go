@@ -13,6 +13,16 @@ import (
 // PayloadV builds a realistic V record: datums fields cycling through
 // string, int, long, float, double, bool, location and enum values.
 func PayloadV(rng *rand.Rand, vin string, datums int, createdAt time.Time) []byte {
+	b, err := NewPayloadV(rng, vin, datums, createdAt).MarshalVT()
+	if err != nil {
+		panic(fmt.Sprintf("vehicle: marshal a payload we built: %v", err)) // cannot happen for a valid message
+	}
+	return b
+}
+
+// NewPayloadV is PayloadV's message, for callers that shape it further
+// (the bench pads its strings to a target size).
+func NewPayloadV(rng *rand.Rand, vin string, datums int, createdAt time.Time) *pb.Payload {
 	p := &pb.Payload{CreatedAt: timestamppb.New(createdAt), Vin: vin}
 	for i := range datums {
 		d := &pb.Datum{Key: pb.Field(1 + i%200)}
@@ -37,11 +47,7 @@ func PayloadV(rng *rand.Rand, vin string, datums int, createdAt time.Time) []byt
 		}
 		p.Data = append(p.Data, d)
 	}
-	b, err := p.MarshalVT()
-	if err != nil {
-		panic(fmt.Sprintf("vehicle: marshal a payload we built: %v", err)) // cannot happen for a valid message
-	}
-	return b
+	return p
 }
 
 // PayloadAlerts builds an alerts record.

@@ -6,8 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 )
@@ -80,36 +78,16 @@ func (c *Corpus) Pick(rng *rand.Rand) Record {
 	return c.V[rng.IntN(len(c.V))]
 }
 
-// payloadV builds a V payload with datums cycling through string, int,
-// long, float, double, bool, location and enum (shift state) values; with
-// size > 0 the string datums are padded so the encoding is about size bytes.
+// payloadV is vehicle.NewPayloadV (datums cycling through string, int,
+// long, float, double, bool, location and enum values) with, for size > 0,
+// the string datums padded so the encoding is about size bytes.
 func payloadV(rng *rand.Rand, vin string, datums int, createdAt time.Time, size int) []byte {
-	p := &pb.Payload{CreatedAt: timestamppb.New(createdAt), Vin: vin}
+	p := vehicle.NewPayloadV(rng, vin, datums, createdAt)
 	var strs []*pb.Value_StringValue
-	for i := range datums {
-		d := &pb.Datum{Key: pb.Field(1 + (i*7)%200)}
-		switch i % 8 {
-		case 0:
-			sv := &pb.Value_StringValue{StringValue: fmt.Sprintf("v%d", rng.IntN(100000))}
+	for _, d := range p.Data {
+		if sv, ok := d.GetValue().GetValue().(*pb.Value_StringValue); ok {
 			strs = append(strs, sv)
-			d.Value = &pb.Value{Value: sv}
-		case 1:
-			d.Value = &pb.Value{Value: &pb.Value_IntValue{IntValue: rng.Int32N(100000)}}
-		case 2:
-			d.Value = &pb.Value{Value: &pb.Value_LongValue{LongValue: rng.Int64N(1 << 40)}}
-		case 3:
-			d.Value = &pb.Value{Value: &pb.Value_FloatValue{FloatValue: rng.Float32() * 1000}}
-		case 4:
-			d.Value = &pb.Value{Value: &pb.Value_DoubleValue{DoubleValue: rng.Float64() * 100}}
-		case 5:
-			d.Value = &pb.Value{Value: &pb.Value_BooleanValue{BooleanValue: rng.IntN(2) == 1}}
-		case 6:
-			d.Value = &pb.Value{Value: &pb.Value_LocationValue{LocationValue: &pb.LocationValue{
-				Latitude: 37 + rng.Float64(), Longitude: -122 - rng.Float64()}}}
-		case 7:
-			d.Value = &pb.Value{Value: &pb.Value_ShiftStateValue{ShiftStateValue: pb.ShiftState(1 + rng.IntN(4))}}
 		}
-		p.Data = append(p.Data, d)
 	}
 	if size > 0 && len(strs) > 0 {
 		// Grow the string datums evenly until the size is reached; a
