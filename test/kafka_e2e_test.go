@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,7 +29,7 @@ func kafkaDaemonConfig(t *testing.T, dir, brokerAddr string, dispatchers []strin
 		t.Fatal(err)
 	}
 	d := devca.Dir{Path: certs}
-	metricsPort, pprofPort = kafkaFreePort(t), kafkaFreePort(t)
+	metricsPort, pprofPort = freePort(t), freePort(t)
 	cfg := map[string]any{
 		"host": "127.0.0.1", "port": 0, "log_level": "info", "json_log_enable": true,
 		"namespace": "tesla_telemetry",
@@ -53,16 +52,6 @@ func kafkaDaemonConfig(t *testing.T, dir, brokerAddr string, dispatchers []strin
 		t.Fatal(err)
 	}
 	return configPath, certs, metricsPort, pprofPort
-}
-
-func kafkaFreePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func buildBroker(t *testing.T) string {
@@ -384,6 +373,9 @@ func TestKafkaOutage(t *testing.T) {
 		tick("load off")
 		got, total, err := readKafka(broker.Addr, "V", "alerts")
 		if err != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("reading Kafka back still fails after 60s: %v\n%s", err, d.logText())
+			}
 			continue
 		}
 		missing = missing[:0]

@@ -129,10 +129,7 @@ func TestReferenceKeysFromTheConfigFile(t *testing.T) {
 // refused and counted, and the daemon keeps serving (gnet stops its event
 // loops if accept ever fails with EMFILE, so the daemon must refuse first).
 func TestDescriptorExhaustionDoesNotStopTheDaemon(t *testing.T) {
-	prlimit, err := exec.LookPath("prlimit")
-	if err != nil {
-		t.Skip("prlimit (util-linux) is not installed")
-	}
+	prlimit := needTool(t, "prlimit")
 	dir := t.TempDir()
 	configPath, certs := writeConfig(t, dir)
 	d := startDaemonCmd(t, exec.Command(prlimit, "--nofile=1100:1100", binary, "-config", configPath))

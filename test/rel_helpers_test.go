@@ -2,8 +2,9 @@ package test
 
 // Helpers for the reliability (reliability_*_test.go) and hostile-client
 // (hostile_*_test.go) tests: a config writer with knobs, a kfake broker
-// process the tests can SIGSTOP/SIGKILL, RSS and /metrics readers, and a
-// well-behaved vehicle that keeps sending in the background.
+// process the tests can SIGSTOP/SIGKILL (kfaketest.Broker), RSS and
+// /metrics readers, and a well-behaved vehicle that keeps sending in the
+// background.
 
 import (
 	"bufio"
@@ -11,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -127,11 +127,15 @@ func relWriteConfig(t *testing.T, dir string, rc relConfig) relSetup {
 	return s
 }
 
-// metrics reads the daemon's /metrics page into name → value (nil on error).
-func (s relSetup) metrics() map[string]float64 {
-	page, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/metrics", s.MetricsPort))
+// metrics reads the daemon's /metrics page into name → value; a failed
+// scrape fails the test (an empty map would read 0 for every metric and
+// pass checks such as skipped_total == 0).
+func (s relSetup) metrics(t testing.TB) map[string]float64 {
+	t.Helper()
+	url := fmt.Sprintf("http://127.0.0.1:%d/metrics", s.MetricsPort)
+	page, err := httpGet(url)
 	if err != nil {
-		return nil
+		t.Fatalf("scrape %s: %v", url, err)
 	}
 	out := map[string]float64{}
 	for _, line := range strings.Split(page, "\n") {
@@ -145,6 +149,9 @@ func (s relSetup) metrics() map[string]float64 {
 		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
 			out[line[:i]] = v
 		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("scrape %s: no samples in the page:\n%s", url, page)
 	}
 	return out
 }
@@ -184,113 +191,25 @@ func (d *daemon) alive() bool {
 	}
 }
 
-// relBroker is a kfakebroker process the test controls directly (it can
-// be paused with SIGSTOP and SIGKILLed, which kfaketest.Broker does not
-// expose).
-type relBroker struct {
-	bin, dataDir string
-	port         int
-	Addr         string
-
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{}
-}
-
-func startRelBroker(t *testing.T, dataDir string) *relBroker {
+// startRelBroker builds and starts a kfakebroker process with 3 partitions
+// per topic (dataDir "" keeps its cluster in memory) that the test can
+// pause (SIGSTOP, see signalBroker) and Kill; a paused broker is resumed
+// before it is killed when the test ends.
+func startRelBroker(t *testing.T, dataDir string) *kfaketest.Broker {
 	t.Helper()
-	bin, err := kfaketest.Build(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &relBroker{bin: bin, dataDir: dataDir}
-	if err := b.start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		b.signal(syscall.SIGCONT)
-		b.kill()
-	})
+	b := kfaketest.Start(t, buildBroker(t), kfaketest.Options{DataDir: dataDir, Partitions: 3})
+	t.Cleanup(func() { _ = b.Signal(syscall.SIGCONT) }) // runs before Start's Kill
 	return b
 }
 
-func (b *relBroker) start() error {
-	args := []string{"-port", strconv.Itoa(b.port), "-partitions", "3"}
-	if b.dataDir != "" {
-		args = append(args, "-data-dir", b.dataDir)
-	}
-	cmd := exec.Command(b.bin, args...)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	exited := make(chan struct{})
-	addrCh := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if a, ok := strings.CutPrefix(sc.Text(), "listening "); ok {
-				addrCh <- a
-			}
-		}
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	b.mu.Lock()
-	b.cmd, b.exited = cmd, exited
-	b.mu.Unlock()
-	select {
-	case a := <-addrCh:
-		b.Addr = a
-		p, err := strconv.Atoi(a[strings.LastIndexByte(a, ':')+1:])
-		if err != nil {
-			return err
-		}
-		b.port = p
-		return nil
-	case <-exited:
-		return errors.New("kfakebroker exited before listening")
-	case <-time.After(20 * time.Second):
-		_ = cmd.Process.Kill()
-		return errors.New("kfakebroker did not listen within 20s")
-	}
-}
-
-func (b *relBroker) signal(sig syscall.Signal) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.cmd != nil && b.cmd.Process != nil {
-		_ = b.cmd.Process.Signal(sig)
-	}
-}
-
-func (b *relBroker) kill() {
-	b.mu.Lock()
-	cmd, exited := b.cmd, b.exited
-	b.mu.Unlock()
-	select {
-	case <-exited:
-		return
-	default:
-	}
-	_ = cmd.Process.Kill()
-	<-exited
-}
-
-// restart starts the broker again on the same port and data directory.
-func (b *relBroker) restart(t *testing.T) {
+// signalBroker sends sig to the broker process and fails the test if it
+// cannot (an outage test whose broker was never paused would prove
+// nothing).
+func signalBroker(t *testing.T, b *kfaketest.Broker, sig os.Signal) {
 	t.Helper()
-	var err error
-	for range 20 {
-		if err = b.start(); err == nil {
-			return
-		}
-		time.Sleep(250 * time.Millisecond)
+	if err := b.Signal(sig); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal(err)
 }
 
 // kafkaCounts reads tesla_telemetry_<topic> for each topic and counts the

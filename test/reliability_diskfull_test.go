@@ -16,7 +16,8 @@ import (
 
 // mountSmallFS mounts a size-limited tmpfs on a new directory and unmounts
 // it when the test ends; it skips, saying why, where mounting is not
-// possible (not root, no CAP_SYS_ADMIN, a container without mount rights).
+// possible (not root, no CAP_SYS_ADMIN, a container without mount rights),
+// except under CI (CI=true), where that is a failure: CI must allow it.
 func mountSmallFS(t *testing.T, size string) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -26,7 +27,10 @@ func mountSmallFS(t *testing.T, size string) string {
 	}
 	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", mnt).CombinedOutput()
 	if err != nil {
-		t.Skipf("cannot mount a %s tmpfs here (needs root / CAP_SYS_ADMIN): %v: %s", size, err, out)
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("cannot mount a %s tmpfs (needs root / CAP_SYS_ADMIN); CI must allow it: %v: %s", size, err, out)
+		}
+		t.Skipf("cannot mount a %s tmpfs here (needs root / CAP_SYS_ADMIN); skipping — under CI=true this fails: %v: %s", size, err, out)
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
@@ -65,9 +69,16 @@ func fillFS(t *testing.T, dir string) string {
 	return path
 }
 
-// pushUntilRefused sends pipelined batches on fresh connections until the
+// codeErrorReply is what pushUntilRefused returns as its code when the
+// daemon answered a record with an error reply: not a close code, and not 0
+// (the limit was reached), so a caller checking code != 0 fails on it.
+const codeErrorReply = -2
+
+// pushUntilRefused sends pipelined batches on one connection until the
 // daemon refuses (close 1013, another close or an error reply) or limit
-// records were acked; it returns the acked txids and the close code seen.
+// records were acked; it returns the acked txids and the close code seen:
+// 0 only when limit records were acked, codeErrorReply after an error
+// reply, -1 when dialling, sending or reading failed without a close code.
 func pushUntilRefused(t *testing.T, d *daemon, certs, prefix string, limit int) (acked map[string]bool, code int, detail string) {
 	t.Helper()
 	acked = map[string]bool{}
@@ -88,10 +99,14 @@ func pushUntilRefused(t *testing.T, d *daemon, certs, prefix string, limit int) 
 		for range batch {
 			r, err := c.ReadReply(15 * time.Second)
 			if err != nil {
-				return acked, closeCode(err), err.Error()
+				code := closeCode(err)
+				if code == 0 {
+					code = -1 // not a close (a timeout, a reset): not "limit reached"
+				}
+				return acked, code, err.Error()
 			}
 			if !r.Ack {
-				return acked, 0, fmt.Sprintf("error reply %+v", r)
+				return acked, codeErrorReply, fmt.Sprintf("error reply %+v", r)
 			}
 			acked[r.TxID] = true
 		}
@@ -162,8 +177,8 @@ func TestReliabilityDiskFullSoftLimit(t *testing.T) {
 		all[tx] = true
 	}
 
-	broker.signal(syscall.SIGSTOP)
-	before := setup.metrics()
+	signalBroker(t, broker, syscall.SIGSTOP)
+	before := setup.metrics(t)
 	acked, code, detail := pushUntilRefused(t, d, setup.Certs, "soft", 20000)
 	for tx := range acked {
 		all[tx] = true
@@ -179,7 +194,7 @@ func TestReliabilityDiskFullSoftLimit(t *testing.T) {
 	} else {
 		t.Logf("new connection while full: %s", why)
 	}
-	after := setup.metrics()
+	after := setup.metrics(t)
 	if n := after[refused("spool_full")] - before[refused("spool_full")]; n < 1 {
 		t.Errorf("spool_full refusals did not move (%v → %v)", before[refused("spool_full")], after[refused("spool_full")])
 	}
@@ -190,7 +205,7 @@ func TestReliabilityDiskFullSoftLimit(t *testing.T) {
 		t.Errorf("kafka lag gauge shows no backlog while the broker is paused")
 	}
 
-	broker.signal(syscall.SIGCONT)
+	signalBroker(t, broker, syscall.SIGCONT)
 	tx, why, took := waitAcked(d, setup.Certs, "soft-resumed", 60*time.Second)
 	if tx == "" {
 		t.Fatalf("acks did not resume within 60s after the broker came back: %s\n%s", why, d.logText())
@@ -230,7 +245,7 @@ func TestReliabilityDiskFullENOSPC(t *testing.T) {
 	}
 
 	filler := fillFS(t, mnt)
-	before := setup.metrics()
+	before := setup.metrics(t)
 	var lastDetail string
 	var shed bool
 	start := time.Now()
@@ -258,7 +273,7 @@ func TestReliabilityDiskFullENOSPC(t *testing.T) {
 	if !d.alive() {
 		t.Fatalf("BUG: the daemon died while the disk stayed full:\n%s", d.logText())
 	}
-	after := setup.metrics()
+	after := setup.metrics(t)
 	t.Logf("refusals while full: spool_commit_failed +%.0f, spool_busy +%.0f, spool_full +%.0f; fleet_spool_commit_errors_total +%.0f",
 		after[refused("spool_commit_failed")]-before[refused("spool_commit_failed")],
 		after[refused("spool_busy")]-before[refused("spool_busy")],

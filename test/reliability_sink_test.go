@@ -63,7 +63,7 @@ func TestReliabilitySinkOutage(t *testing.T) {
 	var windows []*window
 	watch := func(w *window) {
 		for time.Now().Before(w.to) {
-			m := setup.metrics()
+			m := setup.metrics(t)
 			w.spoolMax = max(w.spoolMax, m["fleet_spool_records"])
 			w.lagMax = max(w.lagMax, m[kafkaLag])
 			time.Sleep(250 * time.Millisecond)
@@ -72,9 +72,9 @@ func TestReliabilitySinkOutage(t *testing.T) {
 
 	// A hung broker: the process is stopped, its sockets stay open.
 	w := &window{name: "SIGSTOP", from: time.Now(), to: time.Now().Add(outage)}
-	broker.signal(syscall.SIGSTOP)
+	signalBroker(t, broker, syscall.SIGSTOP)
 	watch(w)
-	broker.signal(syscall.SIGCONT)
+	signalBroker(t, broker, syscall.SIGCONT)
 	windows = append(windows, w)
 	time.Sleep(2 * time.Second)
 
@@ -137,16 +137,16 @@ func TestReliabilityLagGaugeWhileBrokerHangs(t *testing.T) {
 	}
 	// Paused right after the ack: the forwarder is (usually) in the middle
 	// of sending that record when the broker hangs.
-	broker.signal(syscall.SIGSTOP)
-	defer broker.signal(syscall.SIGCONT)
+	signalBroker(t, broker, syscall.SIGSTOP)
+	defer func() { _ = broker.Signal(syscall.SIGCONT) }()
 	acked, code, detail := pushUntilRefused(t, d, setup.Certs, "lag", 2000)
 	if code != 0 {
 		t.Fatalf("while the broker hangs: %s", detail)
 	}
 	time.Sleep(1 * time.Second) // several forwarder polls
-	m := setup.metrics()
+	m := setup.metrics(t)
 	t.Logf("broker hung, %d records acked: fleet_spool_records=%.0f %s=%.0f", len(acked), m["fleet_spool_records"], kafkaLag, m[kafkaLag])
-	broker.signal(syscall.SIGCONT)
+	signalBroker(t, broker, syscall.SIGCONT)
 	if m[kafkaLag] < float64(len(acked))/2 {
 		t.Fatalf("%s = %.0f while %d acked records wait for a hung broker (fleet_spool_records = %.0f): the gauge is only set before each Sink.Send, which blocks for the whole outage",
 			kafkaLag, m[kafkaLag], len(acked), m["fleet_spool_records"])
@@ -228,7 +228,7 @@ func TestReliabilitySlowAndRefusingBroker(t *testing.T) {
 	delay.Store(int64(200 * time.Millisecond))
 	g := startGoodVehicle(t, d.addr, setup.Certs, relVINs[0], 5*time.Millisecond)
 	time.Sleep(4 * time.Second)
-	m := setup.metrics()
+	m := setup.metrics(t)
 	slowAcked, maxWait, errs := g.halt()
 	for _, err := range errs {
 		t.Errorf("vehicle during the slow phase: %v", err)
@@ -244,7 +244,7 @@ func TestReliabilitySlowAndRefusingBroker(t *testing.T) {
 	}
 
 	// Phase 2: the broker refuses the alerts topic.
-	before := setup.metrics()
+	before := setup.metrics(t)
 	c := dial(t, d.addr, setup.Certs, relVINs[1])
 	refusedAcked := map[string]bool{}
 	for i := range 40 {
@@ -257,7 +257,7 @@ func TestReliabilitySlowAndRefusingBroker(t *testing.T) {
 		refusedAcked[tx] = true
 	}
 	time.Sleep(3 * time.Second)
-	m = setup.metrics()
+	m = setup.metrics(t)
 	partial, _ := kafkaCounts(addr, "V")
 	vArrived := 0
 	for tx := range refusedAcked {
@@ -282,7 +282,7 @@ func TestReliabilitySlowAndRefusingBroker(t *testing.T) {
 	}
 	_, dup := lostAndDup(refusedAcked, got)
 	t.Logf("after the topic was created: all %d acked records in Kafka (%d duplicates)", len(refusedAcked), dup)
-	if s := setup.metrics()[`fleet_forwarder_skipped_total{forwarder="kafka"}`]; s != 0 {
+	if s := setup.metrics(t)[`fleet_forwarder_skipped_total{forwarder="kafka"}`]; s != 0 {
 		t.Errorf("the kafka forwarder skipped %v records", s)
 	}
 	d.stop(t)
@@ -317,7 +317,7 @@ func TestReliabilityBrokerKilled(t *testing.T) {
 	if _, missing, err := waitKafka(broker.Addr, pre, 30*time.Second, "V"); err != nil || missing > 0 {
 		t.Fatalf("before the kill: %d not in Kafka (%v)", missing, err)
 	}
-	broker.kill()
+	broker.Kill()
 	during, code, detail := pushUntilRefused(t, d, setup.Certs, "killed", 300)
 	if code != 0 {
 		t.Fatalf("while the broker is dead the spool should absorb: %s", detail)
@@ -326,11 +326,11 @@ func TestReliabilityBrokerKilled(t *testing.T) {
 	// kfake's files do not survive SIGKILL (its partitions come back
 	// unreadable), so the broker returns empty, as a rebuilt cluster would:
 	// the topic is created again with a new ID, which the daemon must adopt.
-	entries, _ := os.ReadDir(broker.dataDir)
+	entries, _ := os.ReadDir(broker.DataDir())
 	for _, e := range entries {
-		os.RemoveAll(filepath.Join(broker.dataDir, e.Name()))
+		os.RemoveAll(filepath.Join(broker.DataDir(), e.Name()))
 	}
-	broker.restart(t)
+	broker.Restart(t)
 	after, code, detail := pushUntilRefused(t, d, setup.Certs, "restarted", 300)
 	if code != 0 {
 		t.Fatal(detail)

@@ -59,6 +59,8 @@ func debianPackageOf(tool string) string {
 	switch tool {
 	case "systemd-analyze", "systemd-sysusers":
 		return "systemd"
+	case "prlimit":
+		return "util-linux"
 	}
 	return tool
 }

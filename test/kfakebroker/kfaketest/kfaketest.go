@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -59,7 +60,7 @@ type Broker struct {
 }
 
 // Start runs bin (from Build) and waits for its "listening" line. The
-// process is killed when the test ends.
+// process is killed (Kill) when the test ends.
 func Start(t testing.TB, bin string, o Options) *Broker {
 	t.Helper()
 	if o.Partitions <= 0 {
@@ -69,17 +70,21 @@ func Start(t testing.TB, bin string, o Options) *Broker {
 	if err := b.start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(b.kill)
+	t.Cleanup(b.Kill)
 	return b
 }
 
 func (b *Broker) start() error {
+	// b.mu is not held while waiting for the process: its stderr writer
+	// takes b.mu, and cmd.Wait waits for that writer, so a broker that
+	// fails at once (say, its port not yet free on Restart) would otherwise
+	// only be noticed after the 20s timeout.
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	args := []string{"-port", strconv.Itoa(b.opts.Port), "-partitions", strconv.Itoa(b.opts.Partitions)}
 	if b.opts.DataDir != "" {
 		args = append(args, "-data-dir", b.opts.DataDir)
 	}
+	b.mu.Unlock()
 	cmd := exec.Command(b.bin, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -101,18 +106,21 @@ func (b *Broker) start() error {
 		_ = cmd.Wait()
 		close(exited)
 	}()
+	b.mu.Lock()
 	b.cmd, b.exited = cmd, exited
+	b.mu.Unlock()
 	select {
 	case addr := <-addrCh:
-		b.Addr = addr
 		_, port, err := splitPort(addr)
 		if err != nil {
 			return err
 		}
-		b.opts.Port = port
+		b.mu.Lock()
+		b.Addr, b.opts.Port = addr, port
+		b.mu.Unlock()
 		return nil
 	case <-exited:
-		return fmt.Errorf("kfakebroker exited before listening:\n%s", b.stderr.String())
+		return fmt.Errorf("kfakebroker exited before listening:\n%s", b.Stderr())
 	case <-time.After(20 * time.Second):
 		_ = cmd.Process.Kill()
 		return errors.New("kfakebroker did not listen within 20s")
@@ -161,7 +169,10 @@ func (b *Broker) Restart(t testing.TB) {
 	t.Fatal(err)
 }
 
-func (b *Broker) kill() {
+// Kill SIGKILLs the process (it gets no chance to persist its state) and
+// waits for it to exit; it does nothing if the process already exited.
+// Restart starts it again.
+func (b *Broker) Kill() {
 	b.mu.Lock()
 	cmd, exited := b.cmd, b.exited
 	b.mu.Unlock()
@@ -172,6 +183,27 @@ func (b *Broker) kill() {
 	}
 	_ = cmd.Process.Kill()
 	<-exited
+}
+
+// Signal sends sig to the process: SIGSTOP pauses it (a hung broker whose
+// sockets stay open), SIGCONT resumes it. It fails once the process has
+// exited.
+func (b *Broker) Signal(sig os.Signal) error {
+	b.mu.Lock()
+	cmd := b.cmd
+	b.mu.Unlock()
+	if err := cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("kfakebroker: signal %v: %w", sig, err)
+	}
+	return nil
+}
+
+// DataDir is the directory the broker persists its cluster in ("" when it
+// keeps it in memory).
+func (b *Broker) DataDir() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.opts.DataDir
 }
 
 // Stderr is what the process wrote on stderr so far.
@@ -225,12 +257,17 @@ func KcatPath() string {
 	return p
 }
 
-// RequireKcat skips the test, saying why, when kcat is not installed.
+// RequireKcat returns kcat's path. When kcat is not installed it skips the
+// test, saying why, except under CI (CI=true), where a missing kcat is a
+// failure: CI installs it.
 func RequireKcat(t testing.TB) string {
 	t.Helper()
 	p := KcatPath()
 	if p == "" {
-		t.Skip("kcat is not installed (Debian package kcat); it reads the topics back")
+		if os.Getenv("CI") == "true" {
+			t.Fatal("kcat is not installed; CI must install it (Debian package: kcat); it reads the topics back")
+		}
+		t.Skip("kcat is not installed (Debian package kcat); it reads the topics back; skipping — under CI=true this fails")
 	}
 	return p
 }
