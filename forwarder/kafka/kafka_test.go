@@ -302,3 +302,32 @@ func TestSendReportsFailure(t *testing.T) {
 		t.Fatalf("fleet_kafka_produce_errors_total grew by %d, want 1", d)
 	}
 }
+
+// BenchmarkSendSmallBatch is one forwarder batch of 5 records through the
+// sink to a kfake broker, with the client's default linger: ns/op is the
+// time a forwarder waits per batch at low load.
+func BenchmarkSendSmallBatch(b *testing.B) {
+	broker := kfaketest.Start(b, brokerBin, kfaketest.Options{})
+	cfg, err := kafka.ParseConfig(map[string]any{"bootstrap.servers": broker.Addr})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sink, err := kafka.New(cfg, forwarder.Encoder{Namespace: "tesla_telemetry"}, quietLog())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+	batch := make([]spool.Record, 5)
+	for i := range batch {
+		batch[i] = vRecord("5YJ3E1EA1KF000001", fmt.Sprintf("tx-%d", i), time.Now())
+	}
+	ctx := context.Background()
+	if err := sink.Send(ctx, batch); err != nil { // topic creation, metadata
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := sink.Send(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
