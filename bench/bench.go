@@ -304,7 +304,10 @@ type scenarioRun struct {
 	t0, t1         time.Time
 	// records the daemon's forwarders sent, and their lag at the end
 	fwd0, fwd1, lag1 int64
+	refused          int64 // records the daemon refused since it started, at the window's end
 	fwdErr           error
+	// profiling is the daemon CPU profile being fetched over the window
+	profiling sync.WaitGroup
 }
 
 func (r *scenarioRun) dialOpts(i int) sim.DialOptions {
@@ -388,9 +391,32 @@ func (r *scenarioRun) markStart() {
 	r.b0, _ = procstat.Read(0)
 	r.acked0, r.hs0, r.t0 = r.st.Acked.Load(), r.st.Handshakes.Load(), time.Now()
 	if r.t.metricsPort > 0 {
-		r.fwd0, _, r.fwdErr = spawn.ScrapeForwarding(r.t.metricsPort)
+		var c spawn.DaemonCounters
+		c, r.fwdErr = spawn.Scrape(r.t.metricsPort)
+		r.fwd0 = c.ForwarderSent
 	}
 	r.st.Measure.Store(true)
+	r.startProfile()
+}
+
+// startProfile fetches a CPU profile of the daemon over the measured window
+// (-profile FILE with -server-pprof-port) for the throughput, rate and
+// storm scenarios; markEnd waits for it.
+func (r *scenarioRun) startProfile() {
+	switch r.res.Scenario {
+	case "throughput", "rate", "storm":
+	default:
+		return
+	}
+	if r.b.o.profile == "" || r.b.o.serverPprofPort <= 0 {
+		return
+	}
+	secs := max(1, int(r.b.dur["duration"].Seconds())-1)
+	r.profiling.Go(func() {
+		if err := fetchProfile(r.b.o.serverPprofPort, secs, r.b.o.profile); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: profile: %v\n", err)
+		}
+	})
 }
 
 func (r *scenarioRun) markEnd() {
@@ -399,8 +425,17 @@ func (r *scenarioRun) markEnd() {
 	r.b1, _ = procstat.Read(0)
 	r.acked1, r.hs1, r.t1 = r.st.Acked.Load(), r.st.Handshakes.Load(), time.Now()
 	if r.t.metricsPort > 0 && r.fwdErr == nil {
-		r.fwd1, r.lag1, r.fwdErr = spawn.ScrapeForwarding(r.t.metricsPort)
+		var c spawn.DaemonCounters
+		c, r.fwdErr = spawn.Scrape(r.t.metricsPort)
+		r.fwd1, r.lag1, r.refused = c.ForwarderSent, c.ForwarderLag, c.RecordsRefused
+		if r.fwdErr == nil && r.refused > 0 {
+			// Acked or answered but not kept (a sender id that is not the
+			// connection's, a payload that does not decode): the run
+			// measured refusals, not the production path.
+			r.st.Fail("the daemon refused %d records (fleet_records_refused_total)", r.refused)
+		}
 	}
+	r.profiling.Wait()
 }
 
 func latency(s *hist.Snapshot) *report.Latency {
@@ -621,17 +656,6 @@ func (r *scenarioRun) load(nconns, inflight int, rate float64, dur time.Duration
 	}
 	time.Sleep(r.b.dur["warmup"])
 	r.markStart()
-	var prof sync.WaitGroup
-	if r.b.o.profile != "" && r.res.Scenario == "throughput" && r.b.o.serverPprofPort > 0 {
-		prof.Add(1)
-		go func() {
-			defer prof.Done()
-			secs := max(1, int(dur.Seconds())-1)
-			if err := fetchProfile(r.b.o.serverPprofPort, secs, r.b.o.profile); err != nil {
-				fmt.Fprintf(os.Stderr, "bench: profile: %v\n", err)
-			}
-		}()
-	}
 	time.Sleep(dur)
 	r.markEnd()
 	close(stop)
@@ -657,7 +681,6 @@ func (r *scenarioRun) load(nconns, inflight int, rate float64, dur time.Duration
 		c.Close()
 	}
 	readers.Wait()
-	prof.Wait()
 	return nil
 }
 
@@ -722,10 +745,6 @@ func (r *scenarioRun) storm() error {
 	if r.b.o.clientCurves != "" {
 		p["client_curves"] = r.b.o.clientCurves
 	}
-	var cache tls.ClientSessionCache
-	if r.b.o.resume {
-		cache = tls.NewLRUClientSessionCache(workers * 8)
-	}
 	r.startSampler()
 	var stop atomic.Bool
 	var wg sync.WaitGroup
@@ -735,8 +754,20 @@ func (r *scenarioRun) storm() error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// Worker w cycles through its own 8 VINs. A vehicle resumes
+			// only its own session: crypto/tls keys a client's sessions by
+			// server name, so one shared cache would resume another VIN's
+			// session, and the daemon would refuse that VIN's records as
+			// sent under someone else's certificate.
+			var sessions [8]tls.ClientSessionCache
+			if r.b.o.resume {
+				for i := range sessions {
+					sessions[i] = tls.NewLRUClientSessionCache(1)
+				}
+			}
 			for k := 0; !stop.Load(); k++ {
 				vin := sim.VIN(w*8 + k%8)
+				cache := sessions[k%8]
 				o := r.dialOpts(w)
 				o.Timeout = 10 * time.Second
 				t0 := time.Now()

@@ -20,6 +20,6 @@ exec "${pin[@]}" ./bin/bench -spawn -scenario standard \
 	-daemon-bin bin/fleet-telemetry -broker-bin bin/kfakebroker -certs var/dev-certs \
 	"${server_cpus[@]}" "${broker_cpus[@]}" \
 	-datums 20 -record-bytes 512 \
-	-idle-conns 2000 -conns 200 -inflight 8 -rate-conns 200 -rate 10 -storm-workers 64 \
+	-idle-conns 2000 -conns 200 -inflight 8 -rate-conns 200 -rate 10 -storm-workers 256 \
 	-duration 10s -warmup 2s \
 	-json "$out/bench.json" -html "$out/bench.html" "$@"

@@ -241,11 +241,13 @@ func (c *conn) finishHandshake() gnet.Action {
 	}
 	handshakesOK.Inc()
 	state := c.tls.ConnectionState()
-	if len(state.VerifiedChains) == 0 || len(state.VerifiedChains[0]) == 0 {
+	// The configuration verified the chain (crypto/tls's own verification
+	// or withVerifyCache's); a handshake without a certificate failed.
+	if len(state.PeerCertificates) == 0 {
 		refusedHandshakeFailed.Inc()
 		return gnet.Close
 	}
-	c.id, c.idErr = IdentityFromCertificate(state.VerifiedChains[0][0])
+	c.id, c.idErr = IdentityFromCertificate(state.PeerCertificates[0])
 	c.mc.switchToLoop()
 	c.phase = phaseRequest
 	c.deadline.Store(time.Now().Add(c.srv.opts.RequestTimeout).UnixNano())

@@ -17,8 +17,12 @@ var (
 	connectionsOpen     = metrics.GetOrCreateGauge("fleet_connections_open", nil)
 	connectionsAccepted = metrics.GetOrCreateCounter("fleet_connections_accepted_total")
 	handshakesOK        = metrics.GetOrCreateCounter("fleet_tls_handshakes_total")
-	upgradesOK          = metrics.GetOrCreateCounter("fleet_websocket_upgrades_total")
-	statusRequests      = metrics.GetOrCreateCounter("fleet_status_requests_total")
+	// Client certificate chains answered from the verified-chain cache
+	// (hits) or verified in full (misses, failures included).
+	verifyCacheHits   = metrics.GetOrCreateCounter(`fleet_tls_client_cert_verifications_total{cache="hit"}`)
+	verifyCacheMisses = metrics.GetOrCreateCounter(`fleet_tls_client_cert_verifications_total{cache="miss"}`)
+	upgradesOK        = metrics.GetOrCreateCounter("fleet_websocket_upgrades_total")
+	statusRequests    = metrics.GetOrCreateCounter("fleet_status_requests_total")
 
 	recordsReceived   = metrics.GetOrCreateCounter("fleet_records_received_total")
 	recordsSpooled    = metrics.GetOrCreateCounter("fleet_records_spooled_total")

@@ -58,6 +58,11 @@ type Options struct {
 	// more wait in a queue of MaxHandshakeQueue (default 16384), beyond which
 	// new connections are closed at once.
 	MaxHandshakes, MaxHandshakeQueue int
+	// VerifiedCertCache bounds how many client certificate chains that
+	// verified are remembered, so a reconnecting vehicle skips chain
+	// verification (default 65536; negative disables). It is emptied when
+	// SetTLSConfig installs a new configuration.
+	VerifiedCertCache int
 	// MaxConnections caps open connections (default: the process's
 	// open-file limit less ReservedFiles). Beyond it new connections are
 	// closed at once and counted: accept must never run out of file
@@ -239,7 +244,7 @@ func New(o Options) (*Server, error) {
 		tickerDone: make(chan struct{}),
 	}
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
-	s.tlsCfg.Store(o.TLS)
+	s.tlsCfg.Store(withVerifyCache(o.TLS, o.VerifiedCertCache))
 	for _, t := range o.RoutedTopics {
 		s.routed[t] = true
 	}
@@ -268,7 +273,9 @@ func New(o Options) (*Server, error) {
 
 // SetTLSConfig makes new handshakes use cfg; established connections keep
 // theirs.
-func (s *Server) SetTLSConfig(cfg *tls.Config) { s.tlsCfg.Store(cfg) }
+func (s *Server) SetTLSConfig(cfg *tls.Config) {
+	s.tlsCfg.Store(withVerifyCache(cfg, s.opts.VerifiedCertCache))
+}
 
 // Start listens and runs the event loops in the background. It returns once
 // the listener accepts connections, or with the reason it could not.

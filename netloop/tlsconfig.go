@@ -6,6 +6,8 @@ import (
 	_ "embed"
 	"fmt"
 	"os"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/verifycache"
 )
 
 //go:embed ca/tesla-prod-ca.pem
@@ -57,4 +59,43 @@ func NewTLSConfig(o TLSOptions) (*tls.Config, error) {
 		// WebSocket over HTTP/1.1 only.
 		NextProtos: []string{"http/1.1"},
 	}, nil
+}
+
+// withVerifyCache returns a copy of cfg (which requires and verifies client
+// certificates against cfg.ClientCAs) that verifies them itself through a
+// verifycache.Cache: a vehicle that reconnects with the same certificate
+// skips chain building and the CA signature check. crypto/tls still checks
+// the vehicle's handshake signature. A failed verification is refused the
+// same way, with a bad_certificate alert (crypto/tls's own verification
+// would send unknown_ca or certificate_expired where they apply).
+func withVerifyCache(cfg *tls.Config, maxEntries int) *tls.Config {
+	if maxEntries < 0 {
+		return cfg
+	}
+	cache := verifycache.New(verifycache.Options{
+		Roots:      cfg.ClientCAs,
+		KeyUsages:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		MaxEntries: maxEntries,
+		Now:        cfg.Time,
+	})
+	out := cfg.Clone()
+	out.ClientAuth = tls.RequireAnyClientCert
+	next := cfg.VerifyConnection
+	out.VerifyConnection = func(cs tls.ConnectionState) error {
+		cached, err := cache.Verify(cs.PeerCertificates, "")
+		if err != nil {
+			verifyCacheMisses.Inc()
+			return &tls.CertificateVerificationError{UnverifiedCertificates: cs.PeerCertificates, Err: err}
+		}
+		if cached {
+			verifyCacheHits.Inc()
+		} else {
+			verifyCacheMisses.Inc()
+		}
+		if next != nil {
+			return next(cs)
+		}
+		return nil
+	}
+	return out
 }

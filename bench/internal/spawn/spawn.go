@@ -132,18 +132,29 @@ func FreePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// ScrapeForwarding reads the daemon's /metrics on port and returns the
-// records its forwarders have sent (fleet_forwarder_sent_total) and still
-// have to send (fleet_forwarder_lag_records), summed over forwarders.
-func ScrapeForwarding(port int) (sent, lag int64, err error) {
+// DaemonCounters are what the bench reads from the daemon's /metrics.
+type DaemonCounters struct {
+	// ForwarderSent is the records the forwarders have sent
+	// (fleet_forwarder_sent_total) and ForwarderLag what they still have
+	// to send (fleet_forwarder_lag_records), summed over forwarders.
+	ForwarderSent, ForwarderLag int64
+	// RecordsRefused is fleet_records_refused_total summed over reasons:
+	// records the daemon acked or answered but did not keep. A bench run
+	// expects none.
+	RecordsRefused int64
+}
+
+// Scrape reads the daemon's /metrics on port.
+func Scrape(port int) (DaemonCounters, error) {
+	var c DaemonCounters
 	cl := http.Client{Timeout: 5 * time.Second}
 	resp, err := cl.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
 	if err != nil {
-		return 0, 0, fmt.Errorf("scrape metrics: %w", err)
+		return c, fmt.Errorf("scrape metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, 0, fmt.Errorf("scrape metrics: %s", resp.Status)
+		return c, fmt.Errorf("scrape metrics: %s", resp.Status)
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -152,23 +163,25 @@ func ScrapeForwarding(port int) (sent, lag int64, err error) {
 		var dst *int64
 		switch {
 		case strings.HasPrefix(line, "fleet_forwarder_sent_total{"):
-			dst = &sent
+			dst = &c.ForwarderSent
 		case strings.HasPrefix(line, "fleet_forwarder_lag_records{"):
-			dst = &lag
+			dst = &c.ForwarderLag
+		case strings.HasPrefix(line, "fleet_records_refused_total{"):
+			dst = &c.RecordsRefused
 		default:
 			continue
 		}
 		i := strings.LastIndexByte(line, ' ')
 		v, perr := strconv.ParseFloat(line[i+1:], 64)
 		if perr != nil {
-			return 0, 0, fmt.Errorf("scrape metrics: %q: %w", line, perr)
+			return DaemonCounters{}, fmt.Errorf("scrape metrics: %q: %w", line, perr)
 		}
 		*dst += int64(v)
 	}
 	if err := sc.Err(); err != nil {
-		return 0, 0, fmt.Errorf("scrape metrics: %w", err)
+		return DaemonCounters{}, fmt.Errorf("scrape metrics: %w", err)
 	}
-	return sent, lag, nil
+	return c, nil
 }
 
 // WriteConfig writes the daemon's config file and returns its path.

@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-func TestScrapeForwardingSumsForwarders(t *testing.T) {
+func TestScrapeSumsForwardersAndRefusals(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprint(w, `# HELP fleet_forwarder_sent_total Records sent.
 # TYPE fleet_forwarder_sent_total counter
@@ -17,15 +17,19 @@ fleet_forwarder_sent_total{forwarder="logger"} 34
 fleet_forwarder_sent_totalx 999
 fleet_forwarder_lag_records{forwarder="kafka"} 7
 fleet_forwarder_lag_records{forwarder="logger"} 1.2e+03
+fleet_records_refused_total{reason="bad_payload"} 0
+fleet_records_refused_total{reason="sender_id_mismatch"} 17447
+fleet_records_refused_total{reason="rate_limited"} 3
+fleet_records_received_total 20000
 `)
 	}))
 	defer srv.Close()
 	port := srv.Listener.Addr().(*net.TCPAddr).Port
-	sent, lag, err := ScrapeForwarding(port)
+	c, err := Scrape(port)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sent != 1234 || lag != 1207 {
-		t.Fatalf("sent %d lag %d, want 1234 and 1207", sent, lag)
+	if want := (DaemonCounters{ForwarderSent: 1234, ForwarderLag: 1207, RecordsRefused: 17450}); c != want {
+		t.Fatalf("got %+v, want %+v", c, want)
 	}
 }
