@@ -16,7 +16,6 @@ import (
 	"os"
 	"runtime/debug"
 	"runtime/pprof"
-	"strconv"
 	"strings"
 )
 
@@ -128,11 +127,7 @@ func run(args []string) int {
 		// The bench's garbage is short-lived handshake and record state;
 		// collecting less often leaves more of its core for load. (Set
 		// here, not in the environment the spawned daemon inherits.)
-		if v, err := strconv.Atoi(os.Getenv("BENCH_GOGC")); err == nil {
-			debug.SetGCPercent(v)
-		} else {
-			debug.SetGCPercent(400)
-		}
+		debug.SetGCPercent(400)
 	}
 	if o.selfProfile != "" {
 		f, err := os.Create(o.selfProfile)

@@ -225,7 +225,7 @@ func (s *Spool) pebbleOptions() *pebble.Options {
 		// Batches up to MaxPendingBytes should go through the memtable, not
 		// become flushable batches (threshold is half the memtable size),
 		// which would force a flush per commit.
-		MemTableSize: uint64(max(64<<20, 2*s.maxPending+1<<20)),
+		MemTableSize: uint64(max(16<<20, 2*s.maxPending+1<<20)),
 		FS:           s.opts.fs,
 	}
 	// No block compression: records live seconds when the sinks keep up,
