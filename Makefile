@@ -45,6 +45,7 @@ FUZZ_TARGETS := \
 	./proto/envelope:FuzzDecode \
 	./proto/record:FuzzTransform \
 	./proto/record:FuzzAppendDispatched \
+	./internal/tlsrecord:FuzzOpen \
 	./spool:FuzzDecodeRecord \
 	./netloop:FuzzParseRequestLine \
 	./cmd/fleet-telemetry:FuzzParseConfig

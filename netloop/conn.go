@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/panjf2000/gnet/v2"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/tlsrecord"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
@@ -54,7 +55,19 @@ type conn struct {
 	srv *Server
 	gc  gnet.Conn
 	mc  *memConn
-	tls *tls.Conn // set by the handshake worker before hsDone
+	tls *tls.Conn // set by the handshake worker before hsDone; nil once rec took over
+	// rec, set by the handshake worker before hsDone, is the TLS 1.3
+	// record layer that replaces tls after the handshake (nil: stay on
+	// crypto/tls). cipher holds ciphertext that is not in gnet's buffer
+	// (what arrived during the handshake); partial is how many bytes of an
+	// incomplete record the last read left in gnet's buffer.
+	rec     *tlsrecord.Conn
+	cipher  []byte
+	partial int
+	// The key log entry collecting this handshake's secrets (loop-owned;
+	// the worker reads it after the ClientHello it was registered from).
+	helloRandom [32]byte
+	secrets     *handshakeSecrets
 
 	phase    phase
 	accepted time.Time
@@ -134,6 +147,11 @@ type commitNote struct {
 
 func newConn(s *Server, gc gnet.Conn) *conn {
 	c := &conn{srv: s, gc: gc, mc: newMemConn(gc), accepted: time.Now()}
+	if !s.opts.CryptoTLSRecords {
+		c.mc.onHello = func(random [32]byte) {
+			c.helloRandom, c.secrets = random, keyLogs.register(random)
+		}
+	}
 	// A little longer than the handshake's own deadline: a safety net for a
 	// connection stuck in the queue.
 	c.deadline.Store(c.accepted.Add(s.opts.HandshakeTimeout + time.Second).UnixNano())
@@ -150,6 +168,12 @@ func (c *conn) handshake(base context.Context) {
 		err = errHandshakeTimeout
 	}
 	cancel()
+	if err == nil && c.secrets != nil {
+		c.rec = c.nativeRecordLayer()
+	}
+	if c.secrets != nil {
+		keyLogs.unregister(c.helloRandom, c.secrets)
+	}
 	if err != nil {
 		// Counted here: the peer may already be gone, and then the loop
 		// never looks at this connection again.
@@ -181,8 +205,34 @@ func (c *conn) handshake(base context.Context) {
 
 var errHandshakeTimeout = errors.New("tls handshake timed out")
 
+// nativeRecordLayer builds the record layer that takes over a TLS 1.3
+// connection from crypto/tls, or returns nil to stay on crypto/tls (TLS
+// 1.2, or secrets that did not arrive or are ambiguous). Handshake worker.
+func (c *conn) nativeRecordLayer() *tlsrecord.Conn {
+	state := c.tls.ConnectionState()
+	if state.Version != tls.VersionTLS13 {
+		return nil
+	}
+	client, server, ok := keyLogs.take(c.secrets)
+	if !ok {
+		return nil
+	}
+	// The session tickets crypto/tls sent are the first records under the
+	// server's secret: ours continue after them.
+	seq := tlsrecord.TicketsSent(state.CipherSuite, server, c.mc.handshakeRecords())
+	rec, err := tlsrecord.New(state.CipherSuite, client, server, seq)
+	if err != nil {
+		c.srv.log.Warn("tls record layer not available; staying on crypto/tls", "remote", c.mc.remote.String(), "err", err)
+		return nil
+	}
+	return rec
+}
+
 func (c *conn) onTraffic() gnet.Action {
-	data, _ := c.gc.Next(-1)
+	var data []byte
+	if c.phase == phaseHandshake || c.rec == nil {
+		data, _ = c.gc.Next(-1)
+	}
 	if c.phase == phaseHandshake {
 		if len(data) > 0 {
 			if c.mc.feed(data) > maxHandshakeBuffer {
@@ -212,10 +262,16 @@ func (c *conn) onTraffic() gnet.Action {
 		return gnet.None
 	}
 	now := time.Now()
-	if act := c.readTLS(data, now); act != gnet.None {
+	arrived := len(data) > 0
+	if c.rec != nil {
+		var act gnet.Action
+		if arrived, act = c.readRecords(now); act != gnet.None {
+			return act
+		}
+	} else if act := c.readTLS(data, now); act != gnet.None {
 		return act
 	}
-	if c.phase == phaseWebSocket && len(data) > 0 && c.srv.opts.IdleTimeout > 0 {
+	if c.phase == phaseWebSocket && arrived && c.srv.opts.IdleTimeout > 0 {
 		c.deadline.Store(now.Add(c.srv.opts.IdleTimeout).UnixNano())
 	}
 	if act := c.drainMailbox(); act != gnet.None {
@@ -248,7 +304,16 @@ func (c *conn) finishHandshake() gnet.Action {
 		return gnet.Close
 	}
 	c.id, c.idErr = IdentityFromCertificate(state.PeerCertificates[0])
-	c.mc.switchToLoop()
+	if c.rec != nil {
+		// From here on the records are ours: release crypto/tls's
+		// connection (its buffers, the peer's certificates).
+		c.cipher = c.mc.takeInput()
+		c.tls = nil
+		recordLayerNative.Inc()
+	} else {
+		c.mc.switchToLoop()
+		recordLayerCryptoTLS.Inc()
+	}
 	c.phase = phaseRequest
 	c.deadline.Store(time.Now().Add(c.srv.opts.RequestTimeout).UnixNano())
 	return gnet.None
@@ -284,6 +349,105 @@ func (c *conn) readTLS(data []byte, now time.Time) gnet.Action {
 	c.mc.detach()
 	return gnet.None
 }
+
+// readRecords opens every whole record received, in place in gnet's
+// buffer, and parses the plaintext. It reports whether new bytes arrived
+// since the last call.
+func (c *conn) readRecords(now time.Time) (arrived bool, act gnet.Action) {
+	var in []byte
+	inGnet := len(c.cipher) == 0
+	if inGnet {
+		in, _ = c.gc.Peek(-1)
+		arrived = len(in) > c.partial
+	} else {
+		// Ciphertext that came with the handshake goes first.
+		more, _ := c.gc.Next(-1)
+		c.cipher = append(c.cipher, more...)
+		in, arrived = c.cipher, true
+	}
+	used := 0
+	for c.phase < phaseClosing {
+		n, plain, err := c.rec.Open(in[used:])
+
+		if err != nil {
+			act = c.recordFailed(err)
+			break
+		}
+		if n == 0 {
+			break
+		}
+		used += n
+		// A KeyUpdate's answer leaves before anything sealed after it.
+		if p := c.rec.Pending(); len(p) > 0 {
+			if _, err := c.gc.Write(p); err != nil {
+				act = gnet.Close
+				break
+			}
+		}
+		if len(plain) > 0 {
+			if act = c.onPlaintext(plain, now); act != gnet.None {
+				break
+			}
+		}
+	}
+	if inGnet {
+		if used > 0 { // gnet's Discard(0) discards everything
+			_, _ = c.gc.Discard(used)
+		}
+		c.partial = len(in) - used
+	} else {
+		c.cipher = append([]byte(nil), c.cipher[used:]...)
+		if len(c.cipher) == 0 {
+			c.cipher = nil
+		}
+		c.partial = len(c.cipher)
+	}
+	return arrived, act
+}
+
+// recordFailed answers a record the peer should not have sent with the
+// alert it calls for, and closes. close_notify and the peer's own alerts
+// just close.
+func (c *conn) recordFailed(err error) gnet.Action {
+	var re *tlsrecord.Error
+	if errors.As(err, &re) {
+		refusedBadTLSRecord.Inc()
+		c.srv.log.Info("tls record refused; closing connection", "vin", c.id.DeviceID, "remote", c.mc.remote.String(), "err", err)
+		_, _ = c.gc.Write(c.rec.SealAlert(nil, re.Alert))
+	}
+	return gnet.Close
+}
+
+// writePlain encrypts p and writes it (gnet keeps what the socket does not
+// take at once).
+func (c *conn) writePlain(p []byte) (int, error) {
+	if c.rec == nil {
+		return c.tls.Write(p)
+	}
+	bp := sealPool.Get().(*[]byte)
+	out := c.rec.Seal((*bp)[:0], p)
+	_, err := c.gc.Write(out)
+	if cap(out) <= maxPooledSeal {
+		*bp = out[:0]
+	}
+	sealPool.Put(bp)
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// writerFunc adapts writePlain to io.Writer (the HTTP upgrader's).
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// sealPool holds the buffers writePlain encrypts into (gnet copies what
+// the socket does not take at once); maxPooledSeal caps one kept for reuse
+// after a large write grew it.
+var sealPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+const maxPooledSeal = 256 << 10
 
 // scratchPool holds plaintext buffers (one TLS record is at most 16 KiB).
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
@@ -620,7 +784,7 @@ func (c *conn) flush(now time.Time) gnet.Action {
 		return gnet.None
 	}
 	end := c.queue[k-1].end
-	if _, err := c.tls.Write(c.replies[:end]); err != nil {
+	if _, err := c.writePlain(c.replies[:end]); err != nil {
 		refSocketErr.Inc()
 		return gnet.Close
 	}
@@ -681,7 +845,7 @@ func (c *conn) closeWith(code ws.StatusCode, reason string) gnet.Action {
 		return gnet.Close
 	}
 	frame := wsframe.AppendClose(nil, code, reason)
-	_, _ = c.tls.Write(frame)
+	_, _ = c.writePlain(frame)
 	c.phase = phaseClosing
 	return gnet.Close
 }
@@ -734,6 +898,10 @@ func (c *conn) onClose(err error) {
 	}
 	c.phase = phaseClosed
 	c.mc.Close()
+	if c.secrets != nil {
+		keyLogs.unregister(c.helloRandom, c.secrets)
+	}
+	c.rec, c.cipher = nil, nil
 	c.plain = nil
 	c.recharge()
 	c.replies = nil

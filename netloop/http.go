@@ -97,7 +97,7 @@ func (c *conn) handleRequest(req []byte) gnet.Action {
 	rw := struct {
 		io.Reader
 		io.Writer
-	}{bytes.NewReader(req), c.tls}
+	}{bytes.NewReader(req), writerFunc(c.writePlain)}
 	if _, err := u.Upgrade(rw); err != nil {
 		// The upgrader has answered 400 already.
 		refusedBadRequest.Inc()
@@ -144,7 +144,7 @@ func (c *conn) writeHTTP(status int, body string) {
 	}
 	b.WriteString("\r\n\r\n")
 	b.WriteString(body)
-	_, _ = c.tls.Write(b.Bytes())
+	_, _ = c.writePlain(b.Bytes())
 	if status != 200 && c.phase < phaseClosing {
 		c.phase = phaseClosing
 	}

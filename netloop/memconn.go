@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/tlsrecord"
 )
 
 // memConn is the net.Conn a connection's tls.Conn runs on. It has two modes.
@@ -15,8 +17,15 @@ import (
 // ciphertext (a copy, since gnet reuses its buffer); writes leave through
 // gnet's AsyncWrite, which is safe off the loop.
 //
-// Loop mode (after the handshake, only ever touched by the connection's own
-// loop): Read serves the ciphertext OnTraffic just received, without a copy,
+// In handshake mode Read hands out at most the rest of the current TLS
+// record, so crypto/tls never takes bytes past the client's Finished: what
+// follows stays here for the record layer that takes over (tlsrecord).
+// The ClientHello's random is picked out of the first bytes, to route the
+// key log to this connection, and the records crypto/tls writes are kept
+// until the switch, to count its session tickets.
+//
+// Loop mode (after a TLS 1.2 handshake, only ever touched by the
+// connection's own loop): Read serves the ciphertext OnTraffic just received, without a copy,
 // and reports "would block" when it runs out; Write goes straight to gnet.
 // crypto/tls keeps a partial record in its own buffer and does not treat a
 // temporary error as fatal after the handshake (see TestTLSSurvivesWouldBlock,
@@ -30,6 +39,20 @@ type memConn struct {
 	loopMode bool
 	closed   bool
 	readable chan struct{} // handshake mode: signalled when in grows or on close
+
+	// Handshake mode, under mu: where Read is in the record stream.
+	hdr      [tlsrecord.HeaderLen]byte
+	hdrN     int // header bytes handed out of the current record
+	bodyLeft int // body bytes of the current record still to hand out
+
+	// Handshake mode, loop only: the stream's first bytes until the
+	// ClientHello's random is known, and what to call with it.
+	prefix  []byte
+	onHello func(random [32]byte)
+
+	// Handshake mode, handshake goroutine only: the records written.
+	written [][]byte
+	wpend   []byte
 }
 
 func newMemConn(gc gnet.Conn) *memConn {
@@ -48,12 +71,33 @@ var errWouldBlock net.Error = wouldBlockError{}
 // feed hands received ciphertext to a handshake in progress and returns how
 // much is now waiting.
 func (m *memConn) feed(p []byte) int {
+	if m.onHello != nil {
+		m.sniffHello(p)
+	}
 	m.mu.Lock()
 	m.in = append(m.in, p...)
 	n := len(m.in)
 	m.mu.Unlock()
 	m.signal()
 	return n
+}
+
+// helloRandomEnd is where a ClientHello's random ends in the stream: record
+// header (5), handshake header (4), legacy_version (2), random (32).
+const helloRandomEnd = 43
+
+// sniffHello collects the stream's first bytes and reports the random of
+// a ClientHello (a handshake record whose first message is type 1).
+func (m *memConn) sniffHello(p []byte) {
+	need := helloRandomEnd - len(m.prefix)
+	m.prefix = append(m.prefix, p[:min(need, len(p))]...)
+	if len(m.prefix) < helloRandomEnd {
+		return
+	}
+	if m.prefix[0] == 22 && m.prefix[5] == 1 {
+		m.onHello([32]byte(m.prefix[11:helloRandomEnd]))
+	}
+	m.prefix, m.onHello = nil, nil
 }
 
 func (m *memConn) signal() {
@@ -71,6 +115,7 @@ func (m *memConn) switchToLoop() {
 	if len(m.in) == 0 {
 		m.in = nil
 	}
+	m.written, m.wpend = nil, nil
 	m.mu.Unlock()
 }
 
@@ -96,14 +141,55 @@ func (m *memConn) Read(p []byte) (int, error) {
 		<-m.readable
 		m.mu.Lock()
 	}
-	n := copy(p, m.in)
-	m.in = m.in[n:]
+	n := m.takeRecordBytes(p)
 	if len(m.in) == 0 {
 		m.in = m.in[:0:0]
 	}
 	m.mu.Unlock()
 	return n, nil
 }
+
+// takeRecordBytes copies into p from in, never past the end of the
+// current record. Called with mu held.
+func (m *memConn) takeRecordBytes(p []byte) int {
+	limit := m.bodyLeft
+	if limit == 0 {
+		limit = tlsrecord.HeaderLen - m.hdrN
+	}
+	n := copy(p[:min(len(p), limit)], m.in)
+	if m.bodyLeft > 0 {
+		m.bodyLeft -= n
+	} else {
+		copy(m.hdr[m.hdrN:], m.in[:n])
+		m.hdrN += n
+		if m.hdrN == tlsrecord.HeaderLen {
+			m.bodyLeft = int(m.hdr[3])<<8 | int(m.hdr[4])
+			m.hdrN = 0
+		}
+	}
+	m.in = m.in[n:]
+	return n
+}
+
+// takeInput ends handshake mode for a connection the record layer takes
+// over: it returns the ciphertext that arrived after the handshake's last
+// record (whole records only ever went to crypto/tls) and drops the rest
+// of the handshake state.
+func (m *memConn) takeInput() []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	in := m.in
+	m.in, m.written, m.wpend = nil, nil, nil
+	m.loopMode = true
+	if len(in) == 0 {
+		return nil
+	}
+	return append([]byte(nil), in...)
+}
+
+// handshakeRecords returns the records crypto/tls wrote during the
+// handshake (handshake goroutine only).
+func (m *memConn) handshakeRecords() [][]byte { return m.written }
 
 // setLoopInput points Read at ciphertext gnet just delivered. If bytes from
 // the handshake were still queued, the new ones are appended to them.
@@ -129,10 +215,35 @@ func (m *memConn) Write(p []byte) (int, error) {
 		return m.gc.Write(p)
 	}
 	// crypto/tls reuses its buffer after Write returns: copy.
-	if err := m.gc.AsyncWrite(append([]byte(nil), p...), nil); err != nil {
+	cp := append([]byte(nil), p...)
+	m.keepRecords(cp)
+	if err := m.gc.AsyncWrite(cp, nil); err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// keepRecords notes the whole records in p (handshake mode, written by the
+// handshake goroutine). They alias p, which nobody modifies: gnet only
+// reads it.
+func (m *memConn) keepRecords(p []byte) {
+	if len(m.wpend) > 0 {
+		m.wpend = append(m.wpend, p...)
+		p = m.wpend
+	}
+	for {
+		n, ok, err := tlsrecord.RecordLen(p)
+		if err != nil {
+			p = nil // not ours to judge; just stop keeping
+			break
+		}
+		if !ok || len(p) < n {
+			break
+		}
+		m.written = append(m.written, p[:n:n])
+		p = p[n:]
+	}
+	m.wpend = append([]byte(nil), p...)
 }
 
 // Close implements net.Conn. crypto/tls calls it when a handshake's context

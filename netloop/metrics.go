@@ -21,8 +21,12 @@ var (
 	// (hits) or verified in full (misses, failures included).
 	verifyCacheHits   = metrics.GetOrCreateCounter(`fleet_tls_client_cert_verifications_total{cache="hit"}`)
 	verifyCacheMisses = metrics.GetOrCreateCounter(`fleet_tls_client_cert_verifications_total{cache="miss"}`)
-	upgradesOK        = metrics.GetOrCreateCounter("fleet_websocket_upgrades_total")
-	statusRequests    = metrics.GetOrCreateCounter("fleet_status_requests_total")
+	// Connections whose records our TLS 1.3 record layer took over after
+	// the handshake, and those left on crypto/tls (TLS 1.2, or disabled).
+	recordLayerNative    = metrics.GetOrCreateCounter(`fleet_tls_record_layer_total{impl="native"}`)
+	recordLayerCryptoTLS = metrics.GetOrCreateCounter(`fleet_tls_record_layer_total{impl="crypto_tls"}`)
+	upgradesOK           = metrics.GetOrCreateCounter("fleet_websocket_upgrades_total")
+	statusRequests       = metrics.GetOrCreateCounter("fleet_status_requests_total")
 
 	recordsReceived   = metrics.GetOrCreateCounter("fleet_records_received_total")
 	recordsSpooled    = metrics.GetOrCreateCounter("fleet_records_spooled_total")
@@ -58,6 +62,7 @@ const (
 	reasonSpoolClosed       = "spool_closed"
 	reasonSpoolCommitFailed = "spool_commit_failed"
 	reasonInFlightFull      = "in_flight_window_full"
+	reasonBadTLSRecord      = "bad_tls_record"
 
 	reasonBadEnvelope    = "bad_envelope"
 	reasonBadPayload     = "bad_payload"
@@ -94,6 +99,7 @@ var (
 	refusedSpoolBusy         = connRefused(reasonSpoolBusy)
 	refusedSpoolClosed       = connRefused(reasonSpoolClosed)
 	refusedSpoolCommitFailed = connRefused(reasonSpoolCommitFailed)
+	refusedBadTLSRecord      = connRefused(reasonBadTLSRecord)
 	refusedInFlightFull      = connRefused(reasonInFlightFull)
 
 	recBadEnvelope    = recordRefused(reasonBadEnvelope)

@@ -63,6 +63,12 @@ type Options struct {
 	// verification (default 65536; negative disables). It is emptied when
 	// SetTLSConfig installs a new configuration.
 	VerifiedCertCache int
+	// CryptoTLSRecords keeps every connection on crypto/tls after its
+	// handshake. By default a TLS 1.3 connection's records are handled by
+	// tlsrecord once the handshake is done, and crypto/tls's connection
+	// state (a few KiB per vehicle) is released; TLS 1.2 connections
+	// always stay on crypto/tls.
+	CryptoTLSRecords bool
 	// MaxConnections caps open connections (default: the process's
 	// open-file limit less ReservedFiles). Beyond it new connections are
 	// closed at once and counted: accept must never run out of file
@@ -244,7 +250,7 @@ func New(o Options) (*Server, error) {
 		tickerDone: make(chan struct{}),
 	}
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
-	s.tlsCfg.Store(withVerifyCache(o.TLS, o.VerifiedCertCache))
+	s.tlsCfg.Store(serverConfig(o.TLS, o.VerifiedCertCache, o.CryptoTLSRecords))
 	for _, t := range o.RoutedTopics {
 		s.routed[t] = true
 	}
@@ -274,7 +280,7 @@ func New(o Options) (*Server, error) {
 // SetTLSConfig makes new handshakes use cfg; established connections keep
 // theirs.
 func (s *Server) SetTLSConfig(cfg *tls.Config) {
-	s.tlsCfg.Store(withVerifyCache(cfg, s.opts.VerifiedCertCache))
+	s.tlsCfg.Store(serverConfig(cfg, s.opts.VerifiedCertCache, s.opts.CryptoTLSRecords))
 }
 
 // Start listens and runs the event loops in the background. It returns once

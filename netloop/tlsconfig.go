@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	_ "embed"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/verifycache"
@@ -61,24 +62,34 @@ func NewTLSConfig(o TLSOptions) (*tls.Config, error) {
 	}, nil
 }
 
-// withVerifyCache returns a copy of cfg (which requires and verifies client
-// certificates against cfg.ClientCAs) that verifies them itself through a
-// verifycache.Cache: a vehicle that reconnects with the same certificate
-// skips chain building and the CA signature check. crypto/tls still checks
-// the vehicle's handshake signature. A failed verification is refused the
-// same way, with a bad_certificate alert (crypto/tls's own verification
-// would send unknown_ca or certificate_expired where they apply).
-func withVerifyCache(cfg *tls.Config, maxEntries int) *tls.Config {
-	if maxEntries < 0 {
-		return cfg
+// serverConfig returns the configuration handshakes use: a copy of cfg
+// (which requires and verifies client certificates against cfg.ClientCAs)
+// whose key log feeds keyLogs, so a TLS 1.3 connection's record layer can
+// take over after the handshake, and which, unless maxCached is negative,
+// verifies client certificates itself through a verifycache.Cache: a
+// vehicle that reconnects with the same certificate skips chain building
+// and the CA signature check. crypto/tls still checks the vehicle's
+// handshake signature. A failed verification is refused the same way, with
+// a bad_certificate alert (crypto/tls's own verification would send
+// unknown_ca or certificate_expired where they apply).
+func serverConfig(cfg *tls.Config, maxCached int, cryptoTLSOnly bool) *tls.Config {
+	out := cfg.Clone()
+	if !cryptoTLSOnly {
+		if cfg.KeyLogWriter != nil {
+			out.KeyLogWriter = io.MultiWriter(keyLogs, cfg.KeyLogWriter)
+		} else {
+			out.KeyLogWriter = keyLogs
+		}
+	}
+	if maxCached < 0 {
+		return out
 	}
 	cache := verifycache.New(verifycache.Options{
 		Roots:      cfg.ClientCAs,
 		KeyUsages:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		MaxEntries: maxEntries,
+		MaxEntries: maxCached,
 		Now:        cfg.Time,
 	})
-	out := cfg.Clone()
 	out.ClientAuth = tls.RequireAnyClientCert
 	next := cfg.VerifyConnection
 	out.VerifyConnection = func(cs tls.ConnectionState) error {

@@ -290,7 +290,9 @@ func serverOptions(cfg *Config, tlsCfg *tls.Config, sp *spool.Spool, log *slog.L
 		RoutedTopics:         cfg.RoutedTopics(),
 		Connectivity:         len(cfg.Records["connectivity"]) > 0,
 		QuietHandshakeErrors: os.Getenv("SUPPRESS_TLS_HANDSHAKE_ERROR_LOGGING") == "true",
-		Logger:               log,
+		// An escape hatch while the native TLS 1.3 record layer is new.
+		CryptoTLSRecords: os.Getenv("FLEET_TELEMETRY_CRYPTO_TLS_RECORDS") == "true",
+		Logger:           log,
 	}
 	if cfg.AckMode == "receive" {
 		o.AckMode = netloop.AckOnReceipt
