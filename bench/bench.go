@@ -149,13 +149,8 @@ func (b *bench) close() {
 }
 
 func (b *bench) runAll() int {
-	list := b.o.scenarios
-	if list == "standard" {
-		list = "idle,throughput,rate,storm"
-	}
 	code := 0
-	for _, name := range strings.Split(list, ",") {
-		name = strings.TrimSpace(name)
+	for _, name := range b.scenarioList() {
 		res, err := b.runOne(name)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench: %s: %v\n", name, err)
@@ -399,21 +394,56 @@ func (r *scenarioRun) markStart() {
 	r.startProfile()
 }
 
+// profiled reports whether -profile covers a scenario.
+func profiled(scenario string) bool {
+	switch scenario {
+	case "throughput", "rate", "storm":
+		return true
+	}
+	return false
+}
+
+// profilePath is where a scenario's profile goes: -profile FILE itself when
+// the run profiles one scenario, else FILE with "-SCENARIO" before its
+// extension (daemon.pprof → daemon-rate.pprof).
+func (b *bench) profilePath(scenario string) string {
+	n := 0
+	for _, s := range b.scenarioList() {
+		if profiled(s) {
+			n++
+		}
+	}
+	if n <= 1 {
+		return b.o.profile
+	}
+	ext := filepath.Ext(b.o.profile)
+	return strings.TrimSuffix(b.o.profile, ext) + "-" + scenario + ext
+}
+
+// scenarioList is -scenario as a list ("standard" expanded).
+func (b *bench) scenarioList() []string {
+	list := b.o.scenarios
+	if list == "standard" {
+		list = "idle,throughput,rate,storm"
+	}
+	var out []string
+	for _, name := range strings.Split(list, ",") {
+		out = append(out, strings.TrimSpace(name))
+	}
+	return out
+}
+
 // startProfile fetches a CPU profile of the daemon over the measured window
 // (-profile FILE with -server-pprof-port) for the throughput, rate and
 // storm scenarios; markEnd waits for it.
 func (r *scenarioRun) startProfile() {
-	switch r.res.Scenario {
-	case "throughput", "rate", "storm":
-	default:
-		return
-	}
-	if r.b.o.profile == "" || r.b.o.serverPprofPort <= 0 {
+	if !profiled(r.res.Scenario) || r.b.o.profile == "" || r.b.o.serverPprofPort <= 0 {
 		return
 	}
 	secs := max(1, int(r.b.dur["duration"].Seconds())-1)
+	path := r.b.profilePath(r.res.Scenario)
 	r.profiling.Go(func() {
-		if err := fetchProfile(r.b.o.serverPprofPort, secs, r.b.o.profile); err != nil {
+		if err := fetchProfile(r.b.o.serverPprofPort, secs, path); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: profile: %v\n", err)
 		}
 	})

@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/fleet-telemetry/fleet-telemetry/bench/internal/report"
@@ -25,7 +27,14 @@ func TestThroughputEndToEnd(t *testing.T) {
 	}
 	out := filepath.Join(dir, "out.json")
 	html := filepath.Join(dir, "out.html")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pprofPort := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
 	code := run([]string{"-spawn", "-quiet", "-scenario", "throughput,rate",
+		"-server-pprof-port", strconv.Itoa(pprofPort), "-profile", filepath.Join(dir, "daemon.pprof"),
 		"-daemon-bin", filepath.Join(dir, "fleet-telemetry"), "-broker-bin", filepath.Join(dir, "kfakebroker"),
 		"-certs", filepath.Join(dir, "certs"), "-work-dir", filepath.Join(dir, "work"),
 		"-conns", "3", "-inflight", "20", "-rate-conns", "3", "-rate", "20", "-duration", "2s", "-warmup", "500ms",
@@ -52,5 +61,25 @@ func TestThroughputEndToEnd(t *testing.T) {
 	}
 	if fi, err := os.Stat(html); err != nil || fi.Size() == 0 {
 		t.Errorf("html report: %v", err)
+	}
+	// Two profiled scenarios: one profile each.
+	for _, name := range []string{"daemon-throughput.pprof", "daemon-rate.pprof"} {
+		if fi, err := os.Stat(filepath.Join(dir, name)); err != nil || fi.Size() == 0 {
+			t.Errorf("profile %s: %v", name, err)
+		}
+	}
+}
+
+func TestProfilePath(t *testing.T) {
+	for _, c := range []struct{ scenarios, want string }{
+		{"throughput", "var/p.pprof"},
+		{"idle,storm", "var/p.pprof"},
+		{"standard", "var/p-rate.pprof"},
+		{"throughput,rate", "var/p-rate.pprof"},
+	} {
+		b := &bench{o: &options{scenarios: c.scenarios, profile: "var/p.pprof"}}
+		if got := b.profilePath("rate"); got != c.want {
+			t.Errorf("%s: %s, want %s", c.scenarios, got, c.want)
+		}
 	}
 }

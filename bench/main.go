@@ -79,7 +79,7 @@ func run(args []string) int {
 	fs.StringVar(&o.serverLogLevel, "server-log-level", "info", "with -spawn: the daemon's log_level")
 	fs.IntVar(&o.serverPprofPort, "server-pprof-port", 0, "with -spawn: serve the daemon's /debug/pprof on this port")
 	fs.IntVar(&o.serverMetricsPort, "server-metrics-port", 0, "with -spawn: serve the daemon's /metrics on this port")
-	fs.StringVar(&o.profile, "profile", "", "save a CPU profile of the daemon taken over the measurement window of the throughput, rate or storm scenario (with several, the last one run) to this file (needs -server-pprof-port)")
+	fs.StringVar(&o.profile, "profile", "", "save a CPU profile of the daemon taken over the measurement window of the throughput, rate or storm scenario (when the run profiles several, each goes to FILE with -SCENARIO before its extension) to this file (needs -server-pprof-port)")
 	fs.StringVar(&o.workDir, "work-dir", "", "with -spawn: directory for configs, spools and logs (default: a new temporary one)")
 	fs.BoolVar(&o.keep, "keep", false, "with -spawn: keep the work directory")
 	fs.StringVar(&o.certsDir, "certs", "var/dev-certs", "dev certificate directory (`make run`'s); created with `certs dev` semantics when missing")

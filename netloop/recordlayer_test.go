@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -88,7 +87,7 @@ func TestRecordLayerWithOpenSSLEverySuiteAndKeyUpdate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			out := &syncBuffer{}
+			out := &lockedLog{}
 			cmd.Stderr = out
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
@@ -137,22 +136,4 @@ func TestRecordLayerWithOpenSSLEverySuiteAndKeyUpdate(t *testing.T) {
 			}
 		})
 	}
-}
-
-// syncBuffer collects a process's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -261,14 +261,15 @@ func (c *Conn) Open(buf []byte) (int, []byte, error) {
 	if !ok || err != nil {
 		return 0, nil, err
 	}
-	if len(buf) < n {
-		return 0, nil, nil
-	}
+	// Judge the header before waiting for the body.
 	if buf[0] != typeApplicationData {
 		return 0, nil, fail(AlertUnexpectedMessage, "record type %d after the handshake", buf[0])
 	}
 	if n-HeaderLen < minEncryptedRecordLen {
 		return 0, nil, fail(AlertDecodeError, "encrypted record of %d bytes", n-HeaderLen)
+	}
+	if len(buf) < n {
+		return 0, nil, nil
 	}
 	nonce, err := c.in.nextNonce()
 	if err != nil {
@@ -395,13 +396,21 @@ func (c *Conn) seal(dst []byte, typ byte, content []byte) []byte {
 // authenticates under the secret at sequence number 0 and those after it.
 // The count is the sequence number the record layer continues from.
 func TicketsSent(suiteID uint16, serverSecret []byte, written [][]byte) uint64 {
+	s, err := suiteByID(suiteID)
+	if err != nil {
+		return 0
+	}
+	h := half{suite: s}
+	if h.setSecret(serverSecret) != nil {
+		return 0
+	}
 	for i, rec := range written {
-		if !openWith(suiteID, serverSecret, 0, rec) {
+		if !h.opens(0, rec) {
 			continue
 		}
 		n := uint64(1)
 		for _, later := range written[i+1:] {
-			if !openWith(suiteID, serverSecret, n, later) {
+			if !h.opens(n, later) {
 				break
 			}
 			n++
@@ -411,15 +420,11 @@ func TicketsSent(suiteID uint16, serverSecret []byte, written [][]byte) uint64 {
 	return 0
 }
 
-// openWith reports whether record (a whole one, header included)
-// authenticates under secret at sequence number seq.
-func openWith(suiteID uint16, secret []byte, seq uint64, record []byte) bool {
-	s, err := suiteByID(suiteID)
-	if err != nil || len(record) < HeaderLen+minEncryptedRecordLen || record[0] != typeApplicationData {
-		return false
-	}
-	h := half{suite: s}
-	if h.setSecret(secret) != nil {
+// opens reports whether record (a whole one, header included)
+// authenticates under h's keys at sequence number seq, leaving record as
+// it is.
+func (h *half) opens(seq uint64, record []byte) bool {
+	if len(record) < HeaderLen+minEncryptedRecordLen || record[0] != typeApplicationData {
 		return false
 	}
 	h.seq = seq

@@ -356,7 +356,9 @@ func TestRefusals(t *testing.T) {
 		{"tampered header", func(cl *Conn) []byte { r := cl.Seal(nil, []byte("hello")); r[1] = 1; return r }, AlertBadRecordMAC},
 		{"replayed order", func(cl *Conn) []byte { cl.Seal(nil, []byte("first")); return cl.Seal(nil, []byte("second")) }, AlertBadRecordMAC},
 		{"too long", func(*Conn) []byte { return []byte{23, 3, 3, 0x41, 0x01} }, AlertRecordOverflow},
-		{"plaintext record type", func(*Conn) []byte { return []byte{22, 3, 3, 0, 20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20} }, AlertUnexpectedMessage},
+		{"plaintext record type", func(*Conn) []byte {
+			return []byte{22, 3, 3, 0, 20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}
+		}, AlertUnexpectedMessage},
 		{"shorter than a tag", func(*Conn) []byte { return []byte{23, 3, 3, 0, 3, 1, 2, 3} }, AlertDecodeError},
 		{"no content type", func(cl *Conn) []byte { return cl.sealInner(nil, make([]byte, 8)) }, AlertUnexpectedMessage},
 		{"unknown content type", func(cl *Conn) []byte { return cl.seal(nil, 99, []byte("x")) }, AlertUnexpectedMessage},
@@ -445,4 +447,37 @@ func TestSealDoesNotAllocateWithRoom(t *testing.T) {
 // whole (content, type and padding), for tests of malformed ones.
 func (c *Conn) sealInner(dst, inner []byte) []byte {
 	return c.seal(dst, inner[len(inner)-1], inner[:len(inner)-1])
+}
+
+// TicketsSent finds the records sealed under the server's application
+// secret after the ones sealed under other keys, and counts them.
+func TestTicketsSent(t *testing.T) {
+	appSecret := bytes.Repeat([]byte{7}, 32)
+	hsSecret := bytes.Repeat([]byte{9}, 32)
+	hs, err := New(TLS_AES_128_GCM_SHA256, hsSecret, hsSecret, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := New(TLS_AES_128_GCM_SHA256, appSecret, appSecret, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := []byte{22, 3, 3, 0, 4, 1, 2, 3, 4} // a plaintext ServerHello-like record
+	var written [][]byte
+	written = append(written, plain)
+	for range 3 {
+		written = append(written, hs.seal(nil, typeHandshake, []byte("handshake")))
+	}
+	if n := TicketsSent(TLS_AES_128_GCM_SHA256, appSecret, written); n != 0 {
+		t.Fatalf("no tickets: counted %d", n)
+	}
+	for range 2 {
+		written = append(written, app.seal(nil, typeHandshake, []byte("ticket")))
+	}
+	if n := TicketsSent(TLS_AES_128_GCM_SHA256, appSecret, written); n != 2 {
+		t.Fatalf("two tickets: counted %d", n)
+	}
+	if n := TicketsSent(0x1234, appSecret, written); n != 0 {
+		t.Fatalf("unknown suite: counted %d", n)
+	}
 }

@@ -19,8 +19,8 @@ import (
 // Minter issues one client certificate per VIN, signed by the CA, all for
 // the same ECDSA key (generating a key per VIN would dominate the cost).
 type Minter struct {
-	ca   *devca.CA
-	key  *ecdsa.PrivateKey
+	ca  *devca.CA
+	key *ecdsa.PrivateKey
 	// cache keeps certificates for VINs that reconnect (storm); idle runs
 	// with 100k VINs switch it off to save memory.
 	cache bool
