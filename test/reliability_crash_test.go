@@ -168,15 +168,17 @@ func TestReliabilityCrashConsistency(t *testing.T) {
 // dialNoFail dials like dial but returns nil instead of failing the test
 // (the daemon may have been killed already).
 func dialNoFail(addr, certs, vin string) *vehicle.Client {
+	c, _ := dialOrWhy(addr, certs, vin)
+	return c
+}
+
+// dialOrWhy is dialNoFail that also says why a dial failed.
+func dialOrWhy(addr, certs, vin string) (*vehicle.Client, error) {
 	tlsCfg, err := vehicle.TLSFromDir(certs, vin)
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := vehicle.Dial(ctx, vehicle.Config{Addr: addr, TLS: tlsCfg})
-	if err != nil {
-		return nil
-	}
-	return c
+	return vehicle.Dial(ctx, vehicle.Config{Addr: addr, TLS: tlsCfg})
 }

@@ -83,9 +83,9 @@ func pushUntilRefused(t *testing.T, d *daemon, certs, prefix string, limit int) 
 	t.Helper()
 	acked = map[string]bool{}
 	vin := relVINs[0]
-	c := dialNoFail(d.addr, certs, vin)
-	if c == nil {
-		return acked, -1, "dial failed"
+	c, err := dialOrWhy(d.addr, certs, vin)
+	if err != nil {
+		return acked, -1, "dial failed: " + err.Error()
 	}
 	defer c.Close()
 	for b := 0; len(acked) < limit; b++ {
@@ -258,11 +258,19 @@ func TestReliabilityDiskFullENOSPC(t *testing.T) {
 		t.Logf("disk full, attempt %d: %s", i, lastDetail)
 		shed = code == 1013
 	}
+	if !shed {
+		// Refused dials may be a daemon on its way out: give its exit
+		// (and its last log lines) a moment to show.
+		select {
+		case <-d.exited:
+		case <-time.After(2 * time.Second):
+		}
+	}
 	if !d.alive() {
 		t.Fatalf("BUG: the daemon died on ENOSPC (exit %v):\n%s", d.cmd.ProcessState, d.logText())
 	}
 	if !shed {
-		t.Fatalf("a full disk did not shed vehicles with 1013 within %s: %s", time.Since(start).Round(time.Millisecond), lastDetail)
+		t.Fatalf("a full disk did not shed vehicles with 1013 within %s: %s\ndaemon log:\n%s", time.Since(start).Round(time.Millisecond), lastDetail, d.logText())
 	}
 	// Still full: new records are not acked, and the daemon stays up.
 	time.Sleep(1 * time.Second)
