@@ -298,7 +298,8 @@ func (c *conn) finishHandshake() gnet.Action {
 	handshakesOK.Inc()
 	state := c.tls.ConnectionState()
 	// The configuration verified the chain (crypto/tls's own verification
-	// or withVerifyCache's); a handshake without a certificate failed.
+	// or serverConfig's cached one); a handshake without a certificate
+	// failed.
 	if len(state.PeerCertificates) == 0 {
 		refusedHandshakeFailed.Inc()
 		return gnet.Close
@@ -368,7 +369,6 @@ func (c *conn) readRecords(now time.Time) (arrived bool, act gnet.Action) {
 	used := 0
 	for c.phase < phaseClosing {
 		n, plain, err := c.rec.Open(in[used:])
-
 		if err != nil {
 			act = c.recordFailed(err)
 			break
