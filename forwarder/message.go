@@ -38,9 +38,9 @@ type Message struct {
 	Headers []Header
 }
 
-// recordVersion is the reference's record format version header; every
+// RecordVersion is the reference's record format version header; every
 // record it has ever written carries "0".
-const recordVersion = "0"
+const RecordVersion = "0"
 
 // Encoder turns spool records into Messages.
 type Encoder struct {
@@ -55,33 +55,15 @@ type Encoder struct {
 // be decoded (it was validated before it was acked, so this is a damaged
 // spool or a bug); sinks skip such records and count them.
 func (e Encoder) Encode(r *spool.Record) (Message, error) {
-	recordType := string(r.Topic)
-	// The reference always wrote timestamp "0"; ours is the record's own
-	// created-at, falling back to the envelope's.
-	createdMs := int64(r.CreatedAtSec) * 1000
-	var value []byte
-	if fast, created, ok := e.fastPath(recordType, r); ok {
-		value = fast
-		if created.Valid() {
-			createdMs = created.UnixMilli()
-		}
-	} else {
-		msg, err := record.Transform(recordType, r.VIN, r.Payload)
-		if err != nil {
-			return Message{}, fmt.Errorf("forwarder: decode record %d: %w", r.Seq, err)
-		}
-		if e.JSON {
-			value, err = record.MarshalJSON(msg)
-		} else {
-			value, err = record.MarshalProto(msg)
-		}
-		if err != nil {
-			return Message{}, fmt.Errorf("forwarder: encode record %d: %w", r.Seq, err)
-		}
-		if ts := createdAt(msg); ts != nil && ts.IsValid() {
-			createdMs = ts.AsTime().UnixMilli()
-		}
+	var dst []byte
+	if e.fastPathFor(r) {
+		dst = make([]byte, 0, len(r.Payload)+len(r.VIN)+2+binary.MaxVarintLen64)
 	}
+	value, createdMs, err := e.AppendValue(dst, r)
+	if err != nil {
+		return Message{}, err
+	}
+	recordType := string(r.Topic)
 	return Message{
 		Seq:        r.Seq,
 		RecordType: recordType,
@@ -94,20 +76,56 @@ func (e Encoder) Encode(r *spool.Record) (Message, error) {
 			{"timestamp", strconv.FormatInt(createdMs, 10)},
 			{"txid", string(r.TxID)},
 			{"txtype", recordType},
-			{"version", recordVersion},
+			{"version", RecordVersion},
 			{"device_client_version", r.ClientVersion},
 		},
 	}, nil
 }
 
-// fastPath returns the dispatched protobuf bytes without decoding the
-// record when the payload allows it (see record.AppendDispatched).
-func (e Encoder) fastPath(recordType string, r *spool.Record) ([]byte, record.CreatedAt, bool) {
-	if e.JSON || recordType != record.TopicV { // the fast path covers V only
-		return nil, record.CreatedAt{}, false
+// AppendValue appends the Message value of r to dst (Encode's Value) and
+// returns it with the timestamp header's value, the record's created-at in
+// Unix milliseconds. A sink that builds a whole batch in one buffer uses it
+// instead of Encode. With dst nil, a slow-path value is returned as
+// marshalled, without a copy.
+func (e Encoder) AppendValue(dst []byte, r *spool.Record) ([]byte, int64, error) {
+	// The reference always wrote timestamp "0"; ours is the record's own
+	// created-at, falling back to the envelope's.
+	createdMs := int64(r.CreatedAtSec) * 1000
+	if e.fastPathFor(r) {
+		// Without decoding the record (see record.AppendDispatched).
+		if out, created, ok := record.AppendDispatched(dst, record.TopicV, r.VIN, r.Payload); ok {
+			if created.Valid() {
+				createdMs = created.UnixMilli()
+			}
+			return out, createdMs, nil
+		}
 	}
-	dst := make([]byte, 0, len(r.Payload)+len(r.VIN)+2+binary.MaxVarintLen64)
-	return record.AppendDispatched(dst, recordType, r.VIN, r.Payload)
+	msg, err := record.Transform(string(r.Topic), r.VIN, r.Payload)
+	if err != nil {
+		return dst, 0, fmt.Errorf("forwarder: decode record %d: %w", r.Seq, err)
+	}
+	var value []byte
+	if e.JSON {
+		value, err = record.MarshalJSON(msg)
+	} else {
+		value, err = record.MarshalProto(msg)
+	}
+	if err != nil {
+		return dst, 0, fmt.Errorf("forwarder: encode record %d: %w", r.Seq, err)
+	}
+	if ts := createdAt(msg); ts != nil && ts.IsValid() {
+		createdMs = ts.AsTime().UnixMilli()
+	}
+	if dst == nil {
+		return value, createdMs, nil
+	}
+	return append(dst, value...), createdMs, nil
+}
+
+// fastPathFor reports whether r may skip decoding: protobuf output of a V
+// record (the fast path covers V only).
+func (e Encoder) fastPathFor(r *spool.Record) bool {
+	return !e.JSON && string(r.Topic) == record.TopicV
 }
 
 // createdAt finds a record's created_at, whatever its type.

@@ -7,9 +7,11 @@ package kafka
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -32,6 +34,7 @@ type Sink struct {
 	client *kgo.Client
 	enc    forwarder.Encoder
 	log    *slog.Logger
+	topics map[string]string // record type → topic (Send's goroutine only)
 }
 
 // New connects lazily to cfg's brokers (no network I/O happens here) and
@@ -53,8 +56,91 @@ func New(cfg Config, enc forwarder.Encoder, log *slog.Logger) (*Sink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka: new client: %w", err)
 	}
-	return &Sink{client: client, enc: enc, log: log}, nil
+	return &Sink{client: client, enc: enc, log: log, topics: map[string]string{}}, nil
 }
+
+// headersPerRecord is the reference's header count (forwarder.Message).
+const headersPerRecord = 7
+
+var versionHeader = []byte(forwarder.RecordVersion)
+
+// encodeBatch builds the batch's Kafka records in three allocations: the
+// records, their headers and one buffer holding every value, key and header
+// value (forwarder.Encoder.Encode would build ~15 strings and slices per
+// record). The records may outlive Send (see there), so every batch gets
+// fresh memory. Headers and their order are Encode's.
+func (s *Sink) encodeBatch(batch []spool.Record) []kgo.Record {
+	size := 0
+	for i := range batch {
+		r := &batch[i]
+		size += len(r.Payload) + 2*len(r.VIN) + 2*binary.MaxVarintLen64 + 2*20 +
+			len(r.TxID) + len(r.Topic) + len(r.ClientVersion)
+	}
+	recs := make([]kgo.Record, 0, len(batch))
+	hdrs := make([]kgo.RecordHeader, 0, headersPerRecord*len(batch))
+	buf := make([]byte, 0, size)
+	// field appends b to buf and returns the bytes it occupies there. An
+	// append that outgrows buf moves on to a bigger array; slices taken
+	// before keep the old one.
+	field := func(b []byte) []byte {
+		start := len(buf)
+		buf = append(buf, b...)
+		return buf[start:len(buf):len(buf)]
+	}
+	text := func(v string) []byte {
+		start := len(buf)
+		buf = append(buf, v...)
+		return buf[start:len(buf):len(buf)]
+	}
+	number := func(n int64) []byte {
+		start := len(buf)
+		buf = strconv.AppendInt(buf, n, 10)
+		return buf[start:len(buf):len(buf)]
+	}
+	for i := range batch {
+		r := &batch[i]
+		start := len(buf)
+		var createdMs int64
+		var err error
+		buf, createdMs, err = s.enc.AppendValue(buf, r)
+		if err != nil {
+			buf = buf[:start]
+			undecodableTotal.Inc()
+			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
+			continue
+		}
+		value := buf[start:len(buf):len(buf)]
+		vin := text(r.VIN)
+		txtype := field(r.Topic)
+		h := len(hdrs)
+		hdrs = append(hdrs,
+			kgo.RecordHeader{Key: "vin", Value: vin},
+			kgo.RecordHeader{Key: "receivedat", Value: number(r.ReceivedAtMs)},
+			kgo.RecordHeader{Key: "timestamp", Value: number(createdMs)},
+			kgo.RecordHeader{Key: "txid", Value: field(r.TxID)},
+			kgo.RecordHeader{Key: "txtype", Value: txtype},
+			kgo.RecordHeader{Key: "version", Value: versionHeader},
+			kgo.RecordHeader{Key: "device_client_version", Value: text(r.ClientVersion)},
+		)
+		recs = append(recs, kgo.Record{Topic: s.topic(r.Topic), Key: vin, Value: value, Headers: hdrs[h:len(hdrs):len(hdrs)]})
+	}
+	return recs
+}
+
+// topic is "<namespace>_<record type>", built once per record type.
+func (s *Sink) topic(recordType []byte) string {
+	if t, ok := s.topics[string(recordType)]; ok {
+		return t
+	}
+	t := s.enc.Namespace + "_" + string(recordType)
+	if len(s.topics) < maxCachedTopics {
+		s.topics[string(recordType)] = t
+	}
+	return t
+}
+
+// maxCachedTopics bounds topic names kept (record types are a handful).
+const maxCachedTopics = 64
 
 // Send implements forwarder.Sink: it produces every record of the batch,
 // in order (per VIN, records keep their spool order within a partition),
@@ -68,23 +154,7 @@ func New(cfg Config, enc forwarder.Encoder, log *slog.Logger) (*Sink, error) {
 // still buffered are delivered or failed by the client later, and the
 // forwarder's cursor does not move past them.
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
-	// The records may outlive this call (see below), so every Send hands
-	// the client fresh ones.
-	recs := make([]kgo.Record, 0, len(batch))
-	for i := range batch {
-		r := &batch[i]
-		m, err := s.enc.Encode(r)
-		if err != nil {
-			undecodableTotal.Inc()
-			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
-			continue
-		}
-		headers := make([]kgo.RecordHeader, len(m.Headers))
-		for j, h := range m.Headers {
-			headers[j] = kgo.RecordHeader{Key: h.Key, Value: []byte(h.Value)}
-		}
-		recs = append(recs, kgo.Record{Topic: m.Topic, Key: []byte(m.Key), Value: m.Value, Headers: headers})
-	}
+	recs := s.encodeBatch(batch)
 	if len(recs) == 0 {
 		return nil
 	}
