@@ -19,19 +19,28 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
+// generatedV returns n V records of one vehicle, one a second, with
+// datums(i) datums each: what the fast path takes.
+func generatedV(seed uint64, n int, datums func(i int) int) []spool.Record {
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	vin := "5YJ3E1EA1KF000001"
+	recs := make([]spool.Record, n)
+	for i := range recs {
+		at := time.Unix(1795000000+int64(i), 0)
+		recs[i] = spool.Record{Seq: uint64(1000 + i), ReceivedAtMs: at.UnixMilli() + 7, CreatedAtSec: uint32(at.Unix()),
+			VIN: vin, ClientVersion: fmt.Sprintf("fw-%d", i%3), Topic: []byte("V"), TxID: []byte(fmt.Sprintf("tx-%04d", i)),
+			Payload: vehicle.PayloadV(rng, vin, datums(i), at)}
+	}
+	return recs
+}
+
 // encodeTestBatch is every acked reference vector (all record types, and
 // payloads the fast path declines), 200 generated V records (the fast
 // path) and one record that cannot be decoded, in the middle.
 func encodeTestBatch(t testing.TB) []spool.Record {
 	recs := sinktest.Records(t, sinktest.Acked(t, sinktest.Vectors(t)), 1795000000123, "test-1.0")
-	rng := rand.New(rand.NewPCG(3, 4))
-	vin := "5YJ3E1EA1KF000001"
-	for i := range 200 {
-		at := time.Unix(1795000000+int64(i), 0)
-		recs = append(recs, spool.Record{Seq: uint64(1000 + i), ReceivedAtMs: at.UnixMilli() + 7, CreatedAtSec: uint32(at.Unix()),
-			VIN: vin, ClientVersion: fmt.Sprintf("fw-%d", i%3), Topic: []byte("V"), TxID: []byte(fmt.Sprintf("tx-%04d", i)),
-			Payload: vehicle.PayloadV(rng, vin, 10+i%31, at)})
-	}
+	recs = append(recs, generatedV(3, 200, func(i int) int { return 10 + i%31 })...)
+	vin := recs[len(recs)-1].VIN
 	bad := spool.Record{Seq: 999, VIN: vin, Topic: []byte("V"), TxID: []byte("bad"), Payload: []byte{0xff, 0xff, 0xff}}
 	mid := len(recs) / 2
 	return slices.Concat(recs[:mid], []spool.Record{bad}, recs[mid:])
@@ -103,14 +112,7 @@ func sameValue(t *testing.T, recordType string, json bool, a, b []byte) bool {
 // BenchmarkEncodeBatch is the Kafka sink's per-batch encoding of 256
 // generated V records (allocations per batch, not per record).
 func BenchmarkEncodeBatch(b *testing.B) {
-	rng := rand.New(rand.NewPCG(5, 6))
-	vin := "5YJ3E1EA1KF000001"
-	batch := make([]spool.Record, 256)
-	for i := range batch {
-		at := time.Unix(1795000000+int64(i), 0)
-		batch[i] = spool.Record{Seq: uint64(i), ReceivedAtMs: at.UnixMilli(), CreatedAtSec: uint32(at.Unix()), VIN: vin,
-			ClientVersion: "fw-1", Topic: []byte("V"), TxID: []byte(fmt.Sprintf("tx-%04d", i)), Payload: vehicle.PayloadV(rng, vin, 20, at)}
-	}
+	batch := generatedV(5, 256, func(int) int { return 20 })
 	s := &Sink{enc: forwarder.Encoder{Namespace: "tesla_telemetry"}, log: slog.New(slog.DiscardHandler), topics: map[string]string{}}
 	b.ReportAllocs()
 	for b.Loop() {
@@ -123,14 +125,7 @@ func BenchmarkEncodeBatch(b *testing.B) {
 // BenchmarkEncodePerRecord is what encodeBatch replaced, for comparison:
 // Encode per record, then its strings converted to a kgo.Record.
 func BenchmarkEncodePerRecord(b *testing.B) {
-	rng := rand.New(rand.NewPCG(5, 6))
-	vin := "5YJ3E1EA1KF000001"
-	batch := make([]spool.Record, 256)
-	for i := range batch {
-		at := time.Unix(1795000000+int64(i), 0)
-		batch[i] = spool.Record{Seq: uint64(i), ReceivedAtMs: at.UnixMilli(), CreatedAtSec: uint32(at.Unix()), VIN: vin,
-			ClientVersion: "fw-1", Topic: []byte("V"), TxID: []byte(fmt.Sprintf("tx-%04d", i)), Payload: vehicle.PayloadV(rng, vin, 20, at)}
-	}
+	batch := generatedV(5, 256, func(int) int { return 20 })
 	enc := forwarder.Encoder{Namespace: "tesla_telemetry"}
 	b.ReportAllocs()
 	for b.Loop() {
