@@ -214,7 +214,7 @@ func (b *bench) start(name string) (*target, error) {
 	t := &target{metricsPort: b.o.serverMetricsPort}
 	if t.metricsPort == 0 {
 		// The forwarding figures come from the daemon's /metrics.
-		p, err := spawn.FreePort()
+		p, err := spawn.FreePort(b.o.serverPprofPort)
 		if err != nil {
 			return nil, err
 		}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -122,14 +123,21 @@ type DaemonConfig struct {
 	MetricsPort int
 }
 
-// FreePort returns a TCP port free on 127.0.0.1 right now.
-func FreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// FreePort returns a TCP port free on 127.0.0.1 right now, other than the
+// ports in avoid: those were picked the same way for the same daemon and
+// released, and the kernel may hand one out again.
+func FreePort(avoid ...int) (int, error) {
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !slices.Contains(avoid, port) {
+			return port, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // DaemonCounters are what the bench reads from the daemon's /metrics.
@@ -241,7 +249,7 @@ func WriteConfig(c *DaemonConfig) (string, error) {
 // stderr goes to daemon.log in c.Dir.
 func StartDaemon(bin, cpus string, c *DaemonConfig) (*Proc, error) {
 	if c.Port == 0 {
-		port, err := FreePort()
+		port, err := FreePort(c.PprofPort, c.MetricsPort)
 		if err != nil {
 			return nil, err
 		}
