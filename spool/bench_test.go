@@ -131,9 +131,36 @@ func BenchmarkRead(b *testing.B) {
 // latency (WAL write + fdatasync) on this disk, the floor under ack
 // latency at low load. p50/p99 are reported next to ns/op.
 func BenchmarkCommitOneRecord(b *testing.B) {
-	s := openT(b, Options{Dir: b.TempDir()})
+	b.Run("fresh", func(b *testing.B) { benchCommitOneRecord(b, false, false) })
+	b.Run("preallocated", func(b *testing.B) { benchCommitOneRecord(b, false, true) })
+	b.Run("recycled-wal", func(b *testing.B) { benchCommitOneRecord(b, true, false) })
+}
+
+func benchCommitOneRecord(b *testing.B, warm, prealloc bool) {
+	s := openT(b, Options{Dir: b.TempDir(), PreallocateLogs: prealloc})
 	defer s.Close()
 	r := benchRecord()
+	if warm {
+		// Write ~4 memtables' worth so Pebble rotates its WAL, flushes,
+		// and keeps the obsolete logs to overwrite.
+		const n = 120_000
+		for i := 0; i < n; i++ {
+			for s.Append(r, nil, 0) != nil {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		waitFor(b, s, n)
+		db, err := s.getDB()
+		if err != nil {
+			b.Fatal(err)
+		}
+		err = db.Flush()
+		s.dbMu.RUnlock()
+		if err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(time.Second)
+	}
 	w := make(benchWaiter, 1)
 	var lat []time.Duration
 	b.ReportAllocs()
@@ -161,10 +188,11 @@ func BenchmarkCommitOneRecord(b *testing.B) {
 // commit, so it bounds the CPU per record from below at a given group size.
 func BenchmarkFdatasync(b *testing.B) {
 	for _, c := range []struct {
-		name   string
-		size   int
-		append bool
-	}{{"600B-in-place", 600, false}, {"600B-append", 600, true}, {"32KiB-in-place", 32 << 10, false}, {"32KiB-append", 32 << 10, true}} {
+		name string
+		size int
+		mode string // "sparse": truncated (holes), "written": zeros written first, "append"
+	}{{"600B-sparse", 600, "sparse"}, {"600B-written", 600, "written"}, {"600B-append", 600, "append"},
+		{"32KiB-sparse", 32 << 10, "sparse"}, {"32KiB-written", 32 << 10, "written"}, {"32KiB-append", 32 << 10, "append"}} {
 		b.Run(c.name, func(b *testing.B) {
 			f, err := os.Create(filepath.Join(b.TempDir(), "probe"))
 			if err != nil {
@@ -172,8 +200,13 @@ func BenchmarkFdatasync(b *testing.B) {
 			}
 			defer f.Close()
 			const size = 64 << 20
-			if !c.append {
+			switch c.mode {
+			case "sparse":
 				if err := f.Truncate(size); err != nil {
+					b.Fatal(err)
+				}
+			case "written":
+				if _, err := f.Write(make([]byte, size)); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -194,7 +227,7 @@ func BenchmarkFdatasync(b *testing.B) {
 				}
 				lat = append(lat, time.Since(t0))
 				off += int64(len(buf))
-				if !c.append {
+				if c.mode != "append" {
 					off %= size - int64(len(buf))
 				}
 			}

@@ -14,13 +14,17 @@ import (
 	"time"
 )
 
-const crashChildEnv = "SPOOL_CRASH_CHILD_DIR"
+const (
+	crashChildEnv    = "SPOOL_CRASH_CHILD_DIR"
+	crashPreallocEnv = "SPOOL_CRASH_CHILD_PREALLOC"
+)
 
 // crashChild runs in the re-executed test binary: it appends records from a
 // few goroutines forever and prints "token seq" for each record its waiter
 // reports durable, until the parent kills it.
 func crashChild(dir string) {
-	s, err := Open(Options{Dir: dir, MaxPendingBytes: 1 << 20, Logger: quietLogger()})
+	prealloc := os.Getenv(crashPreallocEnv) == "1"
+	s, err := Open(Options{Dir: dir, MaxPendingBytes: 1 << 20, Logger: quietLogger(), PreallocateLogs: prealloc})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
@@ -85,10 +89,19 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// TestCrashDurability kills a child appending as fast as it can at random
+// moments and checks every record it reported durable is there, with logs
+// grown as written and with preallocated logs (whose unwritten tail is
+// zeros Pebble must read as the end of the log).
 func TestCrashDurability(t *testing.T) {
 	if testing.Short() {
 		t.Skip("re-executes the test binary")
 	}
+	t.Run("grown-logs", func(t *testing.T) { testCrashDurability(t, false) })
+	t.Run("preallocated-logs", func(t *testing.T) { testCrashDurability(t, true) })
+}
+
+func testCrashDurability(t *testing.T, prealloc bool) {
 	dir := t.TempDir()
 	seed := time.Now().UnixNano()
 	rng := rand.New(rand.NewPCG(uint64(seed), 1))
@@ -97,6 +110,9 @@ func TestCrashDurability(t *testing.T) {
 	for round := 0; round < 4; round++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)
+		if prealloc {
+			cmd.Env = append(cmd.Env, crashPreallocEnv+"=1")
+		}
 		var stdout lockedBuffer
 		var stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -129,7 +145,7 @@ func TestCrashDurability(t *testing.T) {
 		if n == 0 {
 			t.Fatalf("round %d: child acked nothing; stderr: %s", round, stderr.String())
 		}
-		s := openT(t, Options{Dir: dir})
+		s := openT(t, Options{Dir: dir, PreallocateLogs: prealloc})
 		got := map[uint64]Record{}
 		for _, r := range readAll(t, s, 0) {
 			got[r.Seq] = r

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"errors"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -70,5 +71,80 @@ func TestCommitErrorKeepsGoing(t *testing.T) {
 	got := readAll(t, s, 0)
 	if len(got) != 2 || got[0].Seq != 1 || got[1].Seq != 3 || !sameRecord(&got[1], testRecord(3)) {
 		t.Fatalf("records after recovery: %+v", got)
+	}
+}
+
+// TestSetCursorFailedCommitIsBusy: a cursor write whose commit fails (the
+// disk filled) reports ErrBusy, as an append would, so a forwarder waits
+// and sets it again instead of treating the spool as broken; once the
+// spool has reopened the same cursor is set and trims.
+func TestSetCursorFailedCommitIsBusy(t *testing.T) {
+	var armed atomic.Bool
+	fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if armed.Load() && strings.HasSuffix(op.Path, ".log") &&
+			(op.Kind == errorfs.OpFileWrite || op.Kind == errorfs.OpFileSync) {
+			return syscall.ENOSPC
+		}
+		return nil
+	}))
+	s := openT(t, Options{Dir: t.TempDir(), fs: fs, Consumers: []string{"sink"}})
+	defer s.Close()
+	for i := uint64(1); i <= 3; i++ {
+		if err := s.Append(testRecord(i), nil, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, s, 3)
+
+	armed.Store(true)
+	err := s.SetCursor("sink", 2)
+	if err == nil || !errors.Is(err, ErrBusy) {
+		t.Fatalf("SetCursor on a failing disk: %v, want an error matching ErrBusy", err)
+	}
+	if !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("SetCursor error %q does not say why", err)
+	}
+	armed.Store(false)
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := s.SetCursor("sink", 2)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrBusy) || time.Now().After(deadline) {
+			t.Fatalf("SetCursor after the disk recovered: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if c, err := s.Cursor("sink"); err != nil || c != 2 {
+		t.Fatalf("cursor after recovery: %d, %v", c, err)
+	}
+	if got := readAll(t, s, 0); len(got) != 1 || got[0].Seq != 3 {
+		t.Fatalf("records after the trim: %+v", got)
+	}
+}
+
+// TestBackgroundErrorsThrottled: Pebble's background errors are all
+// counted but logged at most once per interval, the next line saying how
+// many were left out.
+func TestBackgroundErrorsThrottled(t *testing.T) {
+	var buf lockedBuffer
+	b := backgroundErrorLog{log: slog.New(slog.NewTextHandler(&buf, nil)), interval: time.Hour}
+	before := backgroundErrors.Get()
+	for i := 0; i < 1000; i++ {
+		b.report(syscall.ENOSPC)
+	}
+	if got := backgroundErrors.Get() - before; got != 1000 {
+		t.Fatalf("counted %d of 1000 background errors", got)
+	}
+	if n := strings.Count(buf.String(), "\n"); n != 1 {
+		t.Fatalf("%d log lines for 1000 errors in one interval:\n%s", n, buf.String())
+	}
+	b.last = time.Now().Add(-2 * time.Hour)
+	b.report(syscall.ENOSPC)
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[1], "suppressed_since_last=999") || !strings.Contains(lines[1], "no space left") {
+		t.Fatalf("the line after the interval: %q", lines)
 	}
 }

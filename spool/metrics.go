@@ -3,6 +3,8 @@ package spool
 import (
 	"fmt"
 	"log/slog"
+	"sync"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 )
@@ -24,7 +26,38 @@ var (
 	oldestAgeGauge    = metrics.GetOrCreateGauge(`fleet_spool_oldest_record_age_seconds`, nil)
 	commitDuration    = metrics.GetOrCreateHistogram(`fleet_spool_commit_duration_seconds`)
 	commitRecords     = metrics.GetOrCreateHistogram(`fleet_spool_commit_records`)
+	backgroundErrors  = metrics.GetOrCreateCounter(`fleet_spool_background_errors_total`)
+	degradedGauge     = metrics.GetOrCreateGauge(`fleet_spool_degraded`, nil)
 )
+
+// backgroundErrorLog counts Pebble's background errors (failed flushes and
+// compactions) and logs them at most once per interval. Pebble retries a
+// failed flush at once, without backoff: on a full disk that is thousands
+// of identical errors a second, which would flood the journal.
+type backgroundErrorLog struct {
+	log      *slog.Logger
+	interval time.Duration
+
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (b *backgroundErrorLog) report(err error) {
+	backgroundErrors.Inc()
+	b.mu.Lock()
+	now := time.Now()
+	if now.Sub(b.last) < b.interval {
+		b.suppressed++
+		b.mu.Unlock()
+		return
+	}
+	n := b.suppressed
+	b.last, b.suppressed = now, 0
+	b.mu.Unlock()
+	b.log.Error("pebble background error (flush or compaction); retried", "err", err,
+		"component", "pebble", "suppressed_since_last", n)
+}
 
 // pebbleLogger routes Pebble's log lines to slog.
 //

@@ -23,12 +23,15 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"golang.org/x/sys/unix"
 )
 
 // Errors returned by Append and the other methods.
@@ -86,6 +89,13 @@ type Options struct {
 	// Logger receives the spool's and Pebble's log lines; nil means
 	// slog.Default().
 	Logger *slog.Logger
+
+	// PreallocateLogs keeps a write-ahead log file written ahead of need
+	// (a memtable's size, ~17 MiB, in the spool directory), so that commits
+	// overwrite it instead of growing a new file: each commit's fdatasync
+	// then has no file size to make durable. The daemon sets it; the file
+	// is only written while the disk has three times its size free.
+	PreallocateLogs bool
 
 	// fs replaces the file system in tests (error injection).
 	fs vfs.FS
@@ -157,6 +167,10 @@ type Spool struct {
 	committedSeq atomic.Uint64
 	notify       atomic.Pointer[chan struct{}]
 
+	bgErrs backgroundErrorLog
+	fs     vfs.FS
+	walFS  *preallocWALFS // nil without Options.PreallocateLogs
+
 	kick    chan struct{} // wakes the committer; 1-buffered
 	closing chan struct{} // closed by Close, stops reopen retries
 	done    chan struct{} // closed when the committer exits
@@ -202,8 +216,23 @@ func Open(o Options) (*Spool, error) {
 		closing:    make(chan struct{}),
 		done:       make(chan struct{}),
 	}
+	s.bgErrs = backgroundErrorLog{log: s.log, interval: 10 * time.Second}
+	s.fs = o.fs
+	if s.fs == nil {
+		s.fs = vfs.Default
+	}
+	if o.PreallocateLogs {
+		if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+			return nil, fmt.Errorf("spool: open %s: %w", o.Dir, err)
+		}
+		s.walFS = newPreallocWALFS(s.fs, o.Dir, int64(s.memTableSize())+1<<20, s.log)
+		s.fs = s.walFS
+	}
 	db, st, err := s.openDB()
 	if err != nil {
+		if s.walFS != nil {
+			s.walFS.close()
+		}
 		return nil, err
 	}
 	s.db = db
@@ -215,6 +244,8 @@ func Open(o Options) (*Spool, error) {
 	return s, nil
 }
 
+func (s *Spool) memTableSize() uint64 { return uint64(max(16<<20, 2*s.maxPending+1<<20)) }
+
 func (s *Spool) pebbleOptions() *pebble.Options {
 	o := &pebble.Options{
 		// Bounded so the daemon can reserve descriptors for it and give
@@ -225,8 +256,9 @@ func (s *Spool) pebbleOptions() *pebble.Options {
 		// Batches up to MaxPendingBytes should go through the memtable, not
 		// become flushable batches (threshold is half the memtable size),
 		// which would force a flush per commit.
-		MemTableSize: uint64(max(16<<20, 2*s.maxPending+1<<20)),
-		FS:           s.opts.fs,
+		MemTableSize:  s.memTableSize(),
+		FS:            s.fs,
+		EventListener: &pebble.EventListener{BackgroundError: s.bgErrs.report},
 	}
 	// No block compression: records live seconds when the sinks keep up,
 	// and snappy at flush, compaction and read was a tenth of the daemon's
@@ -555,8 +587,25 @@ func (s *Spool) fail(err error, ws []waitEntry) {
 	s.dbMu.Unlock()
 	closeQuietly(old, s.log)
 
+	degradedGauge.Set(1)
+	defer degradedGauge.Set(0)
 	backoff := 100 * time.Millisecond
+	waitingForRoom := false
 	for {
+		if need, free, ok := s.reopenRoom(); ok && free < need {
+			if !waitingForRoom {
+				s.log.Warn("disk too full to reopen the spool; waiting for free space",
+					"free_bytes", free, "need_bytes", need)
+				waitingForRoom = true
+			}
+			select {
+			case <-s.closing:
+				return
+			case <-time.After(min(backoff, time.Second)):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
 		db, st, err := s.openDB()
 		if err == nil {
 			s.dbMu.Lock()
@@ -577,6 +626,34 @@ func (s *Spool) fail(err error, ws []waitEntry) {
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// reopenRoom says how much free space a reopen needs and how much the
+// spool's file system has (ok is false where that cannot be told). Opening
+// replays the write-ahead logs into a memtable and flushes it to an
+// sstable; with too little room that flush fails, and Pebble retries it at
+// once and for as long as the disk stays full, spinning a core inside Open
+// (which Close would then wait for). So the reopen waits for room: the
+// logs' size, at most a memtable's, plus 1 MiB for the manifest.
+func (s *Spool) reopenRoom() (need, free uint64, ok bool) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.opts.Dir, &st); err != nil {
+		return 0, 0, false
+	}
+	entries, err := os.ReadDir(s.opts.Dir)
+	if err != nil {
+		return 0, 0, false
+	}
+	var logs uint64
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".log") {
+			continue
+		}
+		if fi, err := os.Stat(filepath.Join(s.opts.Dir, e.Name())); err == nil {
+			logs += uint64(fi.Size())
+		}
+	}
+	return min(logs, s.memTableSize()) + 1<<20, st.Bavail * uint64(st.Bsize), true
 }
 
 // closeQuietly closes a DB whose commit failed. Pebble may return an error
@@ -674,6 +751,8 @@ func (c chanWaiter) Committed(_, _ uint64, err error) { c <- err }
 // Options.Consumers are deleted with one range deletion, freeing budget.
 // The cursor write and the trim commit in one batch through the committer
 // (so it shares an fsync with appends). seq may not exceed LastSeq.
+// While the spool recovers from a failed commit, including a failure of
+// this very write, it returns an error matching ErrBusy.
 func (s *Spool) SetCursor(name string, seq uint64) error {
 	if name == "" {
 		return errors.New("spool: set cursor: empty consumer name")
@@ -753,7 +832,12 @@ func (s *Spool) SetCursor(name string, seq uint64) error {
 		s.wake()
 	}
 	if err := <-w; err != nil {
-		return fmt.Errorf("spool: set cursor %q to %d: %w", name, seq, err)
+		// The commit failed (a full disk, say) and the committer is
+		// reopening Pebble: like an Append then, this is ErrBusy, and the
+		// caller keeps its cursor in memory and sets it again later.
+		// Returned as a plain failure it made a forwarder stop, and the
+		// daemon with it.
+		return fmt.Errorf("spool: set cursor %q to %d: %w: %w", name, seq, ErrBusy, err)
 	}
 	s.mu.Lock()
 	if s.cursors != nil {
@@ -875,6 +959,9 @@ func (s *Spool) close() {
 		s.db = nil
 	}
 	s.dbMu.Unlock()
+	if s.walFS != nil {
+		s.walFS.close()
+	}
 	s.mu.Lock()
 	// Drop the batches: they belong to the closed DB.
 	s.pending, s.spare = nil, nil
