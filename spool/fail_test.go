@@ -148,3 +148,64 @@ func TestBackgroundErrorsThrottled(t *testing.T) {
 		t.Fatalf("the line after the interval: %q", lines)
 	}
 }
+
+// TestFlushFailureStallsWithoutLoss: the write-ahead log has room (it is
+// preallocated, or a reused one) but sstables cannot be written, as on a
+// full disk. Pebble retries its flushes, commits stall once the memtables
+// are full, appends are refused with ErrBusy instead of piling up, no
+// commit reports success it did not have, and everything committed or
+// appended is there once writes succeed again.
+func TestFlushFailureStallsWithoutLoss(t *testing.T) {
+	var armed atomic.Bool
+	fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if armed.Load() && strings.HasSuffix(op.Path, ".sst") && op.Kind == errorfs.OpFileWrite {
+			return syscall.ENOSPC
+		}
+		return nil
+	}))
+	s := openT(t, Options{Dir: t.TempDir(), fs: fs, MaxPendingBytes: 1 << 20, PreallocateLogs: true})
+	defer s.Close()
+	armed.Store(true)
+	r := benchRecord() // ~600 bytes
+	w := make(chWaiter, 1<<20)
+	appended := uint64(0)
+	busy := false
+	for deadline := time.Now().Add(60 * time.Second); !busy; {
+		err := s.Append(r, w, appended+1)
+		switch {
+		case err == nil:
+			appended++
+		case errors.Is(err, ErrBusy):
+			// Either the committer is behind, or the stall: wait and see.
+			time.Sleep(200 * time.Millisecond)
+			busy = s.Append(r, w, appended+1) != nil
+			if !busy {
+				appended++
+			}
+		default:
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no stall after %d records with failing flushes", appended)
+		}
+	}
+	committedWhileStalled := s.LastSeq()
+	if committedWhileStalled >= appended {
+		t.Fatalf("all %d records committed although flushes fail", appended)
+	}
+	if backgroundErrors.Get() == 0 {
+		t.Fatal("failed flushes not counted")
+	}
+	t.Logf("stalled: %d appended, %d committed", appended, committedWhileStalled)
+
+	armed.Store(false)
+	waitForTimeout(t, s, appended, 60*time.Second)
+	for i := uint64(0); i < appended; i++ {
+		if rep := <-w; rep.err != nil {
+			t.Fatalf("record %d: %v", rep.token, rep.err)
+		}
+	}
+	if got := readAll(t, s, 0); uint64(len(got)) != appended {
+		t.Fatalf("%d records read back, %d appended", len(got), appended)
+	}
+}

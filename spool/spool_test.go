@@ -63,7 +63,12 @@ func sameRecord(a, b *Record) bool {
 // waitFor waits until the spool has committed seq.
 func waitFor(t testing.TB, s *Spool, seq uint64) {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
+	waitForTimeout(t, s, seq, 10*time.Second)
+}
+
+func waitForTimeout(t testing.TB, s *Spool, seq uint64, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
 	for {
 		ch := s.Committed()
 		if s.LastSeq() >= seq {
