@@ -3,6 +3,7 @@ package spool
 import (
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -13,18 +14,23 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 )
 
+// diskFullFS fails the given operations on files whose names end in suffix
+// with ENOSPC while armed is set.
+func diskFullFS(armed *atomic.Bool, suffix string, kinds ...errorfs.OpKind) vfs.FS {
+	return errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if armed.Load() && strings.HasSuffix(op.Path, suffix) && slices.Contains(kinds, op.Kind) {
+			return syscall.ENOSPC
+		}
+		return nil
+	}))
+}
+
 // TestCommitErrorKeepsGoing makes WAL writes fail as on a full disk: the
 // batch's waiters get the error, the process survives, and once writes
 // succeed again the spool reopens and continues with fresh seqs.
 func TestCommitErrorKeepsGoing(t *testing.T) {
 	var armed atomic.Bool
-	fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if armed.Load() && strings.HasSuffix(op.Path, ".log") &&
-			(op.Kind == errorfs.OpFileWrite || op.Kind == errorfs.OpFileSync) {
-			return syscall.ENOSPC
-		}
-		return nil
-	}))
+	fs := diskFullFS(&armed, ".log", errorfs.OpFileWrite, errorfs.OpFileSync)
 	dir := t.TempDir()
 	s := openT(t, Options{Dir: dir, fs: fs})
 	defer s.Close()
@@ -80,13 +86,7 @@ func TestCommitErrorKeepsGoing(t *testing.T) {
 // spool has reopened the same cursor is set and trims.
 func TestSetCursorFailedCommitIsBusy(t *testing.T) {
 	var armed atomic.Bool
-	fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if armed.Load() && strings.HasSuffix(op.Path, ".log") &&
-			(op.Kind == errorfs.OpFileWrite || op.Kind == errorfs.OpFileSync) {
-			return syscall.ENOSPC
-		}
-		return nil
-	}))
+	fs := diskFullFS(&armed, ".log", errorfs.OpFileWrite, errorfs.OpFileSync)
 	s := openT(t, Options{Dir: t.TempDir(), fs: fs, Consumers: []string{"sink"}})
 	defer s.Close()
 	for i := uint64(1); i <= 3; i++ {
@@ -157,12 +157,7 @@ func TestBackgroundErrorsThrottled(t *testing.T) {
 // appended is there once writes succeed again.
 func TestFlushFailureStallsWithoutLoss(t *testing.T) {
 	var armed atomic.Bool
-	fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if armed.Load() && strings.HasSuffix(op.Path, ".sst") && op.Kind == errorfs.OpFileWrite {
-			return syscall.ENOSPC
-		}
-		return nil
-	}))
+	fs := diskFullFS(&armed, ".sst", errorfs.OpFileWrite)
 	s := openT(t, Options{Dir: t.TempDir(), fs: fs, MaxPendingBytes: 1 << 20, PreallocateLogs: true})
 	defer s.Close()
 	armed.Store(true)
