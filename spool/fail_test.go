@@ -204,3 +204,57 @@ func TestFlushFailureStallsWithoutLoss(t *testing.T) {
 		t.Fatalf("%d records read back, %d appended", len(got), appended)
 	}
 }
+
+// TestMinFreeBytes: under the free-space floor appends are refused with
+// ErrFull (and counted), while cursor updates still commit and trim; above
+// it appends are taken again.
+func TestMinFreeBytes(t *testing.T) {
+	var free atomic.Int64
+	free.Store(1 << 30)
+	s := openT(t, Options{Dir: t.TempDir(), MinFreeBytes: 64 << 20, Consumers: []string{"sink"},
+		freeSpace: func(string) (int64, error) { return free.Load(), nil }})
+	defer s.Close()
+	for i := uint64(1); i <= 3; i++ {
+		if err := s.Append(testRecord(i), nil, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, s, 3)
+
+	refused := refusedLowDisk.Get()
+	free.Store(10 << 20)
+	appended := uint64(3)
+	// The floor is checked every 250 ms: appends go on until then.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		err := s.Append(testRecord(9), nil, 0)
+		if errors.Is(err, ErrFull) {
+			break
+		}
+		if err != nil || time.Now().After(deadline) {
+			t.Fatalf("Append under the floor: %v, want ErrFull", err)
+		}
+		appended++
+		time.Sleep(20 * time.Millisecond)
+	}
+	if refusedLowDisk.Get() == refused {
+		t.Fatal("low-disk refusal not counted")
+	}
+	waitFor(t, s, appended)
+	if err := s.SetCursor("sink", appended); err != nil {
+		t.Fatalf("cursor update under the floor: %v", err)
+	}
+	if got := readAll(t, s, 0); len(got) != 0 {
+		t.Fatalf("%d records left after trimming every one", len(got))
+	}
+	free.Store(1 << 30)
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		err := s.Append(testRecord(9), nil, 0)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrFull) || time.Now().After(deadline) {
+			t.Fatalf("Append above the floor again: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -21,6 +21,8 @@ var (
 	refusedBusy       = metrics.GetOrCreateCounter(`fleet_spool_refused_total{reason="busy"}`)
 	refusedClosed     = metrics.GetOrCreateCounter(`fleet_spool_refused_total{reason="closed"}`)
 	refusedTooLarge   = metrics.GetOrCreateCounter(`fleet_spool_refused_total{reason="too_large"}`)
+	refusedLowDisk    = metrics.GetOrCreateCounter(`fleet_spool_refused_total{reason="low_disk"}`)
+	freeGauge         = metrics.GetOrCreateGauge(`fleet_spool_disk_free_bytes`, nil)
 	bytesGauge        = metrics.GetOrCreateGauge(`fleet_spool_bytes`, nil)
 	recordsGauge      = metrics.GetOrCreateGauge(`fleet_spool_records`, nil)
 	oldestAgeGauge    = metrics.GetOrCreateGauge(`fleet_spool_oldest_record_age_seconds`, nil)

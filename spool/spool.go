@@ -36,8 +36,9 @@ import (
 
 // Errors returned by Append and the other methods.
 var (
-	// ErrFull means the byte budget (Options.MaxBytes) is used up; it clears
-	// when consumers advance and records are trimmed.
+	// ErrFull means the byte budget (Options.MaxBytes) is used up, or the
+	// disk's free space is under Options.MinFreeBytes; it clears when
+	// consumers advance and records are trimmed (or space is freed).
 	ErrFull = errors.New("spool: full")
 	// ErrBusy means too many bytes are waiting for the next commit, or the
 	// spool is recovering from a failed commit. It is transient.
@@ -90,6 +91,14 @@ type Options struct {
 	// slog.Default().
 	Logger *slog.Logger
 
+	// MinFreeBytes is a floor on the free space of the file system holding
+	// Dir: below it Append returns ErrFull (checked every 250 ms). What
+	// remains is for the writes that free space (cursor updates and trims,
+	// Pebble's flushes and compactions) and for the records already
+	// appended, so a disk filled by a backlog drains on its own once the
+	// sinks are back, instead of failing commits. 0 disables the check.
+	MinFreeBytes int64
+
 	// PreallocateLogs keeps a write-ahead log file written ahead of need
 	// (a memtable's size, ~17 MiB, in the spool directory), so that commits
 	// overwrite it instead of growing a new file: each commit's fdatasync
@@ -99,6 +108,8 @@ type Options struct {
 
 	// fs replaces the file system in tests (error injection).
 	fs vfs.FS
+	// freeSpace replaces the free-space probe in tests.
+	freeSpace func(dir string) (int64, error)
 }
 
 // Waiter learns when appended records are durable.
@@ -167,9 +178,10 @@ type Spool struct {
 	committedSeq atomic.Uint64
 	notify       atomic.Pointer[chan struct{}]
 
-	bgErrs backgroundErrorLog
-	fs     vfs.FS
-	walFS  *preallocWALFS // nil without Options.PreallocateLogs
+	bgErrs  backgroundErrorLog
+	lowDisk atomic.Bool // free space is under Options.MinFreeBytes
+	fs      vfs.FS
+	walFS   *preallocWALFS // nil without Options.PreallocateLogs
 
 	kick    chan struct{} // wakes the committer; 1-buffered
 	closing chan struct{} // closed by Close, stops reopen retries
@@ -237,6 +249,10 @@ func Open(o Options) (*Spool, error) {
 	}
 	s.db = db
 	s.install(st)
+	if o.MinFreeBytes > 0 {
+		s.checkFreeSpace()
+		go s.watchFreeSpace()
+	}
 	ch := make(chan struct{})
 	s.notify.Store(&ch)
 	s.log.Info("spool opened", "records", st.records, "bytes", st.bytes, "first_seq", st.firstSeq, "last_seq", st.hwm)
@@ -441,6 +457,10 @@ func (s *Spool) Append(r *Record, w Waiter, token uint64) error {
 		s.mu.Unlock()
 		refusedFull.Inc()
 		return ErrFull
+	case s.lowDisk.Load():
+		s.mu.Unlock()
+		refusedLowDisk.Inc()
+		return ErrFull
 	}
 	seq := s.nextSeq
 	s.nextSeq++
@@ -626,6 +646,53 @@ func (s *Spool) fail(err error, ws []waitEntry) {
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// watchFreeSpace refreshes the low-disk flag Append reads until Close.
+func (s *Spool) watchFreeSpace() {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.closing:
+			return
+		case <-t.C:
+			s.checkFreeSpace()
+		}
+	}
+}
+
+// checkFreeSpace sets the low-disk flag from the file system's free space
+// and logs when it changes.
+func (s *Spool) checkFreeSpace() {
+	probe := s.opts.freeSpace
+	if probe == nil {
+		probe = freeSpace
+	}
+	free, err := probe(s.opts.Dir)
+	if err != nil {
+		return
+	}
+	freeGauge.Set(float64(free))
+	low := free < s.opts.MinFreeBytes
+	if s.lowDisk.Swap(low) == low {
+		return
+	}
+	if low {
+		s.log.Warn("spool: free disk space under the floor; refusing new records", "free_bytes", free, "min_free_bytes", s.opts.MinFreeBytes)
+	} else {
+		s.log.Info("spool: free disk space back above the floor; taking records", "free_bytes", free, "min_free_bytes", s.opts.MinFreeBytes)
+	}
+}
+
+// freeSpace is the space unprivileged writers may still use on the file
+// system holding dir.
+func freeSpace(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("spool: statfs %s: %w", dir, err)
+	}
+	return int64(st.Bavail) * st.Bsize, nil
 }
 
 // reopenRoom says how much free space a reopen needs and how much the

@@ -54,6 +54,8 @@ type relConfig struct {
 	SpoolDir string
 	// MaxBytes is spool.max_bytes (0: unlimited).
 	MaxBytes int64
+	// MinFreeBytes is spool.min_free_bytes (nil: the daemon's default).
+	MinFreeBytes *int64
 	// ExtraCAs are PEM certificates added to the ca_file bundle.
 	ExtraCAs [][]byte
 	// Extra top-level keys (idle_timeout, handshake_timeout, ...).
@@ -99,6 +101,9 @@ func relWriteConfig(t *testing.T, dir string, rc relConfig) relSetup {
 	}
 	s := relSetup{Certs: certs, MetricsPort: freePort(t), PprofPort: freePort(t), CA: ca}
 	spoolCfg := map[string]any{"dir": rc.SpoolDir}
+	if rc.MinFreeBytes != nil {
+		spoolCfg["min_free_bytes"] = *rc.MinFreeBytes
+	}
 	if rc.MaxBytes > 0 {
 		spoolCfg["max_bytes"] = rc.MaxBytes
 	}

@@ -169,6 +169,9 @@ func TestReliabilityDiskFullSoftLimit(t *testing.T) {
 		Kafka:    broker.Addr,
 		SpoolDir: filepath.Join(mnt, "spool"),
 		MaxBytes: 512 << 10,
+		// The budget is under test, not the free-space floor (whose 128
+		// MiB default is more than this file system).
+		MinFreeBytes: new(int64),
 	})
 	d := startDaemon(t, setup.ConfigPath)
 	all := map[string]bool{}
@@ -230,35 +233,13 @@ func TestReliabilityDiskFullSoftLimit(t *testing.T) {
 // resume, and every record acked before, during and after is printed.
 func TestReliabilityDiskFullENOSPC(t *testing.T) {
 	mnt := mountSmallFS(t, "8m")
-	dir := t.TempDir()
-	setup := relWriteConfig(t, dir, relConfig{
-		Records:  map[string][]string{"V": {"logger"}},
-		SpoolDir: filepath.Join(mnt, "spool"),
-	})
-	d := startDaemon(t, setup.ConfigPath)
-	all := map[string]bool{}
-	acked, code, detail := pushUntilRefused(t, d, setup.Certs, "hard-before", 500)
-	if code != 0 || len(acked) < 500 {
-		t.Fatalf("before filling: %s", detail)
-	}
-	for tx := range acked {
-		all[tx] = true
-	}
+	// No free-space floor: a commit must hit ENOSPC.
+	d, setup, all := startLoggerDaemonOn(t, mnt, new(int64), "hard-before")
 
 	filler := fillFS(t, mnt)
 	before := setup.metrics(t)
-	var lastDetail string
-	var shed bool
 	start := time.Now()
-	for i := 0; i < 20 && !shed && d.alive(); i++ {
-		acked, code, detail := pushUntilRefused(t, d, setup.Certs, fmt.Sprintf("hard-full%02d", i), 20000)
-		for tx := range acked {
-			all[tx] = true
-		}
-		lastDetail = fmt.Sprintf("%d acked, then %s", len(acked), detail)
-		t.Logf("disk full, attempt %d: %s", i, lastDetail)
-		shed = code == 1013
-	}
+	shed, lastDetail := pushUntilShed(t, d, setup.Certs, "hard-full", all)
 	if !shed {
 		// Refused dials may be a daemon on its way out: give its exit
 		// (and its last log lines) a moment to show.
@@ -300,16 +281,8 @@ func TestReliabilityDiskFullENOSPC(t *testing.T) {
 		t.Errorf("%d background error lines in the daemon log while the disk was full (want them throttled)", n)
 	}
 
-	if err := os.Remove(filler); err != nil {
-		t.Fatal(err)
-	}
-	tx, why, took := waitAcked(d, setup.Certs, "hard-resumed", 60*time.Second)
-	if tx == "" {
-		t.Fatalf("acks did not resume within 60s after space returned: %s\n%s", why, d.logText())
-	}
-	all[tx] = true
-	t.Logf("acks resumed %s after the filler was deleted", took.Round(time.Millisecond))
-	acked, code, detail = pushUntilRefused(t, d, setup.Certs, "hard-after", 500)
+	freeAndResume(t, d, setup, filler, "hard-resumed", all)
+	acked, code, detail := pushUntilRefused(t, d, setup.Certs, "hard-after", 500)
 	if code != 0 {
 		t.Fatalf("after space returned: %s", detail)
 	}
@@ -325,6 +298,100 @@ func TestReliabilityDiskFullENOSPC(t *testing.T) {
 		t.Fatalf("after a restart on the spool that was full: %s\n%s", why, d2.logText())
 	}
 	d2.stop(t)
+}
+
+// TestReliabilityDiskFreeSpaceFloor: with spool.min_free_bytes the daemon
+// stops taking records while the disk's free space is under the floor,
+// before any commit can fail: vehicles are shed with 1013, no commit error
+// happens, and acks resume once space returns; every acked record is
+// printed.
+func TestReliabilityDiskFreeSpaceFloor(t *testing.T) {
+	mnt := mountSmallFS(t, "8m")
+	floor := int64(2 << 20)
+	d, setup, all := startLoggerDaemonOn(t, mnt, &floor, "floor-before")
+
+	// Leave 1 MiB free: under the floor, but room for the commits of what
+	// was taken before the floor was noticed.
+	filler := fillFS(t, mnt)
+	fi, err := os.Stat(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filler, fi.Size()-1<<20); err != nil {
+		t.Fatal(err)
+	}
+	before := setup.metrics(t)
+	if shed, _ := pushUntilShed(t, d, setup.Certs, "floor-low", all); !shed {
+		t.Fatalf("free space under the floor did not shed vehicles with 1013:\n%s", d.logText())
+	}
+	after := setup.metrics(t)
+	if n := after["fleet_spool_commit_errors_total"] - before["fleet_spool_commit_errors_total"]; n != 0 {
+		t.Errorf("%.0f commits failed: the floor should refuse records before the disk is full", n)
+	}
+	if after[`fleet_spool_refused_total{reason="low_disk"}`] == 0 {
+		t.Errorf("no low_disk refusal counted")
+	}
+	if !strings.Contains(d.logText(), "free disk space under the floor") {
+		t.Errorf("the daemon did not log that free space is under the floor:\n%s", d.logText())
+	}
+
+	freeAndResume(t, d, setup, filler, "floor-resumed", all)
+	d.waitPrinted(t, all, 30*time.Second)
+	t.Logf("all %d acked records printed", len(all))
+	d.stop(t)
+}
+
+// startLoggerDaemonOn starts a daemon with its spool in mnt (records V to
+// the logger; minFree is spool.min_free_bytes, nil for the default) and
+// has it ack 500 records, whose txids it returns.
+func startLoggerDaemonOn(t *testing.T, mnt string, minFree *int64, prefix string) (*daemon, relSetup, map[string]bool) {
+	t.Helper()
+	setup := relWriteConfig(t, t.TempDir(), relConfig{
+		Records:      map[string][]string{"V": {"logger"}},
+		SpoolDir:     filepath.Join(mnt, "spool"),
+		MinFreeBytes: minFree,
+	})
+	d := startDaemon(t, setup.ConfigPath)
+	acked, code, detail := pushUntilRefused(t, d, setup.Certs, prefix, 500)
+	if code != 0 || len(acked) < 500 {
+		t.Fatalf("before filling: %s", detail)
+	}
+	return d, setup, acked
+}
+
+// freeAndResume deletes the filler and waits (up to 60 s) for an ack,
+// adding its txid to all.
+func freeAndResume(t *testing.T, d *daemon, setup relSetup, filler, tx string, all map[string]bool) {
+	t.Helper()
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	acked, why, took := waitAcked(d, setup.Certs, tx, 60*time.Second)
+	if acked == "" {
+		t.Fatalf("acks did not resume within 60s after space returned: %s\n%s", why, d.logText())
+	}
+	all[acked] = true
+	t.Logf("acks resumed %s after the filler was deleted", took.Round(time.Millisecond))
+}
+
+// pushUntilShed pushes batches on new connections, at most 20, until the
+// daemon closes one with 1013 (or dies); acked txids are added to all. It
+// returns whether the daemon shed, and what happened last.
+func pushUntilShed(t *testing.T, d *daemon, certs, prefix string, all map[string]bool) (bool, string) {
+	t.Helper()
+	var last string
+	for i := 0; i < 20 && d.alive(); i++ {
+		acked, code, detail := pushUntilRefused(t, d, certs, fmt.Sprintf("%s%02d", prefix, i), 20000)
+		for tx := range acked {
+			all[tx] = true
+		}
+		last = fmt.Sprintf("%d acked, then %s", len(acked), detail)
+		t.Logf("%s, attempt %d: %s", prefix, i, last)
+		if code == 1013 {
+			return true, last
+		}
+	}
+	return false, last
 }
 
 // diagnose describes a live daemon that stopped answering: its open

@@ -156,6 +156,21 @@ type SpoolConfig struct {
 	Dir string `json:"dir"`
 	// MaxBytes bounds the spool (0: unlimited).
 	MaxBytes int64 `json:"max_bytes"`
+	// MinFreeBytes is the free space the spool leaves on its file system:
+	// below it new records are refused (default 128 MiB; 0: none).
+	MinFreeBytes *int64 `json:"min_free_bytes"`
+}
+
+// defaultMinFreeBytes keeps room on a full disk for the writes that free
+// space (cursor updates, trims, Pebble's flushes and compactions).
+const defaultMinFreeBytes = 128 << 20
+
+// minFreeBytes is spool.min_free_bytes or its default.
+func (c SpoolConfig) minFreeBytes() int64 {
+	if c.MinFreeBytes == nil {
+		return defaultMinFreeBytes
+	}
+	return *c.MinFreeBytes
 }
 
 //go:embed dev-config.json
@@ -321,6 +336,9 @@ func (c *Config) Validate() error {
 	}
 	if c.StatusPort < 0 || c.StatusPort > 65535 {
 		errs = append(errs, fmt.Errorf("status_port %d is out of range", c.StatusPort))
+	}
+	if c.Spool.MinFreeBytes != nil && *c.Spool.MinFreeBytes < 0 {
+		errs = append(errs, fmt.Errorf("spool.min_free_bytes %d is negative", *c.Spool.MinFreeBytes))
 	}
 	if c.Spool.MaxBytes < 0 {
 		errs = append(errs, fmt.Errorf("spool.max_bytes %d is negative", c.Spool.MaxBytes))

@@ -115,3 +115,21 @@ func TestAllowlistMustBeARegularFile(t *testing.T) {
 		t.Fatalf("got %v, want a refusal of /dev/zero", err)
 	}
 }
+
+func TestSpoolMinFreeBytes(t *testing.T) {
+	c, _ := mustParse(t, `{`+base+`, "records": {"V": ["logger"]}}`)
+	if got := c.Spool.minFreeBytes(); got != defaultMinFreeBytes {
+		t.Fatalf("default min_free_bytes %d, want %d", got, defaultMinFreeBytes)
+	}
+	c, _ = mustParse(t, `{`+base+`, "records": {"V": ["logger"]}, "spool": {"min_free_bytes": 0}}`)
+	if got := c.Spool.minFreeBytes(); got != 0 {
+		t.Fatalf("min_free_bytes 0 read as %d", got)
+	}
+	c, _, err := ParseConfig([]byte(`{` + base + `, "records": {"V": ["logger"]}, "spool": {"min_free_bytes": -5}}`))
+	if err == nil {
+		err = c.Validate()
+	}
+	if err == nil || !strings.Contains(err.Error(), "min_free_bytes") {
+		t.Fatalf("negative min_free_bytes: %v", err)
+	}
+}

@@ -138,7 +138,8 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	sp, err := spool.Open(spool.Options{Dir: cfg.Spool.Dir, MaxBytes: cfg.Spool.MaxBytes, Consumers: names, Logger: log, PreallocateLogs: true})
+	sp, err := spool.Open(spool.Options{Dir: cfg.Spool.Dir, MaxBytes: cfg.Spool.MaxBytes, MinFreeBytes: cfg.Spool.minFreeBytes(),
+		Consumers: names, Logger: log, PreallocateLogs: true})
 	if err != nil {
 		return err
 	}
