@@ -693,3 +693,43 @@ func TestCursorIsWrittenEveryIntervalAndAtStop(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// After a send, fewer than BatchRecords waiting records wait for Linger;
+// a full batch goes at once; Drain does not linger.
+func TestLingerWaitsForAFullBatch(t *testing.T) {
+	const name = "linger"
+	sp := openSpool(t, t.TempDir(), name)
+	sink := &testSink{}
+	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 10, Linger: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+
+	// The first record after a quiet spell goes at once.
+	appendRecs(t, sp, "V")
+	waitFor(t, "the first send", func() bool { return sink.callCount() == 1 })
+	// Then a trickle waits for the rest of a batch...
+	appendRecs(t, sp, repeat("V", 5)...)
+	time.Sleep(300 * time.Millisecond)
+	if n := sink.callCount(); n != 1 {
+		t.Fatalf("%d sends: 5 waiting records (batch 10) went out within the hour's linger", n)
+	}
+	// ...and a full batch does not.
+	appendRecs(t, sp, repeat("V", 5)...)
+	waitFor(t, "the full batch", func() bool { return len(sink.delivered()) == 11 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+
+	// A trickle is drained without lingering.
+	appendRecs(t, sp, repeat("V", 3)...)
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	if err := f.Drain(dctx); err != nil {
+		t.Fatalf("Drain lingered: %v", err)
+	}
+	if n := len(sink.delivered()); n != 14 {
+		t.Fatalf("delivered %d records after the drain, want 14", n)
+	}
+}
