@@ -583,17 +583,19 @@ func (s *Spool) commit(b *pebble.Batch) (err error) {
 func (s *Spool) fail(err error, ws []waitEntry) {
 	commitErrorsTotal.Inc()
 	s.log.Error("spool commit failed; reopening", "err", err, "waiters", len(ws))
-	for _, e := range ws {
-		if e.w != nil {
-			e.w.Committed(e.token, e.seq, err)
-		}
-	}
+	// Degraded before anyone hears of the failure: an append made in
+	// reaction to it must get ErrBusy, not join the batches abandoned here.
 	s.mu.Lock()
 	s.degraded = true
 	later := s.pendingW
 	s.pendingW, s.spareW = nil, nil
 	s.pending, s.spare = nil, nil
 	s.mu.Unlock()
+	for _, e := range ws {
+		if e.w != nil {
+			e.w.Committed(e.token, e.seq, err)
+		}
+	}
 	abandoned := fmt.Errorf("spool: commit abandoned after an earlier failure: %w", err)
 	for _, e := range later {
 		if e.w != nil {
