@@ -114,6 +114,7 @@ func (p *preallocWALFS) prepare() {
 	p.mu.Unlock()
 	switch {
 	case err == nil:
+	case errors.Is(err, errSpoolClosing):
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, errNoRoomForSpare):
 		p.log.Debug("spool: no room for a preallocated log file", "err", err)
 	default:
@@ -121,7 +122,10 @@ func (p *preallocWALFS) prepare() {
 	}
 }
 
-var errNoRoomForSpare = errors.New("too little free space")
+var (
+	errNoRoomForSpare = errors.New("too little free space")
+	errSpoolClosing   = errors.New("spool closing")
+)
 
 func (p *preallocWALFS) write() error {
 	var st unix.Statfs_t
@@ -157,7 +161,7 @@ func (p *preallocWALFS) fill(f *os.File) error {
 		closed := p.closed
 		p.mu.Unlock()
 		if closed {
-			return errors.New("spool closed")
+			return errSpoolClosing
 		}
 		if _, err := f.WriteAt(zeros[:min(int64(len(zeros)), p.size-off)], off); err != nil {
 			return err
