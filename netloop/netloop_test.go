@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -597,4 +598,25 @@ func statusOnce(addr string, cfg *tls.Config) error {
 		return fmt.Errorf("status %d", resp.StatusCode)
 	}
 	return nil
+}
+
+// TestStartPortInUse: a vehicle port already taken is reported as such,
+// not as gnet's "setsockopt: bad file descriptor".
+func TestStartPortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	env := newTestEnv(t, []string{"V"}, nil)
+	o := env.srv.opts
+	o.Addr = ln.Addr().String()
+	srv, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = srv.Start()
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("Start on a port in use: %v", err)
+	}
 }

@@ -299,6 +299,13 @@ func (s *Server) Start() error {
 	select {
 	case <-s.booted:
 	case <-s.done:
+		// gnet reports a port in use as "setsockopt: bad file
+		// descriptor"; a plain listen names the real cause.
+		ln, err := net.Listen("tcp", s.opts.Addr)
+		if err != nil {
+			return fmt.Errorf("netloop: listen %s: %w", s.opts.Addr, err)
+		}
+		ln.Close()
 		return fmt.Errorf("netloop: listen %s: %w", s.opts.Addr, s.runErr)
 	}
 	go s.tick()
