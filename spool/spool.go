@@ -705,8 +705,8 @@ func freeSpace(dir string) (int64, error) {
 // (which Close would then wait for). So the reopen waits for room: the
 // logs' size, at most a memtable's, plus 1 MiB for the manifest.
 func (s *Spool) reopenRoom() (need, free uint64, ok bool) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(s.opts.Dir, &st); err != nil {
+	avail, err := freeSpace(s.opts.Dir)
+	if err != nil {
 		return 0, 0, false
 	}
 	entries, err := os.ReadDir(s.opts.Dir)
@@ -722,7 +722,7 @@ func (s *Spool) reopenRoom() (need, free uint64, ok bool) {
 			logs += uint64(fi.Size())
 		}
 	}
-	return min(logs, s.memTableSize()) + 1<<20, st.Bavail * uint64(st.Bsize), true
+	return min(logs, s.memTableSize()) + 1<<20, uint64(max(avail, 0)), true
 }
 
 // closeQuietly closes a DB whose commit failed. Pebble may return an error

@@ -128,8 +128,7 @@ var (
 )
 
 func (p *preallocWALFS) write() error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(p.dir, &st); err == nil && st.Bavail*uint64(st.Bsize) < 3*uint64(p.size) {
+	if free, err := freeSpace(p.dir); err == nil && free < 3*p.size {
 		return errNoRoomForSpare
 	}
 	tmp := p.sparePath() + ".tmp"
