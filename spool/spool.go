@@ -23,7 +23,6 @@ import (
 	"log/slog"
 	"math"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -718,7 +717,7 @@ func (s *Spool) reopenRoom() (need, free uint64, ok bool) {
 		if !strings.HasSuffix(e.Name(), ".log") {
 			continue
 		}
-		if fi, err := os.Stat(filepath.Join(s.opts.Dir, e.Name())); err == nil {
+		if fi, err := e.Info(); err == nil {
 			logs += uint64(fi.Size())
 		}
 	}
