@@ -507,11 +507,13 @@ func (r *scenarioRun) finish() {
 			if x.ServerRSSKiB == 0 {
 				x.ServerRSSKiB = r.m1.RSSKiB
 			}
+			x.ServerWaitPct = (r.m1.RunDelay - r.m0.RunDelay).Seconds() * 100 / secs
 		}
 		if r.t.metricsPort > 0 && r.fwdErr == nil {
 			x.Forwarded, x.ForwarderLagEnd = r.fwd1-r.fwd0, r.lag1
 		}
 		x.BenchCPUPct = (r.b1.CPU - r.b0.CPU).Seconds() * 100 / secs
+		x.BenchWaitPct = (r.b1.RunDelay - r.b0.RunDelay).Seconds() * 100 / secs
 		if hs := r.hs1 - r.hs0; hs > 0 {
 			x.HandshakesPerSec = float64(hs) / secs
 		}

@@ -54,9 +54,16 @@ func TestThroughputEndToEnd(t *testing.T) {
 	if len(r.Results) != 2 {
 		t.Fatalf("%d results, want 2", len(r.Results))
 	}
+	_, err = os.Stat("/proc/self/schedstat")
+	schedstats := err == nil
 	for _, x := range r.Results {
 		if !x.OK || x.Acked == 0 || x.Acked != x.Sent || x.Latency == nil || x.ServerCPUUsPerRecord <= 0 {
 			t.Errorf("%s: ok=%v sent=%d acked=%d latency=%v cpu/rec=%v", x.Scenario, x.OK, x.Sent, x.Acked, x.Latency, x.ServerCPUUsPerRecord)
+		}
+		// Both processes run threads that wait for each other's work: some
+		// run-queue wait shows (where the kernel keeps schedstats).
+		if x.ServerWaitPct < 0 || x.BenchWaitPct < 0 || (schedstats && x.ServerWaitPct+x.BenchWaitPct == 0) {
+			t.Errorf("%s: run-queue wait: server %.1f%% bench %.1f%% (want >= 0, and > 0 with schedstats)", x.Scenario, x.ServerWaitPct, x.BenchWaitPct)
 		}
 	}
 	if fi, err := os.Stat(html); err != nil || fi.Size() == 0 {

@@ -1,11 +1,12 @@
-// Package procstat reads a process's CPU time and resident memory from
-// /proc (Linux only).
+// Package procstat reads a process's CPU time, run-queue wait and resident
+// memory from /proc (Linux only).
 package procstat
 
 import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +24,10 @@ type Sample struct {
 	RSSKiB int64
 	// Threads is the number of threads.
 	Threads int64
+	// RunDelay is the time the threads alive now have spent runnable but
+	// not running, waiting for a CPU (/proc/PID/task/*/schedstat), summed
+	// over them. Zero where the kernel keeps no schedstats.
+	RunDelay time.Duration
 }
 
 // Read samples pid (0: this process).
@@ -66,5 +71,28 @@ func Read(pid int) (Sample, error) {
 			s.Threads, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 		}
 	}
+	s.RunDelay = runDelay("/proc/" + p + "/task")
 	return s, nil
+}
+
+// runDelay sums the second field (ns waiting on a run queue) of every
+// thread's schedstat. Threads that exit between the listing and the read
+// are skipped.
+func runDelay(taskDir string) time.Duration {
+	ents, err := os.ReadDir(taskDir)
+	if err != nil {
+		return 0
+	}
+	var sum int64
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(taskDir, e.Name(), "schedstat"))
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) >= 2 {
+			ns, _ := strconv.ParseInt(f[1], 10, 64)
+			sum += ns
+		}
+	}
+	return time.Duration(sum)
 }

@@ -183,10 +183,12 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#eee
 		}
 		row("server CPU µs per record", f1(x.ServerCPUUsPerRecord))
 		row("server CPU %", f1(x.ServerCPUPct))
+		row("server threads waiting for a CPU, % of the window", f1(x.ServerWaitPct))
 		row("server RSS KiB (before → end)", fmt.Sprintf("%d → %d", x.ServerRSSBaseKiB, x.ServerRSSKiB))
 		row("server RSS KiB per connection", f1(x.ServerRSSPerConnKiB))
 		row("bench RSS KiB per connection", f1(x.BenchRSSPerConnKiB))
 		row("bench CPU %", f1(x.BenchCPUPct))
+		row("bench threads waiting for a CPU, % of the window", f1(x.BenchWaitPct))
 		row("error replies / mismatches / unexpected / missing / conn errors", fmt.Sprintf("%d / %d / %d / %d / %d", x.ErrorReplies, x.Mismatches, x.Unexpected, x.Missing, x.ConnErrors))
 		b.WriteString("</table>")
 		for _, f := range x.Failures {

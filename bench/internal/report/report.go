@@ -79,13 +79,21 @@ type Result struct {
 	// ServerCPUUsPerHandshake is server CPU time / connections in a storm.
 	ServerCPUUsPerHandshake float64 `json:",omitempty"`
 	ServerCPUPct            float64 `json:",omitempty"`
-	ServerRSSBaseKiB        int64   `json:",omitempty"`
-	ServerRSSKiB            int64   `json:",omitempty"`
+	// ServerWaitPct is the time the daemon's threads were runnable but not
+	// running (waiting for a CPU), summed over its threads, as a
+	// percentage of the window: ack latency that neither the network nor
+	// the disk explains. Zero where the kernel keeps no schedstats.
+	ServerWaitPct    float64 `json:",omitempty"`
+	ServerRSSBaseKiB int64   `json:",omitempty"`
+	ServerRSSKiB     int64   `json:",omitempty"`
 	// ServerRSSPerConnKiB is (RSS with the connections − RSS before) / conns.
 	ServerRSSPerConnKiB float64 `json:",omitempty"`
 	BenchRSSKiB         int64   `json:",omitempty"`
 	BenchRSSPerConnKiB  float64 `json:",omitempty"`
 	BenchCPUPct         float64 `json:",omitempty"`
+	// BenchWaitPct is ServerWaitPct for the bench: time its threads waited
+	// for a CPU is added to the latencies it measures.
+	BenchWaitPct float64 `json:",omitempty"`
 
 	Samples []Sample `json:",omitempty"`
 	OK      bool
@@ -150,6 +158,12 @@ func Table(w io.Writer, r *Run) {
 		if x.ServerRSSPerConnKiB > 0 {
 			fmt.Fprintf(w, "  server RSS %d KiB before, %d KiB with %d connections: %.2f KiB per connection; bench RSS %.2f KiB per connection\n",
 				x.ServerRSSBaseKiB, x.ServerRSSKiB, x.Conns, x.ServerRSSPerConnKiB, x.BenchRSSPerConnKiB)
+		}
+		if x.ServerPID > 0 && x.MeasuredSeconds > 0 {
+			fmt.Fprintf(w, "  server: its threads waited %.1f%% of the window for a CPU (summed over threads)\n", x.ServerWaitPct)
+		}
+		if x.MeasuredSeconds > 0 {
+			fmt.Fprintf(w, "  bench: its threads waited %.1f%% of the window for a CPU (this delay is in the latencies above)\n", x.BenchWaitPct)
 		}
 		if pct := x.ForwardedPct(); pct > 0 {
 			fmt.Fprintf(w, "  forwarded to sinks in the window: %d records (%.0f%% of acked); forwarder lag at the end: %d records\n",
