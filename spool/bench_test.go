@@ -1,6 +1,8 @@
 package spool
 
 import (
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -8,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -264,19 +267,15 @@ func processCPU(b *testing.B) time.Duration {
 func BenchmarkGroupCommitFloor(b *testing.B) {
 	b.Run("2000-per-s", func(b *testing.B) {
 		const perSec = 2000
-		f, err := os.Create(filepath.Join(b.TempDir(), "probe"))
+		// The daemon's spare log file, prepared as the daemon prepares it.
+		dir := b.TempDir()
+		const size = 64 << 20
+		newPreallocWALFS(vfs.Default, dir, size, slog.New(slog.NewTextHandler(io.Discard, nil))).close()
+		f, err := os.OpenFile(filepath.Join(dir, spareWALName), os.O_RDWR, 0)
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer f.Close()
-		// Written first, as the daemon's preallocated and recycled logs are.
-		const size = 64 << 20
-		if _, err := f.Write(make([]byte, size)); err != nil {
-			b.Fatal(err)
-		}
-		if err := f.Sync(); err != nil {
-			b.Fatal(err)
-		}
 		const recBytes = 600
 		buf := make([]byte, 256*recBytes)
 		interval := time.Second / time.Duration(perSec)
