@@ -125,6 +125,36 @@ func TestSetCursorFailedCommitIsBusy(t *testing.T) {
 	}
 }
 
+// TestBackgroundErrorsPaced: an error that repeats at once (Pebble
+// retrying a failed flush) is paused before its retry, 10 ms doubling to
+// the maximum; after a quiet spell the pauses start small again.
+func TestBackgroundErrorsPaced(t *testing.T) {
+	var buf lockedBuffer
+	b := backgroundErrorLog{log: slog.New(slog.NewTextHandler(&buf, nil)), interval: time.Hour, maxPause: 40 * time.Millisecond}
+	pauses := func(n int) (took time.Duration, paused uint64) {
+		p0, t0 := backgroundErrorPauses.Get(), time.Now()
+		for range n {
+			b.report(syscall.ENOSPC)
+		}
+		return time.Since(t0), backgroundErrorPauses.Get() - p0
+	}
+	// The first error is not paused; then 10, 20, 40, 40, 40 ms.
+	if took, paused := pauses(6); paused != 5 || took < 150*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("6 quick errors: %d pauses in %v, want 5 in ~150 ms", paused, took)
+	}
+	// A repeat after the quiet gap starts again without a pause, and the
+	// next quick one gets the smallest pause.
+	b.lastEnd = time.Now().Add(-2 * quietGap)
+	if took, paused := pauses(2); paused != 1 || took < firstRetryGap || took > 30*time.Millisecond+time.Second/2 {
+		t.Fatalf("after a quiet spell: %d pauses in %v, want 1 of 10 ms", paused, took)
+	}
+	// Without maxPause nothing is paused.
+	b = backgroundErrorLog{log: b.log, interval: time.Hour}
+	if _, paused := pauses(100); paused != 0 {
+		t.Fatalf("%d pauses without maxPause", paused)
+	}
+}
+
 // TestBackgroundErrorsThrottled: Pebble's background errors are all
 // counted but logged at most once per interval, the next line saying how
 // many were left out.
@@ -191,6 +221,15 @@ func TestFlushFailureStallsWithoutLoss(t *testing.T) {
 	if backgroundErrors.Get() == 0 {
 		t.Fatal("failed flushes not counted")
 	}
+	// Pebble retries the failing flush at once; the listener's pauses
+	// space the retries (10 ms doubling to 500 ms) instead of a core
+	// spinning through thousands of ENOSPCs a second.
+	time.Sleep(time.Second) // past the pauses' ramp
+	errs0 := backgroundErrors.Get()
+	time.Sleep(2 * time.Second)
+	if n := backgroundErrors.Get() - errs0; n < 1 || n > 10 {
+		t.Fatalf("%d failed flushes in 2 s; want a paced retry (about 4)", n)
+	}
 	t.Logf("stalled: %d appended, %d committed", appended, committedWhileStalled)
 
 	armed.Store(false)
@@ -256,5 +295,117 @@ func TestMinFreeBytes(t *testing.T) {
 			t.Fatalf("Append above the floor again: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestCloseWhileFlushesFail: a spool whose flushes keep failing (a full
+// disk) still closes promptly, although Pebble's Close waits for the flush
+// in progress and each retry now comes after a pause of up to 500 ms.
+func TestCloseWhileFlushesFail(t *testing.T) {
+	var armed atomic.Bool
+	fs := diskFullFS(&armed, ".sst", errorfs.OpFileWrite)
+	s := openT(t, Options{Dir: t.TempDir(), fs: fs, MaxPendingBytes: 1 << 20, PreallocateLogs: true})
+	armed.Store(true)
+	r := benchRecord()
+	errs0 := backgroundErrors.Get()
+	// Fill memtables until a flush has failed.
+	for i := uint64(1); backgroundErrors.Get() == errs0; i++ {
+		if err := s.Append(r, nil, i); err != nil && !errors.Is(err, ErrBusy) {
+			t.Fatal(err)
+		}
+		if i%1000 == 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if i > 1_000_000 {
+			t.Fatal("no flush failed")
+		}
+	}
+	time.Sleep(time.Second) // the retries' pauses have ramped up
+	done := make(chan error, 1)
+	t0 := time.Now()
+	go func() { done <- s.Close() }()
+	select {
+	case err := <-done:
+		t.Logf("closed in %v (err %v) with flushes failing", time.Since(t0), err)
+	case <-time.After(10 * time.Second):
+		armed.Store(false) // let it finish, then fail
+		<-done
+		t.Fatal("Close did not return within 10 s while flushes failed")
+	}
+}
+
+// TestCloseWhileCommitStalled: with the memtables full and flushes failing
+// (a full disk), Pebble holds the commit in progress until a flush
+// succeeds. Close gives up after CloseTimeout with ErrCommitStalled
+// instead of hanging the daemon's stop; the committer finishing later (the
+// disk freed) does no harm.
+func TestCloseWhileCommitStalled(t *testing.T) {
+	var armed atomic.Bool
+	fs := diskFullFS(&armed, ".sst", errorfs.OpFileWrite)
+	s := openT(t, Options{Dir: t.TempDir(), fs: fs, MaxPendingBytes: 1 << 20, PreallocateLogs: true,
+		CloseTimeout: 2 * time.Second})
+	armed.Store(true)
+	r := benchRecord()
+	w := make(chWaiter, 1<<20)
+	appended := uint64(0)
+	var busySince time.Time
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no stall after %d records with failing flushes", appended)
+		}
+		err := s.Append(r, w, appended+1)
+		if err == nil {
+			appended++
+			busySince = time.Time{}
+			continue
+		}
+		if !errors.Is(err, ErrBusy) {
+			t.Fatal(err)
+		}
+		if busySince.IsZero() {
+			busySince = time.Now()
+		}
+		if time.Since(busySince) > 2*time.Second {
+			break // busy for 2 s: the commit is stalled, not just behind
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	committed := s.LastSeq()
+	done := make(chan error, 1)
+	t0 := time.Now()
+	go func() { done <- s.Close() }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrCommitStalled) {
+			t.Fatalf("Close while a commit is stalled: %v, want ErrCommitStalled", err)
+		}
+		t.Logf("Close gave up after %v: %v", time.Since(t0), err)
+	case <-time.After(20 * time.Second):
+		armed.Store(false)
+		<-done
+		t.Fatal("Close did not return within 20 s while a commit was stalled")
+	}
+	if err := s.Append(r, w, appended+1); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Append after Close: %v", err)
+	}
+	// Space comes back: the stalled commit finishes and the committer
+	// exits, reporting every record it committed.
+	armed.Store(false)
+	select {
+	case <-s.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the committer did not finish once flushes succeeded")
+	}
+	ok := uint64(0)
+	for len(w) > 0 {
+		if rep := <-w; rep.err == nil {
+			ok++
+		}
+	}
+	if ok < committed {
+		t.Fatalf("%d records reported committed, %d were before Close", ok, committed)
+	}
+	if err := s.db.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -47,6 +47,12 @@ var (
 	// ErrTooLarge means a single record is larger than
 	// Options.MaxPendingBytes and can never be appended.
 	ErrTooLarge = errors.New("spool: record too large")
+	// ErrCommitStalled is returned by Close when the commit in progress
+	// did not finish within Options.CloseTimeout: Pebble holds commits
+	// while its memtables are full and cannot be flushed (a full disk).
+	// Pebble is then left open; what was committed is in its write-ahead
+	// log, and what was not was never acknowledged.
+	ErrCommitStalled = errors.New("spool: commit stalled")
 )
 
 const (
@@ -104,6 +110,11 @@ type Options struct {
 	// then has no file size to make durable. The daemon sets it; the file
 	// is only written while the disk has three times its size free.
 	PreallocateLogs bool
+
+	// CloseTimeout bounds how long Close waits for the commit in progress.
+	// A commit stalled on a full disk would otherwise hold Close until
+	// space is freed. 0 means 30 s.
+	CloseTimeout time.Duration
 
 	// fs replaces the file system in tests (error injection).
 	fs vfs.FS
@@ -227,7 +238,7 @@ func Open(o Options) (*Spool, error) {
 		closing:    make(chan struct{}),
 		done:       make(chan struct{}),
 	}
-	s.bgErrs = backgroundErrorLog{log: s.log, interval: 10 * time.Second}
+	s.bgErrs = backgroundErrorLog{log: s.log, interval: 10 * time.Second, maxPause: 500 * time.Millisecond}
 	s.fs = o.fs
 	if s.fs == nil {
 		s.fs = vfs.Default
@@ -1017,7 +1028,26 @@ func (s *Spool) close() {
 	s.mu.Unlock()
 	close(s.closing)
 	s.wake()
-	<-s.done
+	wait := s.opts.CloseTimeout
+	if wait <= 0 {
+		wait = 30 * time.Second
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-s.done:
+	case <-timer.C:
+		// The committer is blocked inside Pebble's commit. Closing Pebble
+		// would block behind it; the process is about to exit anyway.
+		s.closeErr = fmt.Errorf("spool: close %s: no commit finished in %s (disk full?); records not committed were not acknowledged: %w",
+			s.opts.Dir, wait, ErrCommitStalled)
+		s.log.Error("spool commit stalled at close; leaving the store open", "dir", s.opts.Dir, "waited", wait)
+		// Wake whoever waits for a commit. Not by closing the current
+		// channel for good, as below: the committer may still finish and
+		// signal.
+		s.signal()
+		return
+	}
 
 	s.dbMu.Lock()
 	if s.db != nil {

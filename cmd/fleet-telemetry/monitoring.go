@@ -148,6 +148,7 @@ var metricHelpText = map[string]string{
 	"fleet_tls_record_layer_total":              "Connections by TLS record layer after the handshake: the daemon's own (native, TLS 1.3) or crypto/tls.",
 	"fleet_forwarder_sent_batches_total":        "Batches a sink confirmed, by forwarder (records per request = sent / batches).",
 	"fleet_spool_background_errors_total":       "Pebble background errors (failed flushes and compactions), each retried.",
+	"fleet_spool_background_error_pauses_total": "Pauses put between quick repeats of a failing flush or compaction (10 ms doubling to 500 ms), instead of Pebble's immediate retry.",
 	"fleet_spool_degraded":                      "1 while the spool reopens after a failed commit (appends refused), else 0.",
 	"fleet_spool_disk_free_bytes":               "Free space on the spool's file system (checked every 250 ms when spool.min_free_bytes is set).",
 }

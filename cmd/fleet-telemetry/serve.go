@@ -139,7 +139,11 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 	}
 	sort.Strings(names)
 	sp, err := spool.Open(spool.Options{Dir: cfg.Spool.Dir, MaxBytes: cfg.Spool.MaxBytes, MinFreeBytes: cfg.Spool.minFreeBytes(),
-		Consumers: names, Logger: log, PreallocateLogs: true})
+		Consumers: names, Logger: log, PreallocateLogs: true,
+		// A commit stalled on a full disk gives up the stop after this,
+		// still inside systemd's TimeoutStopSec (40 s) after the graceful
+		// part (shutdown_timeout, 25 s by default).
+		CloseTimeout: 10 * time.Second})
 	if err != nil {
 		return err
 	}
