@@ -194,6 +194,7 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 		return nil
 	}
 	var lastSend time.Time
+	var busyWait time.Duration // the current wait while the spool is busy, 0 when it is not
 	dueTimer := time.NewTimer(time.Hour)
 	dueTimer.Stop()
 	defer dueTimer.Stop()
@@ -239,7 +240,7 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 			cursorNow.Store(cursor)
 			continue
 		case errors.Is(err, spool.ErrBusy):
-			if f.pause(ctx) {
+			if f.pause(ctx, &busyWait) {
 				continue // the spool is reopening after a failed commit
 			}
 			persistAtExit()
@@ -249,6 +250,10 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 			return nil
 		default:
 			return fmt.Errorf("forwarder %s: read from %d: %w", f.opts.Name, cursor+1, err)
+		}
+		if busyWait > 0 {
+			f.log.Info("spool readable again")
+			busyWait = 0
 		}
 		buf = recs
 		f.setLag(cursor)
@@ -393,13 +398,23 @@ func (f *Forwarder) nextBackoff(backoff time.Duration) time.Duration {
 	return backoff * 2
 }
 
-// pause waits a moment after a transient spool error; false when ctx ended.
-func (f *Forwarder) pause(ctx context.Context) bool {
-	f.log.Warn("spool busy; waiting", "wait", f.opts.MinBackoff)
+// pause waits after a read the spool refused as busy (reopening after a
+// failed commit, which lasts as long as the disk is full); false when ctx
+// ended. The wait doubles from MinBackoff (at least 100 ms) to 5 s, and
+// one line is logged per busy spell, not per retry.
+func (f *Forwarder) pause(ctx context.Context, busy *time.Duration) bool {
+	if *busy == 0 {
+		f.log.Warn("spool busy (reopening after a failed commit); waiting to read")
+		*busy = max(f.opts.MinBackoff, 100*time.Millisecond)
+	} else {
+		*busy = min(2**busy, 5*time.Second)
+	}
+	t := time.NewTimer(*busy)
+	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return false
-	case <-time.After(max(f.opts.MinBackoff, 100*time.Millisecond)):
+	case <-t.C:
 		return true
 	}
 }

@@ -121,6 +121,13 @@ func serve(args []string) int {
 }
 
 func runDaemon(cfg *Config, log *slog.Logger) error {
+	// Taken first: a stop that comes while the daemon starts (systemctl
+	// stop right after start) waits in the channel for the loop below and
+	// gets the graceful shutdown, instead of the default action killing
+	// the process half started.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	tlsCfg, err := netloop.NewTLSConfig(netloop.TLSOptions{
 		CertFile: cfg.TLS.ServerCert, KeyFile: cfg.TLS.ServerKey, CAFile: cfg.TLS.CAFile, UseEngCA: cfg.UseDefaultEngCA,
 	})
@@ -218,9 +225,6 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 		}
 	})
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	var runErr error
 wait:
 	for {
