@@ -298,6 +298,47 @@ func TestMinFreeBytes(t *testing.T) {
 	}
 }
 
+// TestMinFreeBytesBurst: between two probes of the free space (250 ms) a
+// burst of appends cannot take more than the room above the floor that
+// the last probe saw; the next probe resets the count.
+func TestMinFreeBytesBurst(t *testing.T) {
+	const floor = 64 << 20
+	var free atomic.Int64
+	free.Store(floor + 100<<10) // 100 KiB above the floor
+	s := openT(t, Options{Dir: t.TempDir(), MinFreeBytes: floor,
+		freeSpace: func(string) (int64, error) { return free.Load(), nil }})
+	defer s.Close()
+	r := benchRecord() // ~600 bytes
+	taken := 0
+	for {
+		err := s.Append(r, nil, 0)
+		if errors.Is(err, ErrFull) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if taken++; taken > 1000 {
+			t.Fatal("1000 records (~600 KB) taken with 100 KiB above the floor")
+		}
+	}
+	if taken < 100 || taken > 180 {
+		t.Fatalf("%d records of ~600 bytes taken with 100 KiB above the floor", taken)
+	}
+	// The next probe sees the space the records really took (here: none,
+	// as with a preallocated log), and appends go on.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		err := s.Append(r, nil, 0)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrFull) || time.Now().After(deadline) {
+			t.Fatalf("Append after the next probe: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestCloseWhileFlushesFail: a spool whose flushes keep failing (a full
 // disk) still closes promptly, although Pebble's Close waits for the flush
 // in progress and each retry now comes after a pause of up to 500 ms.

@@ -47,6 +47,11 @@ var (
 	// ErrTooLarge means a single record is larger than
 	// Options.MaxPendingBytes and can never be appended.
 	ErrTooLarge = errors.New("spool: record too large")
+	// ErrDiskFull is returned by Open when the disk has too little free
+	// space to replay the write-ahead logs (Pebble would retry that flush
+	// for as long as the disk stays full, and Open would not return). It
+	// clears when space is freed.
+	ErrDiskFull = errors.New("spool: disk too full")
 	// ErrCommitStalled is returned by Close when the commit in progress
 	// did not finish within Options.CloseTimeout: Pebble holds commits
 	// while its memtables are full and cannot be flushed (a full disk).
@@ -190,8 +195,16 @@ type Spool struct {
 
 	bgErrs  backgroundErrorLog
 	lowDisk atomic.Bool // free space is under Options.MinFreeBytes
-	fs      vfs.FS
-	walFS   *preallocWALFS // nil without Options.PreallocateLogs
+	// freeAtProbe is the free space the last probe saw, and
+	// appendedSinceProbe the bytes appended since (both under mu): between
+	// probes Append refuses once what it took may have used up the room
+	// above the floor, so a burst cannot fill the disk before the next
+	// probe (250 ms) notices. With preallocated logs this is pessimistic,
+	// and the next probe corrects it.
+	freeAtProbe        int64
+	appendedSinceProbe int64
+	fs                 vfs.FS
+	walFS              *preallocWALFS // nil without Options.PreallocateLogs
 
 	kick    chan struct{} // wakes the committer; 1-buffered
 	closing chan struct{} // closed by Close, stops reopen retries
@@ -239,6 +252,10 @@ func Open(o Options) (*Spool, error) {
 		done:       make(chan struct{}),
 	}
 	s.bgErrs = backgroundErrorLog{log: s.log, interval: 10 * time.Second, maxPause: 500 * time.Millisecond}
+	if need, free, ok := s.reopenRoom(); ok && free < need {
+		return nil, fmt.Errorf("spool: open %s: %w: %d bytes free, %d needed to replay the write-ahead logs",
+			o.Dir, ErrDiskFull, free, need)
+	}
 	s.fs = o.fs
 	if s.fs == nil {
 		s.fs = vfs.Default
@@ -467,7 +484,8 @@ func (s *Spool) Append(r *Record, w Waiter, token uint64) error {
 		s.mu.Unlock()
 		refusedFull.Inc()
 		return ErrFull
-	case s.lowDisk.Load():
+	case s.lowDisk.Load(),
+		s.opts.MinFreeBytes > 0 && s.freeAtProbe-s.appendedSinceProbe-int64(size) < s.opts.MinFreeBytes:
 		s.mu.Unlock()
 		refusedLowDisk.Inc()
 		return ErrFull
@@ -482,6 +500,7 @@ func (s *Spool) Append(r *Record, w Waiter, token uint64) error {
 	wasEmpty := s.pendingBytes == 0 && len(s.pendingW) == 0
 	s.pendingBytes += size
 	s.pendingRecs++
+	s.appendedSinceProbe += int64(size)
 	s.liveBytes += int64(size)
 	s.liveRecords++
 	s.pendingW = append(s.pendingW, waitEntry{w: w, token: token, seq: seq})
@@ -683,9 +702,16 @@ func (s *Spool) checkFreeSpace() {
 	}
 	free, err := probe(s.opts.Dir)
 	if err != nil {
+		// Unknown: nothing is refused for it (the flag stays as it was).
+		s.mu.Lock()
+		s.freeAtProbe, s.appendedSinceProbe = math.MaxInt64/2, 0
+		s.mu.Unlock()
 		return
 	}
 	freeGauge.Set(float64(free))
+	s.mu.Lock()
+	s.freeAtProbe, s.appendedSinceProbe = free, 0
+	s.mu.Unlock()
 	low := free < s.opts.MinFreeBytes
 	if s.lowDisk.Swap(low) == low {
 		return
@@ -707,13 +733,15 @@ func freeSpace(dir string) (int64, error) {
 	return int64(st.Bavail) * st.Bsize, nil
 }
 
-// reopenRoom says how much free space a reopen needs and how much the
-// spool's file system has (ok is false where that cannot be told). Opening
+// reopenRoom says how much free space opening the spool needs and how much
+// its file system has (ok is false where that cannot be told). Opening
 // replays the write-ahead logs into a memtable and flushes it to an
-// sstable; with too little room that flush fails, and Pebble retries it at
-// once and for as long as the disk stays full, spinning a core inside Open
-// (which Close would then wait for). So the reopen waits for room: the
-// logs' size, at most a memtable's, plus 1 MiB for the manifest.
+// sstable; with too little room that flush fails, and Pebble retries it
+// for as long as the disk stays full, inside Open (which Close would then
+// wait for). So the reopen after a failed commit waits for room, and Open
+// refuses with ErrDiskFull: the logs' size, at most a memtable's, plus
+// 1 MiB for the manifest. (Recycled logs count at their full size, so
+// this asks for up to ~17 MiB more than a replay may need.)
 func (s *Spool) reopenRoom() (need, free uint64, ok bool) {
 	avail, err := freeSpace(s.opts.Dir)
 	if err != nil {

@@ -145,13 +145,13 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	sp, err := spool.Open(spool.Options{Dir: cfg.Spool.Dir, MaxBytes: cfg.Spool.MaxBytes, MinFreeBytes: cfg.Spool.minFreeBytes(),
+	sp, err := openSpool(spool.Options{Dir: cfg.Spool.Dir, MaxBytes: cfg.Spool.MaxBytes, MinFreeBytes: cfg.Spool.minFreeBytes(),
 		Consumers: names, Logger: log, PreallocateLogs: true,
 		// A commit stalled on a full disk gives up the stop after this,
 		// still inside systemd's TimeoutStopSec (40 s) after the graceful
 		// part (shutdown_timeout, 25 s by default).
-		CloseTimeout: 10 * time.Second})
-	if err != nil {
+		CloseTimeout: 10 * time.Second}, sigs, log)
+	if err != nil || sp == nil {
 		return err
 	}
 	spoolClosed := false
@@ -271,6 +271,49 @@ wait:
 	}
 	log.Info("stopped")
 	return runErr
+}
+
+// openSpool opens the spool, waiting while the disk is too full to replay
+// its logs (a full disk at start would otherwise be a start that never
+// finishes, or a restart loop). It says so once, and in systemd's status;
+// a stop signal while it waits returns (nil, nil): a clean exit. A SIGHUP
+// while it waits is put back for the main loop (certificates to reload).
+func openSpool(o spool.Options, sigs chan os.Signal, log *slog.Logger) (*spool.Spool, error) {
+	waiting, hup := false, false
+	defer func() {
+		if hup {
+			select {
+			case sigs <- syscall.SIGHUP:
+			default:
+			}
+		}
+	}()
+	for {
+		sp, err := spool.Open(o)
+		if !errors.Is(err, spool.ErrDiskFull) {
+			if waiting && err == nil {
+				log.Info("disk has room again; spool opened")
+			}
+			return sp, err
+		}
+		if !waiting {
+			waiting = true
+			log.Error("disk too full to open the spool; waiting for free space", "err", err)
+			if nerr := sdnotify.Notify(sdnotify.Status("waiting for free space to open the spool")); nerr != nil {
+				log.Warn("systemd notify", "err", nerr)
+			}
+		}
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				hup = true
+				continue
+			}
+			log.Info("stopped while waiting for disk space", "signal", s.String())
+			return nil, nil
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 // newSink builds the sink a dispatcher name stands for; recordTypes are the
