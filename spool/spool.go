@@ -1069,7 +1069,7 @@ func (s *Spool) close() {
 		// would block behind it; the process is about to exit anyway.
 		s.closeErr = fmt.Errorf("spool: close %s: no commit finished in %s (disk full?); records not committed were not acknowledged: %w",
 			s.opts.Dir, wait, ErrCommitStalled)
-		s.log.Error("spool commit stalled at close; leaving the store open", "dir", s.opts.Dir, "waited", wait)
+		s.log.Error("spool commit stalled at close; leaving the store open", "waited", wait)
 		// Wake whoever waits for a commit. Not by closing the current
 		// channel for good, as below: the committer may still finish and
 		// signal.
