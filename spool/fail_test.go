@@ -286,13 +286,20 @@ func TestMinFreeBytes(t *testing.T) {
 		t.Fatalf("%d records left after trimming every one", len(got))
 	}
 	free.Store(1 << 30)
+	appendOnceFreed(t, s, testRecord(9))
+}
+
+// appendOnceFreed appends r, retrying for up to 5 s while the spool
+// answers ErrFull (until its next free-space probe).
+func appendOnceFreed(t *testing.T, s *Spool, r *Record) {
+	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); ; {
-		err := s.Append(testRecord(9), nil, 0)
+		err := s.Append(r, nil, 0)
 		if err == nil {
-			break
+			return
 		}
 		if !errors.Is(err, ErrFull) || time.Now().After(deadline) {
-			t.Fatalf("Append above the floor again: %v", err)
+			t.Fatalf("Append after the next free-space probe: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -327,16 +334,7 @@ func TestMinFreeBytesBurst(t *testing.T) {
 	}
 	// The next probe sees the space the records really took (here: none,
 	// as with a preallocated log), and appends go on.
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		err := s.Append(r, nil, 0)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, ErrFull) || time.Now().After(deadline) {
-			t.Fatalf("Append after the next probe: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	appendOnceFreed(t, s, r)
 }
 
 // TestCloseWhileFlushesFail: a spool whose flushes keep failing (a full

@@ -46,29 +46,62 @@ func mountSmallFS(t *testing.T, size string) string {
 // path.
 func fillFS(t *testing.T, dir string) string {
 	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
+	path := fillFSLeaving(t, dir, 0)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	chunk := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatalf("fill %s: %v", path, err)
-			}
-			break
-		}
-	}
 	// The last pages.
 	small := make([]byte, 512)
 	for {
 		if _, err := f.Write(small); err != nil {
-			break
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("fill %s: %v", path, err)
+			}
+			return path
 		}
 	}
-	return path
+}
+
+// startOnFullDisk starts a logger daemon with its spool on an 8 MiB tmpfs
+// (no free-space floor), has it ack 500 records, fills the disk and pushes
+// until the daemon sheds with 1013. It returns the daemon, its setup, the
+// txids acked and the filler's path.
+func startOnFullDisk(t *testing.T, prefix string) (*daemon, relSetup, map[string]bool, string) {
+	t.Helper()
+	mnt := mountSmallFS(t, "8m")
+	d, setup, all := startLoggerDaemonOn(t, mnt, new(int64), prefix+"-before")
+	filler := fillFS(t, mnt)
+	if shed, last := pushUntilShed(t, d, setup.Certs, prefix+"-full", all); !shed {
+		t.Fatalf("a full disk did not shed vehicles with 1013: %s\n%s", last, d.logText())
+	}
+	return d, setup, all, filler
+}
+
+// waitPrintedByEither waits until every txid in all was printed by a or b
+// (a daemon and the one restarted on its spool).
+func waitPrintedByEither(t *testing.T, all map[string]bool, a, b *daemon, timeout time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); ; {
+		seen := map[string]bool{}
+		for _, l := range append(a.printed(), b.printed()...) {
+			seen[l.TxID] = true
+		}
+		missing := 0
+		for tx := range all {
+			if !seen[tx] {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d acked records printed by neither run:\n%s", missing, len(all), b.logText())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // fillFSLeaving writes a filler file until the file system has about leave
@@ -93,6 +126,9 @@ func fillFSLeaving(t *testing.T, dir string, leave int64) string {
 			return path
 		}
 		if _, err := f.Write(chunk[:n]); err != nil {
+			if errors.Is(err, syscall.ENOSPC) {
+				return path // the daemon wrote meanwhile: full already
+			}
 			t.Fatalf("fill %s: %v", path, err)
 		}
 	}
@@ -380,12 +416,7 @@ func TestReliabilityDiskFreeSpaceFloor(t *testing.T) {
 // on that spool forwards whatever the first run had acked but not yet
 // printed: every acked record is printed by one run or the other.
 func TestReliabilityStopWhileDiskFull(t *testing.T) {
-	mnt := mountSmallFS(t, "8m")
-	d, setup, all := startLoggerDaemonOn(t, mnt, new(int64), "stop-before")
-	filler := fillFS(t, mnt)
-	if shed, last := pushUntilShed(t, d, setup.Certs, "stop-full", all); !shed {
-		t.Fatalf("a full disk did not shed vehicles with 1013: %s\n%s", last, d.logText())
-	}
+	d, setup, all, filler := startOnFullDisk(t, "stop")
 	start := time.Now()
 	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -410,26 +441,7 @@ func TestReliabilityStopWhileDiskFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	d2 := startDaemon(t, setup.ConfigPath)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		missing := 0
-		seen := map[string]bool{}
-		for _, l := range append(d.printed(), d2.printed()...) {
-			seen[l.TxID] = true
-		}
-		for tx := range all {
-			if !seen[tx] {
-				missing++
-			}
-		}
-		if missing == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d acked records printed by neither run:\n%s", missing, len(all), d2.logText())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitPrintedByEither(t, all, d, d2, 30*time.Second)
 	t.Logf("all %d acked records printed (%d by the restarted daemon)", len(all), len(d2.printed()))
 	// Stopped at once after starting: the signal arrives early in its
 	// life and still gets the graceful stop (exit status 0), not the
@@ -444,12 +456,7 @@ func TestReliabilityStopWhileDiskFull(t *testing.T) {
 // waits is a clean exit; once space is freed it opens the spool and
 // forwards what the previous run had acked.
 func TestReliabilityStartWhileDiskFull(t *testing.T) {
-	mnt := mountSmallFS(t, "8m")
-	d, setup, all := startLoggerDaemonOn(t, mnt, new(int64), "start-before")
-	filler := fillFS(t, mnt)
-	if shed, last := pushUntilShed(t, d, setup.Certs, "start-full", all); !shed {
-		t.Fatalf("a full disk did not shed vehicles with 1013: %s\n%s", last, d.logText())
-	}
+	d, setup, all, filler := startOnFullDisk(t, "start")
 	d.stop(t)
 
 	// Started while full: it waits, and a stop ends it cleanly.
@@ -514,26 +521,7 @@ func TestReliabilityStartWhileDiskFull(t *testing.T) {
 	if !strings.Contains(logText, "disk has room again") {
 		t.Errorf("no 'disk has room again' line:\n%s", logText)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		seen := map[string]bool{}
-		for _, l := range append(d.printed(), d2.printed()...) {
-			seen[l.TxID] = true
-		}
-		missing := 0
-		for tx := range all {
-			if !seen[tx] {
-				missing++
-			}
-		}
-		if missing == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d acked records printed by neither run:\n%s", missing, len(all), d2.logText())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitPrintedByEither(t, all, d, d2, 30*time.Second)
 	if ok, why := sendOneAcked(d2, setup.Certs, "start-after"); !ok {
 		t.Fatalf("after space returned: %s", why)
 	}
