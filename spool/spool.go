@@ -194,13 +194,14 @@ type Spool struct {
 	notify       atomic.Pointer[chan struct{}]
 
 	bgErrs  backgroundErrorLog
-	lowDisk atomic.Bool // free space is under Options.MinFreeBytes
+	lowDisk atomic.Bool // the last probe saw free space under Options.MinFreeBytes (for its log lines)
 	// freeAtProbe is the free space the last probe saw, and
 	// appendedSinceProbe the bytes appended since (both under mu): between
 	// probes Append refuses once what it took may have used up the room
 	// above the floor, so a burst cannot fill the disk before the next
 	// probe (250 ms) notices. With preallocated logs this is pessimistic,
-	// and the next probe corrects it.
+	// and the next probe corrects it. Until a probe succeeds it is
+	// unknown, and nothing is refused for it.
 	freeAtProbe        int64
 	appendedSinceProbe int64
 	fs                 vfs.FS
@@ -244,12 +245,13 @@ func Open(o Options) (*Spool, error) {
 		return nil, fmt.Errorf("spool: open %s: %w", o.Dir, err)
 	}
 	s := &Spool{
-		opts:       o,
-		log:        o.Logger.With("component", "spool", "dir", o.Dir),
-		maxPending: o.MaxPendingBytes,
-		kick:       make(chan struct{}, 1),
-		closing:    make(chan struct{}),
-		done:       make(chan struct{}),
+		opts:        o,
+		log:         o.Logger.With("component", "spool", "dir", o.Dir),
+		maxPending:  o.MaxPendingBytes,
+		kick:        make(chan struct{}, 1),
+		closing:     make(chan struct{}),
+		done:        make(chan struct{}),
+		freeAtProbe: math.MaxInt64 / 2,
 	}
 	s.bgErrs = backgroundErrorLog{log: s.log, interval: 10 * time.Second, maxPause: 500 * time.Millisecond}
 	if need, free, ok := s.reopenRoom(); ok && free < need {
@@ -484,8 +486,7 @@ func (s *Spool) Append(r *Record, w Waiter, token uint64) error {
 		s.mu.Unlock()
 		refusedFull.Inc()
 		return ErrFull
-	case s.lowDisk.Load(),
-		s.opts.MinFreeBytes > 0 && s.freeAtProbe-s.appendedSinceProbe-int64(size) < s.opts.MinFreeBytes:
+	case s.opts.MinFreeBytes > 0 && s.freeAtProbe-s.appendedSinceProbe-int64(size) < s.opts.MinFreeBytes:
 		s.mu.Unlock()
 		refusedLowDisk.Inc()
 		return ErrFull
@@ -702,11 +703,7 @@ func (s *Spool) checkFreeSpace() {
 	}
 	free, err := probe(s.opts.Dir)
 	if err != nil {
-		// Unknown: nothing is refused for it (the flag stays as it was).
-		s.mu.Lock()
-		s.freeAtProbe, s.appendedSinceProbe = math.MaxInt64/2, 0
-		s.mu.Unlock()
-		return
+		return // the last probe's figure stands, counting appends since
 	}
 	freeGauge.Set(float64(free))
 	s.mu.Lock()
