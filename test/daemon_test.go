@@ -48,6 +48,10 @@ type daemon struct {
 	lines  []stdoutLine // parsed stdout records
 	logs   []string
 	exited chan struct{}
+
+	// stdoutGate is held while the test stops reading the daemon's
+	// stdout (holdStdout): the pipe fills and the stdout sink blocks.
+	stdoutGate sync.Mutex
 }
 
 // stdoutLine is what the logger dispatcher prints.
@@ -89,6 +93,8 @@ func startDaemonCmd(t *testing.T, cmd *exec.Cmd) *daemon {
 		defer wg.Done()
 		br := bufio.NewReaderSize(stdout, 1<<20)
 		for {
+			d.stdoutGate.Lock()
+			d.stdoutGate.Unlock()
 			line, err := br.ReadBytes('\n')
 			if err != nil {
 				// A SIGKILL may cut the last line; only whole lines count.
@@ -142,6 +148,15 @@ func (d *daemon) logText() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return strings.Join(d.logs, "\n")
+}
+
+// holdStdout stops reading the daemon's stdout until the returned func is
+// called: once the pipe's buffer is full, the stdout sink's writes block
+// and what the spool holds stays unforwarded. Release before waiting for
+// the process to exit (kill does that itself after its signal).
+func (d *daemon) holdStdout() (release func()) {
+	d.stdoutGate.Lock()
+	return sync.OnceFunc(d.stdoutGate.Unlock)
 }
 
 // kill sends SIGKILL and waits for the process to be gone.

@@ -20,8 +20,9 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/test/kfakebroker/kfaketest"
 )
 
-// kafkaDaemonConfig writes a reference-format config routing V and alerts
-// to Kafka and the logger, with /metrics and /debug/pprof on free ports.
+// kafkaDaemonConfig writes a reference-format config routing the four
+// record types to dispatchers (Kafka and/or the logger), with /metrics and
+// /debug/pprof on free ports.
 func kafkaDaemonConfig(t *testing.T, dir, brokerAddr string, dispatchers []string) (configPath, certs string, metricsPort, pprofPort int) {
 	t.Helper()
 	certs = filepath.Join(dir, "certs")
@@ -33,7 +34,9 @@ func kafkaDaemonConfig(t *testing.T, dir, brokerAddr string, dispatchers []strin
 	cfg := map[string]any{
 		"host": "127.0.0.1", "port": 0, "log_level": "info", "json_log_enable": true,
 		"namespace": "tesla_telemetry",
-		"records":   map[string][]string{"V": dispatchers, "alerts": dispatchers},
+		"records": map[string][]string{
+			"V": dispatchers, "alerts": dispatchers, "errors": dispatchers, "connectivity": dispatchers,
+		},
 		"tls": map[string]string{
 			"server_cert": d.File(devca.ServerCertFile), "server_key": d.File(devca.ServerKeyFile),
 			"ca_file": d.File(devca.CACertFile),

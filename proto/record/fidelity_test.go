@@ -109,6 +109,9 @@ func TestReferenceFidelity(t *testing.T) {
 	}
 }
 
+// checkReply checks that the reply the daemon's encoders build for c decodes
+// to what the reference sent. (test/TestReferenceVectorsEndToEnd checks the
+// replies the running daemon sends for the same frames.)
 func checkReply(t *testing.T, reply []byte, outcome string, c refCase) {
 	t.Helper()
 	var env envelope.Envelope
