@@ -129,7 +129,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 }
 
 // Drain forwards until the forwarder has passed every record committed when
-// it was called, or ctx ends (then it returns ctx's error).
+// it was called, or ctx ends (then it returns ctx's error). It gives up at
+// once, with an error matching spool.ErrDiskFull, when the spool cannot be
+// read until disk space is freed: the records stay for the next start.
 func (f *Forwarder) Drain(ctx context.Context) error {
 	return f.run(ctx, true)
 }
@@ -239,6 +241,11 @@ func (f *Forwarder) run(ctx context.Context, drain bool) error {
 			cursor = damaged.Seq
 			cursorNow.Store(cursor)
 			continue
+		case drain && errors.Is(err, spool.ErrDiskFull):
+			// Nothing can be read until space is freed, which a stop
+			// should not wait for: the records stay in the spool.
+			persistAtExit()
+			return fmt.Errorf("forwarder %s: read from %d: %w", f.opts.Name, cursor+1, err)
 		case errors.Is(err, spool.ErrBusy):
 			if f.pause(ctx, &busyWait) {
 				continue // the spool is reopening after a failed commit

@@ -80,6 +80,61 @@ func TestCommitErrorKeepsGoing(t *testing.T) {
 	}
 }
 
+// TestReadWhileWaitingForRoom: after a failed commit on a full disk the
+// reopen waits for free space; meanwhile Read is refused with ErrBusy that
+// also matches ErrDiskFull (so a drain at stop can give up at once), and
+// once space returns the spool reopens and reads again.
+func TestReadWhileWaitingForRoom(t *testing.T) {
+	var armed atomic.Bool
+	var free atomic.Int64
+	free.Store(1 << 30)
+	fs := diskFullFS(&armed, ".log", errorfs.OpFileWrite, errorfs.OpFileSync)
+	s := openT(t, Options{Dir: t.TempDir(), fs: fs,
+		freeSpace: func(string) (int64, error) { return free.Load(), nil }})
+	defer s.Close()
+	if err := s.Append(testRecord(1), nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, s, 1)
+
+	armed.Store(true)
+	free.Store(1 << 10)
+	w := make(chWaiter, 1)
+	if err := s.Append(testRecord(2), w, 2); err != nil {
+		t.Fatal(err)
+	}
+	if rep := <-w; rep.err == nil {
+		t.Fatal("commit on a full disk succeeded")
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		_, err := s.Read(1, 0, 0, nil)
+		if errors.Is(err, ErrDiskFull) {
+			if !errors.Is(err, ErrBusy) {
+				t.Fatalf("Read while waiting for room: %v, want it to match ErrBusy too", err)
+			}
+			break
+		}
+		if (err != nil && !errors.Is(err, ErrBusy)) || time.Now().After(deadline) {
+			t.Fatalf("Read while the reopen waits for room: %v, want ErrDiskFull", err)
+		}
+	}
+
+	armed.Store(false)
+	free.Store(1 << 30)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		got, err := s.Read(1, 0, 0, nil)
+		if err == nil {
+			if len(got) != 1 || got[0].Seq != 1 {
+				t.Fatalf("records after the reopen: %+v", got)
+			}
+			break
+		}
+		if !errors.Is(err, ErrBusy) || time.Now().After(deadline) {
+			t.Fatalf("Read once space returned: %v", err)
+		}
+	}
+}
+
 // TestSetCursorFailedCommitIsBusy: a cursor write whose commit fails (the
 // disk filled) reports ErrBusy, as an append would, so a forwarder waits
 // and sets it again instead of treating the spool as broken; once the

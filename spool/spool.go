@@ -50,7 +50,9 @@ var (
 	// ErrDiskFull is returned by Open when the disk has too little free
 	// space to replay the write-ahead logs (Pebble would retry that flush
 	// for as long as the disk stays full, and Open would not return). It
-	// clears when space is freed.
+	// clears when space is freed. Read's ErrBusy wraps it too while a
+	// reopen after a failed commit waits for that room: a reader that
+	// must finish soon (a drain at stop) can give up rather than wait.
 	ErrDiskFull = errors.New("spool: disk too full")
 	// ErrCommitStalled is returned by Close when the commit in progress
 	// did not finish within Options.CloseTimeout: Pebble holds commits
@@ -186,6 +188,8 @@ type Spool struct {
 	statRecords  int64
 	closed       bool
 	degraded     bool // a commit failed and the DB is being reopened
+	// waitingForRoom is set while the reopen waits for free space.
+	waitingForRoom atomic.Bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -642,13 +646,12 @@ func (s *Spool) fail(err error, ws []waitEntry) {
 	degradedGauge.Set(1)
 	defer degradedGauge.Set(0)
 	backoff := 100 * time.Millisecond
-	waitingForRoom := false
+	defer s.waitingForRoom.Store(false)
 	for {
 		if need, free, ok := s.reopenRoom(); ok && free < need {
-			if !waitingForRoom {
+			if !s.waitingForRoom.Swap(true) {
 				s.log.Warn("disk too full to reopen the spool; waiting for free space",
 					"free_bytes", free, "need_bytes", need)
-				waitingForRoom = true
 			}
 			select {
 			case <-s.closing:
@@ -697,11 +700,7 @@ func (s *Spool) watchFreeSpace() {
 // checkFreeSpace sets the low-disk flag from the file system's free space
 // and logs when it changes.
 func (s *Spool) checkFreeSpace() {
-	probe := s.opts.freeSpace
-	if probe == nil {
-		probe = freeSpace
-	}
-	free, err := probe(s.opts.Dir)
+	free, err := s.diskFree()
 	if err != nil {
 		return // the last probe's figure stands, counting appends since
 	}
@@ -718,6 +717,14 @@ func (s *Spool) checkFreeSpace() {
 	} else {
 		s.log.Info("spool: free disk space back above the floor; taking records", "free_bytes", free, "min_free_bytes", s.opts.MinFreeBytes)
 	}
+}
+
+// diskFree is freeSpace of the spool's directory (or the tests' stand-in).
+func (s *Spool) diskFree() (int64, error) {
+	if s.opts.freeSpace != nil {
+		return s.opts.freeSpace(s.opts.Dir)
+	}
+	return freeSpace(s.opts.Dir)
 }
 
 // freeSpace is the space unprivileged writers may still use on the file
@@ -740,7 +747,7 @@ func freeSpace(dir string) (int64, error) {
 // 1 MiB for the manifest. (Recycled logs count at their full size, so
 // this asks for up to ~17 MiB more than a replay may need.)
 func (s *Spool) reopenRoom() (need, free uint64, ok bool) {
-	avail, err := freeSpace(s.opts.Dir)
+	avail, err := s.diskFree()
 	if err != nil {
 		return 0, 0, false
 	}
@@ -793,6 +800,9 @@ func (s *Spool) Committed() <-chan struct{} {
 // LastSeq returns the last committed seq, 0 if none.
 func (s *Spool) LastSeq() uint64 { return s.committedSeq.Load() }
 
+// errBusyDiskFull is ErrBusy while the reopen waits for free space.
+var errBusyDiskFull = fmt.Errorf("%w: reopening waits for free space (%w)", ErrBusy, ErrDiskFull)
+
 // getDB returns the DB with dbMu read-locked; the caller must RUnlock.
 func (s *Spool) getDB() (*pebble.DB, error) {
 	s.dbMu.RLock()
@@ -803,6 +813,9 @@ func (s *Spool) getDB() (*pebble.DB, error) {
 		s.mu.Unlock()
 		if closed {
 			return nil, ErrClosed
+		}
+		if s.waitingForRoom.Load() {
+			return nil, errBusyDiskFull
 		}
 		return nil, ErrBusy
 	}

@@ -259,7 +259,7 @@ wait:
 	fwdWG.Wait()
 	for _, f := range fwds {
 		if err := f.Drain(ctx); err != nil {
-			log.Warn("forwarder did not drain before the shutdown timeout; records stay in the spool", "err", err)
+			log.Warn("forwarder did not drain; records stay in the spool for the next start", "err", err)
 		}
 	}
 	if adminSrv != nil {
