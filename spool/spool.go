@@ -825,8 +825,9 @@ func (s *Spool) getDB() (*pebble.DB, error) {
 // Read appends to dst the committed records with Seq >= from, in seq order,
 // at most maxRecords of them and at most maxBytes of encoded values, but at
 // least one if any is available. maxRecords or maxBytes <= 0 mean no limit.
-// The records own their memory. A damaged record ends the read with a
-// *CorruptRecordError; the records before it are returned with it.
+// The records own their memory (fresh for every Read; records share chunks
+// of it). A damaged record ends the read with a *CorruptRecordError; the
+// records before it are returned with it.
 func (s *Spool) Read(from uint64, maxRecords, maxBytes int, dst []Record) ([]Record, error) {
 	last := s.LastSeq()
 	if from > last {
@@ -837,17 +838,55 @@ func (s *Spool) Read(from uint64, maxRecords, maxBytes int, dst []Record) ([]Rec
 		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
 	}
 	defer s.dbMu.RUnlock()
-	raw, err := readRaw(db, from, last, last, maxRecords, maxBytes, nil)
-	for _, rr := range raw {
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: recKey(from), UpperBound: recKeyAfter(last)})
+	if err != nil {
+		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
+	}
+	// Values are copied into chunks of readChunkBytes rather than one
+	// allocation each (a forwarder reads thousands of records a second).
+	var chunk []byte
+	n, size := 0, 0
+	for ok := it.First(); ok; ok = it.Next() {
+		seq, err := parseRecKey(it.Key())
+		if err != nil {
+			_ = it.Close()
+			return dst, err
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			_ = it.Close()
+			return dst, &CorruptRecordError{Seq: seq, Err: err}
+		}
+		if n > 0 && maxBytes > 0 && size+len(v) > maxBytes {
+			break
+		}
+		if cap(chunk)-len(chunk) < len(v) {
+			chunk = make([]byte, 0, max(len(v), readChunkBytes))
+		}
+		start := len(chunk)
+		chunk = append(chunk, v...)
 		var r Record
-		// rr.Value is a copy the record may keep.
-		if derr := decodeRecord(rr.Value, rr.Seq, &r, true); derr != nil {
-			return dst, &CorruptRecordError{Seq: rr.Seq, Err: derr}
+		// The copy is the record's alone: its strings may alias it.
+		if derr := decodeRecord(chunk[start:len(chunk):len(chunk)], seq, &r, true); derr != nil {
+			_ = it.Close()
+			return dst, &CorruptRecordError{Seq: seq, Err: derr}
 		}
 		dst = append(dst, r)
+		n++
+		size += len(v)
+		if maxRecords > 0 && n >= maxRecords {
+			break
+		}
 	}
-	return dst, err
+	if err := it.Close(); err != nil {
+		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
+	}
+	return dst, nil
 }
+
+// readChunkBytes is the size of the chunks Read copies values into: the
+// largest of Go's small size classes.
+const readChunkBytes = 32 << 10
 
 // Cursor returns the last seq consumer name has delivered, 0 if none.
 func (s *Spool) Cursor(name string) (uint64, error) {

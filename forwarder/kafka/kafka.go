@@ -35,7 +35,20 @@ type Sink struct {
 	enc    forwarder.Encoder
 	log    *slog.Logger
 	topics map[string]string // record type → topic (Send's goroutine only)
+	// spare is the memory of the last batch whose every record the client
+	// has finished with (Send's goroutine only); the next batch reuses it.
+	spare batchMemory
 }
+
+// batchMemory is what encodeBatch builds a batch in.
+type batchMemory struct {
+	recs []kgo.Record
+	hdrs []kgo.RecordHeader
+	buf  []byte
+}
+
+// maxSpareBytes caps the value buffer kept between batches.
+const maxSpareBytes = 16 << 20
 
 // New connects lazily to cfg's brokers (no network I/O happens here) and
 // returns a sink encoding records with enc.
@@ -64,21 +77,30 @@ const headersPerRecord = 7
 
 var versionHeader = []byte(forwarder.RecordVersion)
 
-// encodeBatch builds the batch's Kafka records in three allocations: the
-// records, their headers and one buffer holding every value, key and header
-// value (forwarder.Encoder.Encode would build ~15 strings and slices per
-// record). The records may outlive Send (see there), so every batch gets
-// fresh memory. Headers and their order are Encode's.
-func (s *Sink) encodeBatch(batch []spool.Record) []kgo.Record {
+// encodeBatch builds the batch's Kafka records in the records, their
+// headers and one buffer holding every value, key and header value
+// (forwarder.Encoder.Encode would build ~15 strings and slices per record):
+// the spare memory of an earlier batch when it is big enough, else three
+// new allocations. Headers and their order are Encode's.
+func (s *Sink) encodeBatch(batch []spool.Record) batchMemory {
 	size := 0
 	for i := range batch {
 		r := &batch[i]
 		size += len(r.Payload) + 2*len(r.VIN) + 2*binary.MaxVarintLen64 + 2*20 +
 			len(r.TxID) + len(r.Topic) + len(r.ClientVersion)
 	}
-	recs := make([]kgo.Record, 0, len(batch))
-	hdrs := make([]kgo.RecordHeader, 0, headersPerRecord*len(batch))
-	buf := make([]byte, 0, size)
+	m := s.spare
+	s.spare = batchMemory{}
+	if cap(m.recs) < len(batch) {
+		m.recs = make([]kgo.Record, 0, len(batch))
+	}
+	if cap(m.hdrs) < headersPerRecord*len(batch) {
+		m.hdrs = make([]kgo.RecordHeader, 0, headersPerRecord*len(batch))
+	}
+	if cap(m.buf) < size {
+		m.buf = make([]byte, 0, size)
+	}
+	recs, hdrs, buf := m.recs[:0], m.hdrs[:0], m.buf[:0]
 	// field appends b to buf and returns the bytes it occupies there. An
 	// append that outgrows buf moves on to a bigger array; slices taken
 	// before keep the old one.
@@ -124,7 +146,15 @@ func (s *Sink) encodeBatch(batch []spool.Record) []kgo.Record {
 		)
 		recs = append(recs, kgo.Record{Topic: s.topic(r.Topic), Key: vin, Value: value, Headers: hdrs[h:len(hdrs):len(hdrs)]})
 	}
-	return recs
+	return batchMemory{recs: recs, hdrs: hdrs, buf: buf}
+}
+
+// keepSpare keeps m for the next batch. Only for a batch whose every
+// promise has fired: franz-go no longer holds its records then.
+func (s *Sink) keepSpare(m batchMemory) {
+	if cap(m.buf) <= maxSpareBytes {
+		s.spare = m
+	}
 }
 
 // topic is "<namespace>_<record type>", built once per record type.
@@ -154,8 +184,10 @@ const maxCachedTopics = 64
 // still buffered are delivered or failed by the client later, and the
 // forwarder's cursor does not move past them.
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
-	recs := s.encodeBatch(batch)
+	m := s.encodeBatch(batch)
+	recs := m.recs
 	if len(recs) == 0 {
+		s.keepSpare(m)
 		return nil
 	}
 	w := newWaiter(len(recs))
@@ -173,6 +205,10 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 	// keeps a shutdown bounded.
 	select {
 	case <-w.done:
+		// Every promise fired: the batch's memory is free again. (Not
+		// after an abandoned send, whose records the client may still
+		// hold and send.)
+		s.keepSpare(m)
 	case <-ctx.Done():
 		acked, failed := w.counts()
 		if acked > 0 {

@@ -253,6 +253,10 @@ func TestBrokerOutageAndGoroutines(t *testing.T) {
 	seen := map[string]int{}
 	for _, m := range msgs {
 		tx, _ := m.Header("txid")
+		vin, _ := m.Header("vin")
+		if prefix, _, _ := strings.Cut(tx, "-"); (prefix != "before" && prefix != "during" && prefix != "after") || vin != m.Key {
+			t.Errorf("message with txid %q, vin %q, key %q: not as sent (its memory reused while the client held it?)", tx, vin, m.Key)
+		}
 		seen[tx]++
 	}
 	for _, prefix := range []string{"before", "during", "after"} {
