@@ -23,8 +23,8 @@ run: build
 # its every-byte-boundary feeds of 1 MB messages ~15x slower.
 test: vet
 	$(GO) test -count=1 -timeout 5m ./wsframe
-	# allocation counts are only meaningful without -race (it skips this one)
-	$(GO) test -count=1 -run '^TestZeroAllocs$$' ./proto/envelope
+	# allocation counts are only meaningful without -race (it skips these)
+	$(GO) test -count=1 -run '^(TestZeroAllocs|TestBufferPool)$$' ./proto/envelope ./netloop
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/wsframe$$')
 
 vet:

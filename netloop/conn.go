@@ -476,6 +476,7 @@ func (c *conn) onPlaintext(p []byte, now time.Time) gnet.Action {
 	rest := copy(c.plain, c.plain[n:])
 	c.plain = c.plain[:rest]
 	if rest == 0 && cap(c.plain) > keepBufferBytes {
+		putBuffer(c.plain)
 		c.plain = nil
 	}
 	return act
@@ -491,16 +492,20 @@ func (c *conn) reserve(need int) gnet.Action {
 	}
 	// Grown here rather than by append, so that what is booked is exactly
 	// what is allocated.
-	newCap := need
-	if need > keepBufferBytes {
-		newCap = max(need, min(2*cap(c.plain), c.srv.opts.MaxMessageSize+ws.MaxHeaderSize))
-		if c.srv.buffered.Load()+int64(newCap-c.charged) > c.srv.opts.MaxBufferedBytes {
-			refusedMemoryBudget.Inc()
-			return c.shed("server buffer budget exhausted", "buffer_budget")
-		}
+	if need <= keepBufferBytes {
+		nb := make([]byte, len(c.plain), need)
+		copy(nb, c.plain)
+		c.plain = nb
+		return gnet.None
 	}
-	nb := make([]byte, len(c.plain), newCap)
+	newCap := bufferCap(max(need, min(2*cap(c.plain), c.srv.opts.MaxMessageSize+ws.MaxHeaderSize)))
+	if c.srv.buffered.Load()+int64(newCap-c.charged) > c.srv.opts.MaxBufferedBytes {
+		refusedMemoryBudget.Inc()
+		return c.shed("server buffer budget exhausted", "buffer_budget")
+	}
+	nb := getBuffer(newCap)[:len(c.plain)]
 	copy(nb, c.plain)
+	putBuffer(c.plain)
 	c.plain = nb
 	return gnet.None
 }
@@ -571,6 +576,7 @@ func (c *conn) parseFrames(buf []byte, now time.Time) (int, gnet.Action) {
 			return len(buf), c.closeWith(ws.StatusUnsupportedData, "binary frames only")
 		case wsframe.KindPing:
 			pingsAnswered.Inc()
+			c.reserveReplies(len(msg.Payload))
 			c.replies = wsframe.AppendFrame(c.replies, ws.OpPong, true, msg.Payload)
 			c.queue = append(c.queue, pendingReply{end: len(c.replies), ready: true})
 		case wsframe.KindClose:
@@ -713,8 +719,23 @@ func (c *conn) queueReply(txid, topic, messageID []byte, isError bool, text stri
 	} else {
 		body = envelope.AppendAck(tmp[:0], txid, topic, messageID)
 	}
+	c.reserveReplies(len(body))
 	c.replies = wsframe.AppendFrame(c.replies, ws.OpBinary, true, body)
 	c.queue = append(c.queue, pendingReply{end: len(c.replies), ready: true})
+}
+
+// reserveReplies makes room for one more frame with a payload of n bytes
+// behind the queued replies, taking a pooled buffer once they outgrow
+// keepBufferBytes (flush gives it back when they are all written).
+func (c *conn) reserveReplies(n int) {
+	need := len(c.replies) + n + ws.MaxHeaderSize
+	if need <= cap(c.replies) || need <= keepBufferBytes {
+		return // AppendFrame grows small buffers itself
+	}
+	nb := getBuffer(max(need, 2*cap(c.replies)))[:len(c.replies)]
+	copy(nb, c.replies)
+	putBuffer(c.replies)
+	c.replies = nb
 }
 
 // Committed implements spool.Waiter. It runs on the spool's committer
@@ -807,6 +828,7 @@ func (c *conn) flush(now time.Time) gnet.Action {
 	c.headToken += uint64(k)
 	if m == 0 {
 		if cap(c.replies) > keepBufferBytes {
+			putBuffer(c.replies)
 			c.replies = nil
 		}
 		if cap(c.queue) > keepBufferBytes/16 {

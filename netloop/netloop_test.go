@@ -620,3 +620,65 @@ func TestStartPortInUse(t *testing.T) {
 		t.Fatalf("Start on a port in use: %v", err)
 	}
 }
+
+// TestBuffersReusedAcrossBursts: two vehicles send bursts of pipelined
+// records cut into TLS records at random points, so partial messages and
+// queued acks outgrow the kept buffer size, empty when the burst is acked,
+// and go back to the shared buffer pools, whose buffers the other
+// connection takes next. Every record is acked in order and the spool
+// holds exactly what was sent.
+func TestBuffersReusedAcrossBursts(t *testing.T) {
+	e := newTestEnv(t, allTopics, nil)
+	const rounds, perRound = 20, 200
+	sent := map[string][]byte{} // txid → payload
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for v, vin := range []string{vinA, vinB} {
+		c := e.dial(t, vin)
+		r := rand.New(rand.NewPCG(uint64(v), 7))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for round := range rounds {
+				var ms []*envelope.StreamMessage
+				var stream []byte
+				for i := range perRound {
+					m := newRecord(vin, allTopics[i%len(allTopics)], fmt.Sprintf("%s-%02d-%02d", vin, round, i))
+					ms = append(ms, m)
+					stream = wsframe.AppendMaskedFrame(stream, ws.OpBinary, true, envelope.AppendStream(nil, m), [4]byte{1, 2, 3, byte(i)})
+					mu.Lock()
+					sent[string(m.TxID)] = m.Payload
+					mu.Unlock()
+				}
+				for len(stream) > 0 { // each Write is a TLS record of its own
+					n := min(len(stream), 1+r.IntN(9000))
+					if _, err := c.Conn().Write(stream[:n]); err != nil {
+						t.Error(err)
+						return
+					}
+					stream = stream[n:]
+				}
+				for _, m := range ms {
+					rep, err := c.ReadReply(5 * time.Second)
+					if err != nil || !rep.Ack || rep.TxID != string(m.TxID) {
+						t.Errorf("%s: reply %+v, %v; want the ack of %s", vin, rep, err, m.TxID)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	recs := spooled(t, e.sp)
+	if len(recs) != len(sent) {
+		t.Fatalf("%d records in the spool, %d sent", len(recs), len(sent))
+	}
+	for _, r := range recs {
+		if want, ok := sent[string(r.TxID)]; !ok || !bytes.Equal(r.Payload, want) {
+			t.Fatalf("spooled %s (%d payload bytes) is not what was sent", r.TxID, len(r.Payload))
+		}
+	}
+}
