@@ -191,10 +191,11 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 		return nil
 	}
 	w := newWaiter(len(recs))
+	promise := w.promise // one method value per batch (each evaluation allocates)
 	for i := range recs {
 		// Produce blocks only while the client's buffer is full; ctx ends
 		// that wait (the promise then gets ctx's error).
-		s.client.Produce(ctx, &recs[i], w.promise)
+		s.client.Produce(ctx, &recs[i], promise)
 	}
 	// The forwarder waits for the whole batch anyway: end the client's
 	// linger (10 ms by default) rather than sit it out on every batch.
