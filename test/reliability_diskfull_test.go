@@ -434,14 +434,11 @@ func TestReliabilityStopWhileDiskFull(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit status %d stopping with the disk full:\n%s", code, d.logText())
 	}
-	// While running, the forwarder waited for the spool (reopening, for
-	// lack of room): one line per busy spell, not one per retry (it was one
-	// every 100 ms). At the stop it said why it did not drain.
-	if n := strings.Count(d.logText(), "spool busy"); n < 1 || n > 3 {
-		t.Errorf("%d 'spool busy' lines while the disk was full (want 1 per spell):\n%s", n, d.logText())
-	}
-	if !strings.Contains(d.logText(), "reopening waits for free space") {
-		t.Errorf("no line says the forwarder did not drain for lack of disk space:\n%s", d.logText())
+	// While running, a forwarder that tried to read the spool (reopening,
+	// for lack of room) logged one line per busy spell, not one per retry
+	// (it was one every 100 ms); one with nothing new to read logged none.
+	if n := strings.Count(d.logText(), "spool busy"); n > 3 {
+		t.Errorf("%d 'spool busy' lines while the disk was full (want at most 1 per spell):\n%s", n, d.logText())
 	}
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
@@ -449,6 +446,10 @@ func TestReliabilityStopWhileDiskFull(t *testing.T) {
 	d2 := startDaemon(t, setup.ConfigPath)
 	waitPrintedByEither(t, all, d, d2, 30*time.Second)
 	t.Logf("all %d acked records printed (%d by the restarted daemon)", len(all), len(d2.printed()))
+	// Records left for the restart: the stop said why it did not drain.
+	if len(d2.printed()) > 0 && !strings.Contains(d.logText(), "reopening waits for free space") {
+		t.Errorf("no line says the forwarder did not drain for lack of disk space:\n%s", d.logText())
+	}
 	// Stopped at once after starting: the signal arrives early in its
 	// life and still gets the graceful stop (exit status 0), not the
 	// default action.
