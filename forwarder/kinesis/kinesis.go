@@ -196,27 +196,7 @@ func metricsFor(stream string) streamMetrics {
 // accepted before may arrive twice. Records whose payload cannot be decoded
 // are skipped and counted.
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
-	var groups []*streamBatch
-	byType := map[string]*streamBatch{}
-	for i := range batch {
-		r := &batch[i]
-		msg, err := s.opts.Encoder.Encode(r)
-		if err != nil {
-			// The record was validated before it was acked: a bug or a
-			// damaged spool. Skipping beats blocking the sink.
-			s.undecodable.Inc()
-			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
-			continue
-		}
-		g := byType[msg.RecordType]
-		if g == nil {
-			g = &streamBatch{stream: s.StreamName(msg.RecordType)}
-			byType[msg.RecordType] = g
-			groups = append(groups, g)
-		}
-		g.entries = append(g.entries, entry{seq: msg.Seq, key: msg.Key, data: msg.Value})
-	}
-	for _, g := range groups {
+	for _, g := range s.group(batch) {
 		m := metricsFor(g.stream)
 		for _, chunk := range split(g.entries) {
 			if err := s.put(ctx, g.stream, chunk, m); err != nil {
@@ -225,6 +205,45 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 		}
 	}
 	return nil
+}
+
+// group encodes batch and groups its records by stream, in batch order.
+// Every record's data goes into one buffer for the whole batch (Kinesis
+// takes no headers, so Encode's would be built for nothing); the SDK has
+// let go of it when Send returns.
+func (s *Sink) group(batch []spool.Record) []*streamBatch {
+	var groups []*streamBatch
+	byType := map[string]*streamBatch{}
+	size := 0
+	for i := range batch {
+		size += len(batch[i].Payload) + len(batch[i].VIN) + 2
+	}
+	buf := make([]byte, 0, size)
+	for i := range batch {
+		r := &batch[i]
+		start := len(buf)
+		var err error
+		if buf, _, err = s.opts.Encoder.AppendValue(buf, r); err != nil {
+			// The record was validated before it was acked: a bug or a
+			// damaged spool. Skipping beats blocking the sink.
+			buf = buf[:start]
+			s.undecodable.Inc()
+			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
+			continue
+		}
+		// An append that outgrew buf moved on to a bigger array; the data
+		// taken before keeps the old one.
+		data := buf[start:len(buf):len(buf)]
+		g := byType[string(r.Topic)]
+		if g == nil {
+			recordType := string(r.Topic)
+			g = &streamBatch{stream: s.StreamName(recordType)}
+			byType[recordType] = g
+			groups = append(groups, g)
+		}
+		g.entries = append(g.entries, entry{seq: r.Seq, key: r.VIN, data: data})
+	}
+	return groups
 }
 
 // split cuts entries into PutRecords-sized chunks, keeping their order. A

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"math/rand/v2"
 	"io"
 	"log/slog"
 	"net/http"
@@ -702,5 +703,27 @@ func TestUndecodableRecordSkipped(t *testing.T) {
 	}
 	if d := metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="kinesis"}`).Get() - before; d != 1 {
 		t.Errorf("undecodable counter rose by %d, want 1", d)
+	}
+}
+
+// BenchmarkGroup is Send's encoding of 256 generated 20-datum V records
+// into per-stream entries (the part before the PutRecords calls).
+func BenchmarkGroup(b *testing.B) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	at := time.Unix(1795000000, 0)
+	batch := make([]spool.Record, 256)
+	for i := range batch {
+		vin := fmt.Sprintf("5YJ3E1EA1KF%06d", i%50)
+		batch[i] = spool.Record{Seq: uint64(i + 1), ReceivedAtMs: at.UnixMilli(), CreatedAtSec: uint32(at.Unix()),
+			VIN: vin, ClientVersion: "fw-1", Topic: []byte("V"), TxID: []byte(fmt.Sprintf("tx-%04d", i)),
+			Payload: vehicle.PayloadV(rng, vin, 20, at)}
+	}
+	s := &Sink{opts: Options{Namespace: "tesla_telemetry", Encoder: forwarder.Encoder{Namespace: "tesla_telemetry"}},
+		log: slog.New(slog.DiscardHandler), undecodable: metrics.GetOrCreateCounter(`bench_undecodable`)}
+	b.ReportAllocs()
+	for b.Loop() {
+		if g := s.group(batch); len(g) != 1 || len(g[0].entries) != len(batch) {
+			b.Fatal(len(g))
+		}
 	}
 }
