@@ -64,22 +64,29 @@ func (e Encoder) Encode(r *spool.Record) (Message, error) {
 		return Message{}, err
 	}
 	recordType := string(r.Topic)
+	h := Headers(r, createdMs)
 	return Message{
 		Seq:        r.Seq,
 		RecordType: recordType,
 		Topic:      e.Namespace + "_" + recordType,
 		Key:        r.VIN,
 		Value:      value,
-		Headers: []Header{
-			{"vin", r.VIN},
-			{"receivedat", strconv.FormatInt(r.ReceivedAtMs, 10)},
-			{"timestamp", strconv.FormatInt(createdMs, 10)},
-			{"txid", string(r.TxID)},
-			{"txtype", recordType},
-			{"version", RecordVersion},
-			{"device_client_version", r.ClientVersion},
-		},
+		Headers:    h[:],
 	}, nil
+}
+
+// Headers are the Message headers of r, whose value AppendValue reported
+// created at createdMs (Unix milliseconds).
+func Headers(r *spool.Record, createdMs int64) [7]Header {
+	return [7]Header{
+		{"vin", r.VIN},
+		{"receivedat", strconv.FormatInt(r.ReceivedAtMs, 10)},
+		{"timestamp", strconv.FormatInt(createdMs, 10)},
+		{"txid", string(r.TxID)},
+		{"txtype", string(r.Topic)},
+		{"version", RecordVersion},
+		{"device_client_version", r.ClientVersion},
+	}
 }
 
 // AppendValue appends the Message value of r to dst (Encode's Value) and

@@ -64,7 +64,26 @@ type Sink struct {
 
 	mu         sync.Mutex
 	publishers map[string]*ps.Publisher // by topic ID
+	topics     map[string]string        // record type → topic ID
 	closed     bool
+}
+
+// maxCachedTopics bounds the topic names topicOf keeps (record types are a
+// handful).
+const maxCachedTopics = 64
+
+// topicOf is the topic ID of a record type, "<namespace>_<record type>".
+func (s *Sink) topicOf(recordType []byte) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t, ok := s.topics[string(recordType)]; ok {
+		return t
+	}
+	t := s.enc.Namespace + "_" + string(recordType)
+	if len(s.topics) < maxCachedTopics {
+		s.topics[string(recordType)] = t
+	}
+	return t
 }
 
 // New creates the Pub/Sub client and makes sure the topic of every record
@@ -90,6 +109,7 @@ func New(ctx context.Context, o Options) (*Sink, error) {
 		enc:        o.Encoder,
 		log:        o.Logger.With("sink", "pubsub"),
 		publishers: map[string]*ps.Publisher{},
+		topics:     map[string]string{},
 	}
 	startCtx, cancel := context.WithTimeout(ctx, o.StartTimeout)
 	defer cancel()
@@ -180,27 +200,43 @@ type pending struct {
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 	results := make([]pending, 0, len(batch))
 	var firstErr error
+	// Every message's data goes into one buffer of this Send's own (the
+	// client holds it until a message is published, which may be after an
+	// abandoned Send returned).
+	size := 0
+	for i := range batch {
+		size += len(batch[i].Payload) + len(batch[i].VIN) + 2
+	}
+	buf := make([]byte, 0, size)
 	for i := range batch {
 		r := &batch[i]
-		m, err := s.enc.Encode(r)
-		if err != nil {
+		start := len(buf)
+		var createdMs int64
+		var err error
+		if buf, createdMs, err = s.enc.AppendValue(buf, r); err != nil {
+			buf = buf[:start]
 			undecodable.Inc()
 			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
 			continue
 		}
-		p, err := s.publisher(ctx, m.Topic)
+		// An append that outgrew buf moved on to a bigger array; the data
+		// taken before keeps the old one.
+		data := buf[start:len(buf):len(buf)]
+		topic := s.topicOf(r.Topic)
+		p, err := s.publisher(ctx, topic)
 		if err != nil {
 			// Count the message and stop publishing: the batch is sent again.
 			publishErrors.Inc()
 			firstErr = fmt.Errorf("pubsub sink: record %d: %w", r.Seq, err)
 			break
 		}
-		attrs := make(map[string]string, len(m.Headers))
-		for _, h := range m.Headers {
+		headers := forwarder.Headers(r, createdMs)
+		attrs := make(map[string]string, len(headers))
+		for _, h := range headers {
 			attrs[h.Key] = h.Value
 		}
-		results = append(results, pending{seq: r.Seq, topic: m.Topic,
-			res: p.Publish(ctx, &ps.Message{Data: m.Value, Attributes: attrs})})
+		results = append(results, pending{seq: r.Seq, topic: topic,
+			res: p.Publish(ctx, &ps.Message{Data: data, Attributes: attrs})})
 	}
 	// Every started publish is awaited, also after a failure, so that no
 	// result is left behind and the counters stay exact.
