@@ -144,3 +144,27 @@ func createdAt(m proto.Message) *timestamppb.Timestamp {
 	}
 	return nil
 }
+
+// TopicNames gives each record type its topic name, "<namespace>_<record
+// type>", built once per type. Not safe for concurrent use.
+type TopicNames struct {
+	names map[string]string
+}
+
+// maxTopicNames bounds the names kept (record types are a handful).
+const maxTopicNames = 64
+
+// Of returns the topic name of recordType under e's namespace.
+func (t *TopicNames) Of(e Encoder, recordType []byte) string {
+	if n, ok := t.names[string(recordType)]; ok {
+		return n
+	}
+	n := e.Namespace + "_" + string(recordType)
+	if t.names == nil {
+		t.names = map[string]string{}
+	}
+	if len(t.names) < maxTopicNames {
+		t.names[string(recordType)] = n
+	}
+	return n
+}

@@ -61,32 +61,45 @@ func readRaw(db *pebble.DB, from, to, upper uint64, maxRecords, maxBytes int, ds
 	if to == 0 || to > upper {
 		to = upper
 	}
-	if from == 0 {
-		from = 1
-	}
+	err := scanRecords(db, max(from, 1), to, maxRecords, maxBytes, func(seq uint64, v []byte) error {
+		dst = append(dst, RawRecord{Seq: seq, Value: slices.Clone(v)})
+		return nil
+	})
+	return dst, err
+}
+
+// scanRecords calls fn for each stored record with from <= seq <= to, in
+// seq order: at most maxRecords of them and maxBytes of values (<= 0: no
+// limit), but at least one if any. v is valid only during the call. A value
+// that cannot be read ends the scan with a *CorruptRecordError, and an
+// error from fn ends it with that error.
+func scanRecords(db *pebble.DB, from, to uint64, maxRecords, maxBytes int, fn func(seq uint64, v []byte) error) error {
 	if from > to {
-		return dst, nil
+		return nil
 	}
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: recKey(from), UpperBound: recKeyAfter(to)})
 	if err != nil {
-		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
+		return fmt.Errorf("spool: read from %d: %w", from, err)
 	}
 	n, size := 0, 0
 	for ok := it.First(); ok; ok = it.Next() {
 		seq, err := parseRecKey(it.Key())
 		if err != nil {
 			_ = it.Close()
-			return dst, err
+			return err
 		}
 		v, err := it.ValueAndErr()
 		if err != nil {
 			_ = it.Close()
-			return dst, &CorruptRecordError{Seq: seq, Err: err}
+			return &CorruptRecordError{Seq: seq, Err: err}
 		}
 		if n > 0 && maxBytes > 0 && size+len(v) > maxBytes {
 			break
 		}
-		dst = append(dst, RawRecord{Seq: seq, Value: slices.Clone(v)})
+		if err := fn(seq, v); err != nil {
+			_ = it.Close()
+			return err
+		}
 		n++
 		size += len(v)
 		if maxRecords > 0 && n >= maxRecords {
@@ -94,9 +107,9 @@ func readRaw(db *pebble.DB, from, to, upper uint64, maxRecords, maxBytes int, ds
 		}
 	}
 	if err := it.Close(); err != nil {
-		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
+		return fmt.Errorf("spool: read from %d: %w", from, err)
 	}
-	return dst, nil
+	return nil
 }
 
 // readRawBefore is ReadRawBefore on db.

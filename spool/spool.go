@@ -838,28 +838,10 @@ func (s *Spool) Read(from uint64, maxRecords, maxBytes int, dst []Record) ([]Rec
 		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
 	}
 	defer s.dbMu.RUnlock()
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: recKey(from), UpperBound: recKeyAfter(last)})
-	if err != nil {
-		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
-	}
 	// Values are copied into chunks of readChunkBytes rather than one
 	// allocation each (a forwarder reads thousands of records a second).
 	var chunk []byte
-	n, size := 0, 0
-	for ok := it.First(); ok; ok = it.Next() {
-		seq, err := parseRecKey(it.Key())
-		if err != nil {
-			_ = it.Close()
-			return dst, err
-		}
-		v, err := it.ValueAndErr()
-		if err != nil {
-			_ = it.Close()
-			return dst, &CorruptRecordError{Seq: seq, Err: err}
-		}
-		if n > 0 && maxBytes > 0 && size+len(v) > maxBytes {
-			break
-		}
+	err = scanRecords(db, from, last, maxRecords, maxBytes, func(seq uint64, v []byte) error {
 		if cap(chunk)-len(chunk) < len(v) {
 			chunk = make([]byte, 0, max(len(v), readChunkBytes))
 		}
@@ -867,21 +849,13 @@ func (s *Spool) Read(from uint64, maxRecords, maxBytes int, dst []Record) ([]Rec
 		chunk = append(chunk, v...)
 		var r Record
 		// The copy is the record's alone: its strings may alias it.
-		if derr := decodeRecord(chunk[start:len(chunk):len(chunk)], seq, &r, true); derr != nil {
-			_ = it.Close()
-			return dst, &CorruptRecordError{Seq: seq, Err: derr}
+		if err := decodeRecord(chunk[start:len(chunk):len(chunk)], seq, &r, true); err != nil {
+			return &CorruptRecordError{Seq: seq, Err: err}
 		}
 		dst = append(dst, r)
-		n++
-		size += len(v)
-		if maxRecords > 0 && n >= maxRecords {
-			break
-		}
-	}
-	if err := it.Close(); err != nil {
-		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
-	}
-	return dst, nil
+		return nil
+	})
+	return dst, err
 }
 
 // readChunkBytes is the size of the chunks Read copies values into: the

@@ -58,7 +58,7 @@ func TestEncodeBatchMatchesEncode(t *testing.T) {
 	slices.Reverse(reversed)
 	for _, json := range []bool{false, true} {
 		enc := forwarder.Encoder{Namespace: "tesla_telemetry", JSON: json}
-		s := &Sink{enc: enc, log: slog.New(slog.DiscardHandler), topics: map[string]string{}}
+		s := &Sink{enc: enc, log: slog.New(slog.DiscardHandler)}
 		var kept *byte
 		for round, batch := range [][]spool.Record{first, reversed, first[:len(first)/2+1]} {
 			m := checkEncodeBatch(t, s, enc, json, batch)
@@ -139,7 +139,7 @@ func BenchmarkEncodeBatch(b *testing.B) {
 	batch := generatedV(5, 256, func(int) int { return 20 })
 	for _, reuse := range []bool{false, true} {
 		b.Run(map[bool]string{false: "fresh", true: "reused"}[reuse], func(b *testing.B) {
-			s := &Sink{enc: forwarder.Encoder{Namespace: "tesla_telemetry"}, log: slog.New(slog.DiscardHandler), topics: map[string]string{}}
+			s := &Sink{enc: forwarder.Encoder{Namespace: "tesla_telemetry"}, log: slog.New(slog.DiscardHandler)}
 			b.ReportAllocs()
 			for b.Loop() {
 				m := s.encodeBatch(batch)

@@ -34,7 +34,7 @@ type Sink struct {
 	client *kgo.Client
 	enc    forwarder.Encoder
 	log    *slog.Logger
-	topics map[string]string // record type → topic (Send's goroutine only)
+	topics forwarder.TopicNames // Send's goroutine only
 	// spare is the memory of the last batch whose every record the client
 	// has finished with (Send's goroutine only); the next batch reuses it.
 	spare batchMemory
@@ -69,7 +69,7 @@ func New(cfg Config, enc forwarder.Encoder, log *slog.Logger) (*Sink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka: new client: %w", err)
 	}
-	return &Sink{client: client, enc: enc, log: log, topics: map[string]string{}}, nil
+	return &Sink{client: client, enc: enc, log: log}, nil
 }
 
 // headersPerRecord is the reference's header count (forwarder.Message).
@@ -144,7 +144,7 @@ func (s *Sink) encodeBatch(batch []spool.Record) batchMemory {
 			kgo.RecordHeader{Key: "version", Value: versionHeader},
 			kgo.RecordHeader{Key: "device_client_version", Value: text(r.ClientVersion)},
 		)
-		recs = append(recs, kgo.Record{Topic: s.topic(r.Topic), Key: vin, Value: value, Headers: hdrs[h:len(hdrs):len(hdrs)]})
+		recs = append(recs, kgo.Record{Topic: s.topics.Of(s.enc, r.Topic), Key: vin, Value: value, Headers: hdrs[h:len(hdrs):len(hdrs)]})
 	}
 	return batchMemory{recs: recs, hdrs: hdrs, buf: buf}
 }
@@ -156,21 +156,6 @@ func (s *Sink) keepSpare(m batchMemory) {
 		s.spare = m
 	}
 }
-
-// topic is "<namespace>_<record type>", built once per record type.
-func (s *Sink) topic(recordType []byte) string {
-	if t, ok := s.topics[string(recordType)]; ok {
-		return t
-	}
-	t := s.enc.Namespace + "_" + string(recordType)
-	if len(s.topics) < maxCachedTopics {
-		s.topics[string(recordType)] = t
-	}
-	return t
-}
-
-// maxCachedTopics bounds topic names kept (record types are a handful).
-const maxCachedTopics = 64
 
 // Send implements forwarder.Sink: it produces every record of the batch,
 // in order (per VIN, records keep their spool order within a partition),

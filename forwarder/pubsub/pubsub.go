@@ -64,26 +64,15 @@ type Sink struct {
 
 	mu         sync.Mutex
 	publishers map[string]*ps.Publisher // by topic ID
-	topics     map[string]string        // record type → topic ID
+	topics     forwarder.TopicNames
 	closed     bool
 }
-
-// maxCachedTopics bounds the topic names topicOf keeps (record types are a
-// handful).
-const maxCachedTopics = 64
 
 // topicOf is the topic ID of a record type, "<namespace>_<record type>".
 func (s *Sink) topicOf(recordType []byte) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if t, ok := s.topics[string(recordType)]; ok {
-		return t
-	}
-	t := s.enc.Namespace + "_" + string(recordType)
-	if len(s.topics) < maxCachedTopics {
-		s.topics[string(recordType)] = t
-	}
-	return t
+	return s.topics.Of(s.enc, recordType)
 }
 
 // New creates the Pub/Sub client and makes sure the topic of every record
@@ -109,7 +98,6 @@ func New(ctx context.Context, o Options) (*Sink, error) {
 		enc:        o.Encoder,
 		log:        o.Logger.With("sink", "pubsub"),
 		publishers: map[string]*ps.Publisher{},
-		topics:     map[string]string{},
 	}
 	startCtx, cancel := context.WithTimeout(ctx, o.StartTimeout)
 	defer cancel()
