@@ -56,8 +56,12 @@ type Encoder struct {
 // spool or a bug); sinks skip such records and count them.
 func (e Encoder) Encode(r *spool.Record) (Message, error) {
 	var dst []byte
-	if e.fastPathFor(r) {
-		dst = make([]byte, 0, len(r.Payload)+len(r.VIN)+2+binary.MaxVarintLen64)
+	if string(r.Topic) == record.TopicV { // room for the fast paths' output
+		n := len(r.Payload) + len(r.VIN) + 2 + binary.MaxVarintLen64
+		if e.JSON {
+			n = 4*len(r.Payload) + 256
+		}
+		dst = make([]byte, 0, n)
 	}
 	value, createdMs, err := e.AppendValue(dst, r)
 	if err != nil {
@@ -98,9 +102,18 @@ func (e Encoder) AppendValue(dst []byte, r *spool.Record) ([]byte, int64, error)
 	// The reference always wrote timestamp "0"; ours is the record's own
 	// created-at, falling back to the envelope's.
 	createdMs := int64(r.CreatedAtSec) * 1000
-	if e.fastPathFor(r) {
-		// Without decoding the record (see record.AppendDispatched).
-		if out, created, ok := record.AppendDispatched(dst, record.TopicV, r.VIN, r.Payload); ok {
+	if string(r.Topic) == record.TopicV {
+		// Without decoding the record (see record.AppendDispatched and
+		// record.AppendDispatchedJSON).
+		var out []byte
+		var created record.CreatedAt
+		var ok bool
+		if e.JSON {
+			out, created, ok = record.AppendDispatchedJSON(dst, r.VIN, r.Payload)
+		} else {
+			out, created, ok = record.AppendDispatched(dst, record.TopicV, r.VIN, r.Payload)
+		}
+		if ok {
 			if created.Valid() {
 				createdMs = created.UnixMilli()
 			}
@@ -127,12 +140,6 @@ func (e Encoder) AppendValue(dst []byte, r *spool.Record) ([]byte, int64, error)
 		return value, createdMs, nil
 	}
 	return append(dst, value...), createdMs, nil
-}
-
-// fastPathFor reports whether r may skip decoding: protobuf output of a V
-// record (the fast path covers V only).
-func (e Encoder) fastPathFor(r *spool.Record) bool {
-	return !e.JSON && string(r.Topic) == record.TopicV
 }
 
 // createdAt finds a record's created_at, whatever its type.

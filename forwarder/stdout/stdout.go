@@ -31,6 +31,8 @@ type Options struct {
 type Sink struct {
 	out io.Writer
 	log *slog.Logger
+	// js is the fast path's buffer for one record's JSON.
+	js []byte
 	// buf holds one batch's lines; it is written to out with one Write.
 	buf []byte
 	// tail is the rest of a line that a failed write cut short; the next
@@ -83,19 +85,25 @@ func (s *Sink) Send(_ context.Context, batch []spool.Record) error {
 	s.buf = s.buf[:0]
 	for i := range batch {
 		r := &batch[i]
-		msg, err := record.Transform(string(r.Topic), r.VIN, r.Payload)
-		if err != nil {
-			// The record was validated before it was acked; this means a
-			// bug or a damaged spool. Skipping beats blocking the sink.
-			undecodable.Inc()
-			s.log.Error("record cannot be decoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
-			continue
+		js, ok := []byte(nil), false
+		if string(r.Topic) == record.TopicV {
+			js, _, ok = record.AppendDispatchedJSON(s.js[:0], r.VIN, r.Payload)
+			s.js = js
 		}
-		js, err := record.MarshalJSON(msg)
-		if err != nil {
-			undecodable.Inc()
-			s.log.Error("record cannot be rendered as JSON; skipped", "seq", r.Seq, "vin", r.VIN, "err", err)
-			continue
+		if !ok {
+			msg, err := record.Transform(string(r.Topic), r.VIN, r.Payload)
+			if err != nil {
+				// The record was validated before it was acked; this means a
+				// bug or a damaged spool. Skipping beats blocking the sink.
+				undecodable.Inc()
+				s.log.Error("record cannot be decoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
+				continue
+			}
+			if js, err = record.MarshalJSON(msg); err != nil {
+				undecodable.Inc()
+				s.log.Error("record cannot be rendered as JSON; skipped", "seq", r.Seq, "vin", r.VIN, "err", err)
+				continue
+			}
 		}
 		line, err := json.Marshal(Line{Topic: string(r.Topic), VIN: r.VIN, TxID: string(r.TxID), ReceivedAtMs: r.ReceivedAtMs, Record: js})
 		if err != nil {

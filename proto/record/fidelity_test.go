@@ -105,6 +105,14 @@ func TestReferenceFidelity(t *testing.T) {
 				t.Fatalf("MarshalJSON: %v", err)
 			}
 			compareJSON(t, c, gotJSON)
+			if c.Topic == TopicV {
+				// The JSON fast path, where it applies, gives the same.
+				if fast, _, ok := AppendDispatchedJSON(nil, c.CertVIN, env.Stream.Payload); ok {
+					compareJSON(t, c, fast)
+				} else {
+					t.Logf("%s: not on the JSON fast path", c.Name)
+				}
+			}
 		})
 	}
 }
