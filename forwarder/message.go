@@ -142,6 +142,31 @@ func (e Encoder) AppendValue(dst []byte, r *spool.Record) ([]byte, int64, error)
 	return append(dst, value...), createdMs, nil
 }
 
+// NextValue appends r's value to *buf (AppendValue) and returns it as a
+// slice of its own: capped, so later appends cannot write into it, and
+// still valid when a later append moves *buf to a bigger array. A sink
+// builds a whole batch's values in one buffer this way. On error *buf is
+// unchanged.
+func (e Encoder) NextValue(buf *[]byte, r *spool.Record) (value []byte, createdMs int64, err error) {
+	start := len(*buf)
+	b, createdMs, err := e.AppendValue(*buf, r)
+	if err != nil {
+		return nil, 0, err
+	}
+	*buf = b
+	return b[start:len(b):len(b)], createdMs, nil
+}
+
+// ValuesSize is about what batch's protobuf values take (payloads plus the
+// VINs spliced in): a buffer for NextValue.
+func ValuesSize(batch []spool.Record) int {
+	n := 0
+	for i := range batch {
+		n += len(batch[i].Payload) + len(batch[i].VIN) + 2
+	}
+	return n
+}
+
 // createdAt finds a record's created_at, whatever its type.
 func createdAt(m proto.Message) *timestamppb.Timestamp {
 	if c, ok := m.(interface {

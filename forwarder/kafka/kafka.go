@@ -83,11 +83,11 @@ var versionHeader = []byte(forwarder.RecordVersion)
 // the spare memory of an earlier batch when it is big enough, else three
 // new allocations. Headers and their order are Encode's.
 func (s *Sink) encodeBatch(batch []spool.Record) batchMemory {
-	size := 0
+	// Values, then each record's key and header values.
+	size := forwarder.ValuesSize(batch)
 	for i := range batch {
 		r := &batch[i]
-		size += len(r.Payload) + 2*len(r.VIN) + 2*binary.MaxVarintLen64 + 2*20 +
-			len(r.TxID) + len(r.Topic) + len(r.ClientVersion)
+		size += len(r.VIN) + 2*binary.MaxVarintLen64 + 2*20 + len(r.TxID) + len(r.Topic) + len(r.ClientVersion)
 	}
 	m := s.spare
 	s.spare = batchMemory{}
@@ -121,17 +121,12 @@ func (s *Sink) encodeBatch(batch []spool.Record) batchMemory {
 	}
 	for i := range batch {
 		r := &batch[i]
-		start := len(buf)
-		var createdMs int64
-		var err error
-		buf, createdMs, err = s.enc.AppendValue(buf, r)
+		value, createdMs, err := s.enc.NextValue(&buf, r)
 		if err != nil {
-			buf = buf[:start]
 			undecodableTotal.Inc()
 			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
 			continue
 		}
-		value := buf[start:len(buf):len(buf)]
 		vin := text(r.VIN)
 		txtype := field(r.Topic)
 		h := len(hdrs)

@@ -214,26 +214,17 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 func (s *Sink) group(batch []spool.Record) []*streamBatch {
 	var groups []*streamBatch
 	byType := map[string]*streamBatch{}
-	size := 0
-	for i := range batch {
-		size += len(batch[i].Payload) + len(batch[i].VIN) + 2
-	}
-	buf := make([]byte, 0, size)
+	buf := make([]byte, 0, forwarder.ValuesSize(batch))
 	for i := range batch {
 		r := &batch[i]
-		start := len(buf)
-		var err error
-		if buf, _, err = s.opts.Encoder.AppendValue(buf, r); err != nil {
+		data, _, err := s.opts.Encoder.NextValue(&buf, r)
+		if err != nil {
 			// The record was validated before it was acked: a bug or a
 			// damaged spool. Skipping beats blocking the sink.
-			buf = buf[:start]
 			s.undecodable.Inc()
 			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
 			continue
 		}
-		// An append that outgrew buf moved on to a bigger array; the data
-		// taken before keeps the old one.
-		data := buf[start:len(buf):len(buf)]
 		g := byType[string(r.Topic)]
 		if g == nil {
 			recordType := string(r.Topic)

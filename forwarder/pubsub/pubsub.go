@@ -68,13 +68,6 @@ type Sink struct {
 	closed     bool
 }
 
-// topicOf is the topic ID of a record type, "<namespace>_<record type>".
-func (s *Sink) topicOf(recordType []byte) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.topics.Of(s.enc, recordType)
-}
-
 // New creates the Pub/Sub client and makes sure the topic of every record
 // type in o.RecordTypes exists, creating missing ones. It fails, naming the
 // topic, when a topic can neither be found nor created within
@@ -102,8 +95,7 @@ func New(ctx context.Context, o Options) (*Sink, error) {
 	startCtx, cancel := context.WithTimeout(ctx, o.StartTimeout)
 	defer cancel()
 	for _, rt := range o.RecordTypes {
-		topic := s.enc.Namespace + "_" + rt
-		if _, err := s.publisher(startCtx, topic); err != nil {
+		if _, _, err := s.publisher(startCtx, []byte(rt)); err != nil {
 			_ = s.Close()
 			return nil, err
 		}
@@ -153,23 +145,25 @@ func describe(ctx context.Context, err error) error {
 	return err
 }
 
-// publisher returns the publisher of topic, ensuring the topic the first
+// publisher returns the publisher of a record type's topic, and the
+// topic's ID ("<namespace>_<record type>"), ensuring the topic the first
 // time it is used.
-func (s *Sink) publisher(ctx context.Context, topic string) (*ps.Publisher, error) {
+func (s *Sink) publisher(ctx context.Context, recordType []byte) (*ps.Publisher, string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	topic := s.topics.Of(s.enc, recordType)
 	if s.closed {
-		return nil, errors.New("pubsub sink: closed")
+		return nil, topic, errors.New("pubsub sink: closed")
 	}
 	if p, ok := s.publishers[topic]; ok {
-		return p, nil
+		return p, topic, nil
 	}
 	if err := s.ensureTopic(ctx, topic); err != nil {
-		return nil, err
+		return nil, topic, err
 	}
 	p := s.client.Publisher(topic)
 	s.publishers[topic] = p
-	return p, nil
+	return p, topic, nil
 }
 
 // pending is one published message awaiting its result.
@@ -191,27 +185,16 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 	// Every message's data goes into one buffer of this Send's own (the
 	// client holds it until a message is published, which may be after an
 	// abandoned Send returned).
-	size := 0
-	for i := range batch {
-		size += len(batch[i].Payload) + len(batch[i].VIN) + 2
-	}
-	buf := make([]byte, 0, size)
+	buf := make([]byte, 0, forwarder.ValuesSize(batch))
 	for i := range batch {
 		r := &batch[i]
-		start := len(buf)
-		var createdMs int64
-		var err error
-		if buf, createdMs, err = s.enc.AppendValue(buf, r); err != nil {
-			buf = buf[:start]
+		data, createdMs, err := s.enc.NextValue(&buf, r)
+		if err != nil {
 			undecodable.Inc()
 			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
 			continue
 		}
-		// An append that outgrew buf moved on to a bigger array; the data
-		// taken before keeps the old one.
-		data := buf[start:len(buf):len(buf)]
-		topic := s.topicOf(r.Topic)
-		p, err := s.publisher(ctx, topic)
+		p, topic, err := s.publisher(ctx, r.Topic)
 		if err != nil {
 			// Count the message and stop publishing: the batch is sent again.
 			publishErrors.Inc()

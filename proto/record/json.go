@@ -5,7 +5,6 @@ import (
 	"math"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -285,10 +284,7 @@ func (f *jsonField) appendValue(dst []byte, typ protowire.Type, b []byte, depth 
 			return dst, 0, false
 		}
 		switch f.kind {
-		case protoreflect.StringKind:
-			if !utf8.Valid(v) {
-				return dst, 0, false
-			}
+		case protoreflect.StringKind: // valid UTF-8: the canonical walk checked
 			return appendJSONString(dst, v), n, true
 		case protoreflect.BytesKind:
 			dst = append(dst, '"')
