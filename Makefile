@@ -48,6 +48,7 @@ FUZZ_TARGETS := \
 	./internal/tlsrecord:FuzzOpen \
 	./spool:FuzzDecodeRecord \
 	./netloop:FuzzParseRequestLine \
+	./netloop:FuzzHelloReader \
 	./cmd/fleet-telemetry:FuzzParseConfig
 
 fuzz:

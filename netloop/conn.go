@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,7 +27,7 @@ import (
 type phase uint8
 
 const (
-	phaseHandshake phase = iota // TLS handshake running in the pool
+	phaseHandshake phase = iota // ClientHello arriving, then the TLS handshake
 	phaseRequest                // waiting for the HTTP upgrade request
 	phaseWebSocket              // records flow
 	phaseClosing                // close frame sent; input is ignored
@@ -42,8 +44,16 @@ const statusTryAgainLater ws.StatusCode = 1013
 // maxRequestBytes caps the HTTP upgrade request (slowloris and garbage).
 const maxRequestBytes = 8 << 10
 
-// maxHandshakeBuffer caps ciphertext held for a handshake in progress.
+// maxHandshakeBuffer caps the bytes held for one connection's handshake:
+// its ClientHello while it arrives, then ciphertext waiting for the
+// handshake goroutine.
 const maxHandshakeBuffer = 64 << 10
+
+// handshakeCost is what a handshake in progress is charged against
+// Options.MaxHandshakeBytes: its goroutine and crypto/tls's state (about
+// 33 KiB measured once the server's first flight is out) and up to
+// maxHandshakeBuffer of ciphertext waiting for the goroutine.
+const handshakeCost = 96 << 10
 
 // keepBufferBytes is the largest per-connection buffer kept while empty;
 // bigger ones are released so idle vehicles stay small.
@@ -55,8 +65,8 @@ type conn struct {
 	srv *Server
 	gc  gnet.Conn
 	mc  *memConn
-	tls *tls.Conn // set by the handshake worker before hsDone; nil once rec took over
-	// rec, set by the handshake worker before hsDone, is the TLS 1.3
+	tls *tls.Conn // set by the handshake goroutine before hsDone; nil once rec took over
+	// rec, set by the handshake goroutine before hsDone, is the TLS 1.3
 	// record layer that replaces tls after the handshake (nil: stay on
 	// crypto/tls). cipher holds ciphertext that is not in gnet's buffer
 	// (what arrived during the handshake); partial is how many bytes of an
@@ -64,19 +74,22 @@ type conn struct {
 	rec     *tlsrecord.Conn
 	cipher  []byte
 	partial int
-	// The key log entry collecting this handshake's secrets (loop-owned;
-	// the worker reads it after the ClientHello it was registered from).
-	helloRandom [32]byte
-	secrets     *handshakeSecrets
 
 	phase    phase
 	accepted time.Time
+	// tlsEnded: the TLS stream is over for writing (a fatal alert went
+	// either way, or our close_notify was sent).
+	tlsEnded bool
 
-	// hsQueued: the connection was handed to the handshake pool.
-	hsQueued bool
-	// Set by the handshake worker; hsDone publishes hsErr and tls. It is
-	// set by a task the worker queues on the loop after its last TLS
-	// write, never by the worker itself: the loop must not write before
+	// Until the ClientHello is complete the loop holds the stream's first
+	// bytes (hello follows them) and books them against the server's
+	// handshake memory; then hsStarted: a handshake goroutine runs.
+	hello     helloReader
+	helloBuf  []byte
+	hsStarted bool
+	// Set by the handshake goroutine; hsDone publishes hsErr and tls. It is
+	// set by a task the goroutine queues on the loop after its last TLS
+	// write, never by the goroutine itself: the loop must not write before
 	// the handshake's queued records (the session tickets) are out.
 	hsErr  error
 	hsDone atomic.Bool
@@ -110,7 +123,7 @@ type conn struct {
 	closed atomic.Bool
 
 	plain   []byte // plaintext not yet parsed (partial frame or request)
-	charged int    // cap(plain) as booked in srv.buffered
+	charged int    // held() as last booked in srv.buffered
 	dec     *wsframe.Decoder
 
 	// replies holds encoded WebSocket frames (acks, error replies) in the
@@ -146,34 +159,93 @@ type commitNote struct {
 }
 
 func newConn(s *Server, gc gnet.Conn) *conn {
-	c := &conn{srv: s, gc: gc, mc: newMemConn(gc), accepted: time.Now()}
-	if !s.opts.CryptoTLSRecords {
-		c.mc.onHello = func(random [32]byte) {
-			c.helloRandom, c.secrets = random, keyLogs.register(random)
-		}
-	}
-	// A little longer than the handshake's own deadline: a safety net for a
-	// connection stuck in the queue.
-	c.deadline.Store(c.accepted.Add(s.opts.HandshakeTimeout + time.Second).UnixNano())
+	c := &conn{srv: s, gc: gc, mc: newMemConn(gc, s.hsSlots), accepted: time.Now(), hello: newHelloReader()}
+	c.deadline.Store(c.accepted.Add(s.opts.HandshakeTimeout).UnixNano())
 	return c
 }
 
-// handshake runs in a handshake worker, off the loop.
+// onHandshakeBytes takes bytes that arrived before the handshake is done.
+// Until the ClientHello is complete the loop keeps them itself; then a
+// handshake goroutine starts and they go to it.
+func (c *conn) onHandshakeBytes(data []byte) gnet.Action {
+	if c.hsStarted {
+		if c.mc.feed(data) > maxHandshakeBuffer {
+			// A handshake never needs this much: a flood, not a vehicle.
+			refusedHandshakeFailed.Inc()
+			return gnet.Close
+		}
+		return gnet.None
+	}
+	if len(c.helloBuf)+len(data) > maxHandshakeBuffer {
+		return c.refuseHello(&helloError{alertDecodeError, "more than 64 KiB before the ClientHello ended"})
+	}
+	grown := append(c.helloBuf, data...)
+	if !c.srv.chargeHandshake(int64(cap(grown) - cap(c.helloBuf))) {
+		return gnet.Close
+	}
+	c.helloBuf = grown
+	done, err := c.hello.scan(c.helloBuf)
+	if err != nil {
+		return c.refuseHello(err)
+	}
+	if !done {
+		return gnet.None
+	}
+	// The ClientHello's bytes move to the handshake: its charge becomes
+	// handshakeCost.
+	if !c.srv.chargeHandshake(handshakeCost - int64(cap(c.helloBuf))) {
+		return gnet.Close
+	}
+	c.mc.feed(c.helloBuf)
+	c.helloBuf = nil
+	c.hsStarted = true
+	// Past the handshake's own deadline: a safety net, the goroutine
+	// times itself out.
+	c.deadline.Store(c.accepted.Add(c.srv.opts.HandshakeTimeout + time.Second).UnixNano())
+	handshakesRunning.Add(1)
+	go c.handshake(c.srv.baseCtx)
+	return gnet.None
+}
+
+// refuseHello closes a connection whose first flight is not a ClientHello,
+// with the alert crypto/tls would send (none to a peer not speaking TLS).
+func (c *conn) refuseHello(err error) gnet.Action {
+	refusedBadClientHello.Inc()
+	var he *helloError
+	if errors.As(err, &he) && he.alert != 0 {
+		_, _ = c.gc.Write(alertRecord(he.alert))
+	}
+	if !c.srv.opts.QuietHandshakeErrors {
+		c.srv.log.Info("tls handshake refused", "remote", c.mc.remote.String(), "err", err)
+	}
+	return gnet.Close
+}
+
+// handshake runs crypto/tls's server handshake in its own goroutine, off
+// the loop, holding one of the server's handshake slots while it computes.
 func (c *conn) handshake(base context.Context) {
+	defer func() {
+		c.srv.unchargeHandshake(handshakeCost)
+		handshakesRunning.Add(-1)
+	}()
 	deadline := c.accepted.Add(c.srv.opts.HandshakeTimeout)
 	ctx, cancel := context.WithDeadline(base, deadline)
 	c.tls = tls.Server(c.mc, c.srv.tlsCfg.Load())
-	err := c.tls.HandshakeContext(ctx)
+	var err error
+	if c.mc.acquire() {
+		err = c.tls.HandshakeContext(ctx)
+		c.mc.release()
+	} else {
+		err = net.ErrClosed
+	}
 	if err != nil && ctx.Err() != nil {
 		err = errHandshakeTimeout
 	}
 	cancel()
-	if err == nil && c.secrets != nil {
+	if err == nil && !c.srv.opts.CryptoTLSRecords {
 		c.rec = c.nativeRecordLayer()
 	}
-	if c.secrets != nil {
-		keyLogs.unregister(c.helloRandom, c.secrets)
-	}
+	c.mc.secrets.wipe()
 	if err != nil {
 		// Counted here: the peer may already be gone, and then the loop
 		// never looks at this connection again.
@@ -207,13 +279,13 @@ var errHandshakeTimeout = errors.New("tls handshake timed out")
 
 // nativeRecordLayer builds the record layer that takes over a TLS 1.3
 // connection from crypto/tls, or returns nil to stay on crypto/tls (TLS
-// 1.2, or secrets that did not arrive or are ambiguous). Handshake worker.
+// 1.2, or secrets that did not arrive). Handshake goroutine.
 func (c *conn) nativeRecordLayer() *tlsrecord.Conn {
 	state := c.tls.ConnectionState()
 	if state.Version != tls.VersionTLS13 {
 		return nil
 	}
-	client, server, ok := keyLogs.take(c.secrets)
+	client, server, ok := c.mc.secrets.take()
 	if !ok {
 		return nil
 	}
@@ -221,6 +293,8 @@ func (c *conn) nativeRecordLayer() *tlsrecord.Conn {
 	// server's secret: ours continue after them.
 	seq := tlsrecord.TicketsSent(state.CipherSuite, server, c.mc.handshakeRecords())
 	rec, err := tlsrecord.New(state.CipherSuite, client, server, seq)
+	clear(client) // New keeps copies
+	clear(server)
 	if err != nil {
 		c.srv.log.Warn("tls record layer not available; staying on crypto/tls", "remote", c.mc.remote.String(), "err", err)
 		return nil
@@ -235,16 +309,8 @@ func (c *conn) onTraffic() gnet.Action {
 	}
 	if c.phase == phaseHandshake {
 		if len(data) > 0 {
-			if c.mc.feed(data) > maxHandshakeBuffer {
-				// A handshake never needs this much: a flood, not a vehicle.
-				refusedHandshakeFailed.Inc()
-				return gnet.Close
-			}
-			if !c.hsQueued {
-				c.hsQueued = true
-				if !c.srv.queueHandshake(c) {
-					return gnet.Close
-				}
+			if act := c.onHandshakeBytes(data); act != gnet.None {
+				return act
 			}
 		}
 		if !c.hsDone.Load() {
@@ -278,6 +344,9 @@ func (c *conn) onTraffic() gnet.Action {
 		return act
 	}
 	if act := c.flush(now); act != gnet.None {
+		return act
+	}
+	if act := c.account(); act != gnet.None {
 		return act
 	}
 	if c.expired.Load() {
@@ -341,7 +410,10 @@ func (c *conn) readTLS(data []byte, now time.Time) gnet.Action {
 				break
 			}
 			c.mc.detach()
-			return gnet.Close // close_notify, EOF or a TLS alert
+			// io.EOF: the peer's close_notify, answered with ours; any
+			// other error is an alert, sent or received.
+			c.tlsEnded = !errors.Is(err, io.EOF)
+			return gnet.Close
 		}
 		if n == 0 {
 			break
@@ -414,6 +486,9 @@ func (c *conn) recordFailed(err error) gnet.Action {
 		refusedBadTLSRecord.Inc()
 		c.srv.log.Info("tls record refused; closing connection", "vin", c.id.DeviceID, "remote", c.mc.remote.String(), "err", err)
 		_, _ = c.gc.Write(c.rec.SealAlert(nil, re.Alert))
+		c.tlsEnded = true
+	} else if !errors.Is(err, tlsrecord.ErrCloseNotify) {
+		c.tlsEnded = true // the peer's fatal alert
 	}
 	return gnet.Close
 }
@@ -453,7 +528,6 @@ const maxPooledSeal = 256 << 10
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 func (c *conn) onPlaintext(p []byte, now time.Time) gnet.Action {
-	defer c.recharge()
 	if len(c.plain) == 0 {
 		n, act := c.parse(p, now)
 		if act == gnet.None && n < len(p) && c.phase < phaseClosing {
@@ -483,9 +557,10 @@ func (c *conn) onPlaintext(p []byte, now time.Time) gnet.Action {
 }
 
 // reserve checks that growing the partial-message buffer to need bytes fits
-// the server-wide budget. Thousands of vehicles each half-way through a
-// 1 MB message must not take the host's memory: past the budget the
-// connection is shed with 1013 and the vehicle resends later.
+// the connection's cap and the server-wide budget. Thousands of vehicles
+// each half-way through a 1 MB message must not take the host's memory:
+// past the budget the connection is shed with 1013 and the vehicle resends
+// later.
 func (c *conn) reserve(need int) gnet.Action {
 	if need <= cap(c.plain) {
 		return gnet.None
@@ -499,9 +574,8 @@ func (c *conn) reserve(need int) gnet.Action {
 		return gnet.None
 	}
 	newCap := bufferCap(max(need, min(2*cap(c.plain), c.srv.opts.MaxMessageSize+ws.MaxHeaderSize)))
-	if c.srv.buffered.Load()+int64(newCap-c.charged) > c.srv.opts.MaxBufferedBytes {
-		refusedMemoryBudget.Inc()
-		return c.shed("server buffer budget exhausted", "buffer_budget")
+	if act := c.admitGrowth(newCap - cap(c.plain)); act != gnet.None {
+		return act
 	}
 	nb := getBuffer(newCap)[:len(c.plain)]
 	copy(nb, c.plain)
@@ -510,12 +584,64 @@ func (c *conn) reserve(need int) gnet.Action {
 	return gnet.None
 }
 
-// recharge books the buffer's capacity against the server-wide budget.
-func (c *conn) recharge() {
-	if d := cap(c.plain) - c.charged; d != 0 {
+// held is every byte the connection holds beyond its fixed state:
+// plaintext not yet parsed, a fragmented message being reassembled,
+// replies not yet written, output the peer has not read yet (gnet keeps
+// what the socket does not take), and ciphertext of an incomplete record.
+// Loop only.
+func (c *conn) held() int {
+	n := cap(c.plain) + cap(c.replies) + cap(c.cipher) + c.partial + c.gc.OutboundBuffered()
+	if c.dec != nil {
+		n += c.dec.Buffered()
+	}
+	return n
+}
+
+// account books held() against the server-wide budget and enforces the
+// connection's cap and, for a connection that grew, the budget.
+func (c *conn) account() gnet.Action {
+	h := c.held()
+	grew := h - c.charged
+	c.book(h)
+	if c.phase >= phaseClosing || grew <= 0 {
+		return gnet.None
+	}
+	if h > c.srv.opts.MaxConnectionBytes {
+		return c.overCap(h)
+	}
+	if c.srv.buffered.Load() > c.srv.opts.MaxBufferedBytes {
+		refusedMemoryBudget.Inc()
+		return c.shed("server buffer budget exhausted", "buffer_budget")
+	}
+	return gnet.None
+}
+
+// admitGrowth says whether the connection may hold n more bytes.
+func (c *conn) admitGrowth(n int) gnet.Action {
+	if h := c.charged + n; h > c.srv.opts.MaxConnectionBytes {
+		return c.overCap(h)
+	}
+	if c.srv.buffered.Load()+int64(n) > c.srv.opts.MaxBufferedBytes {
+		refusedMemoryBudget.Inc()
+		return c.shed("server buffer budget exhausted", "buffer_budget")
+	}
+	return gnet.None
+}
+
+// overCap closes a connection that holds more than MaxConnectionBytes.
+func (c *conn) overCap(held int) gnet.Action {
+	refusedConnMemory.Inc()
+	c.srv.log.Warn("connection over its memory cap; closing", "vin", c.id.DeviceID,
+		"held_bytes", held, "cap_bytes", c.srv.opts.MaxConnectionBytes, "unread_output_bytes", c.gc.OutboundBuffered())
+	return c.closeWith(ws.StatusPolicyViolation, "connection memory cap")
+}
+
+// book records h as what the connection holds in the server-wide total.
+func (c *conn) book(h int) {
+	if d := h - c.charged; d != 0 {
 		c.srv.buffered.Add(int64(d))
 		totalBuffered.Add(int64(d))
-		c.charged = cap(c.plain)
+		c.charged = h
 	}
 }
 
@@ -523,9 +649,11 @@ func (c *conn) recharge() {
 func (c *conn) parse(buf []byte, now time.Time) (int, gnet.Action) {
 	off := 0
 	for c.phase == phaseRequest {
-		end := bytes.Index(buf[off:], []byte("\r\n\r\n"))
+		// The cap is on the whole request, wherever its end falls.
+		window := buf[off:min(len(buf), off+maxRequestBytes)]
+		end := bytes.Index(window, []byte("\r\n\r\n"))
 		if end < 0 {
-			if len(buf)-off > maxRequestBytes {
+			if len(buf)-off >= maxRequestBytes {
 				refusedRequestTooLarge.Inc()
 				c.writeHTTP(431, "request header too large")
 				return len(buf), gnet.Close
@@ -575,6 +703,10 @@ func (c *conn) parseFrames(buf []byte, now time.Time) (int, gnet.Action) {
 			c.srv.log.Info("text frame refused", "vin", c.id.DeviceID)
 			return len(buf), c.closeWith(ws.StatusUnsupportedData, "binary frames only")
 		case wsframe.KindPing:
+			if len(c.queue) >= c.srv.opts.MaxInFlight {
+				refusedInFlightFull.Inc()
+				return len(buf), c.shed("too many replies waiting", reasonInFlightFull)
+			}
 			pingsAnswered.Inc()
 			c.reserveReplies(len(msg.Payload))
 			c.replies = wsframe.AppendFrame(c.replies, ws.OpPong, true, msg.Payload)
@@ -872,6 +1004,20 @@ func (c *conn) closeWith(code ws.StatusCode, reason string) gnet.Action {
 	return gnet.Close
 }
 
+// closeNotify sends TLS close_notify before the daemon closes a connection
+// whose handshake is done (RFC 8446 §6.1), on either record path.
+func (c *conn) closeNotify() {
+	if c.tlsEnded || c.phase < phaseRequest || c.phase == phaseClosed {
+		return
+	}
+	c.tlsEnded = true
+	if c.rec != nil {
+		_, _ = c.gc.Write(c.rec.SealAlert(nil, tlsrecord.AlertCloseNotify))
+	} else if c.tls != nil {
+		_ = c.tls.CloseWrite()
+	}
+}
+
 // expire closes a connection whose deadline passed, if it still has.
 func (c *conn) expire(now time.Time) gnet.Action {
 	c.expired.Store(false)
@@ -880,12 +1026,12 @@ func (c *conn) expire(now time.Time) gnet.Action {
 	}
 	switch c.phase {
 	case phaseHandshake:
-		if !c.hsQueued {
-			// Silent since accept: no worker ever saw it.
+		if !c.hsStarted {
+			// Its ClientHello never completed: no goroutine ever saw it.
 			refusedHandshakeTimeout.Inc()
 		}
-		// Otherwise the handshake worker counts its own timeout; this is
-		// the safety net for one that never got a worker.
+		// Otherwise the handshake goroutine counts its own timeout; this
+		// is the safety net.
 		return gnet.Close
 	case phaseRequest:
 		refusedRequestTimeout.Inc()
@@ -920,12 +1066,13 @@ func (c *conn) onClose(err error) {
 	}
 	c.phase = phaseClosed
 	c.mc.Close()
-	if c.secrets != nil {
-		keyLogs.unregister(c.helloRandom, c.secrets)
+	if c.helloBuf != nil {
+		c.srv.unchargeHandshake(int64(cap(c.helloBuf)))
+		c.helloBuf = nil
 	}
 	c.rec, c.cipher = nil, nil
 	c.plain = nil
-	c.recharge()
+	c.book(0)
 	c.replies = nil
 	c.queue = nil
 	c.dec = nil

@@ -2,64 +2,28 @@ package netloop
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/hex"
-	"sync"
+	"io"
 )
 
-// handshakeSecrets are the TLS 1.3 application traffic secrets of one
-// handshake, as crypto/tls logs them.
-type handshakeSecrets struct {
+// trafficSecrets collects the TLS 1.3 application traffic secrets of one
+// connection's handshake from crypto/tls's key log, so that connection's
+// record layer can take over after the handshake (see tlsrecord).
+//
+// Each handshake gets its own collector through its own tls.Config (see
+// perConnConfig): crypto/tls writes a handshake's lines only to the
+// KeyLogWriter of the configuration that handshake runs on, so the
+// secrets reach the connection that negotiated them by construction. No
+// lookup is keyed by anything a peer chooses (such as the ClientHello
+// random, which any peer can copy from another's ClientHello).
+//
+// Only the connection's handshake goroutine writes and reads it.
+type trafficSecrets struct {
 	client, server []byte
-	// ambiguous: another connection presented the same ClientHello random,
-	// so the log lines cannot be told apart; the connection stays on
-	// crypto/tls.
-	ambiguous bool
-}
-
-// keyLogRouter is the KeyLogWriter of the server's TLS configuration. It
-// hands each TLS 1.3 handshake's traffic secrets to the connection that
-// registered its ClientHello random, so that connection's record layer can
-// take over from crypto/tls (see tlsrecord). Secrets never leave the
-// process; lines for randoms nobody registered are dropped.
-type keyLogRouter struct {
-	mu sync.Mutex
-	m  map[[32]byte]*handshakeSecrets
-}
-
-var keyLogs = &keyLogRouter{m: map[[32]byte]*handshakeSecrets{}}
-
-// register starts collecting the secrets of the handshake whose
-// ClientHello carried random. A random seen twice at once (a replayed or
-// forged ClientHello) makes both entries ambiguous.
-func (r *keyLogRouter) register(random [32]byte) *handshakeSecrets {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if prev, dup := r.m[random]; dup {
-		prev.ambiguous = true
-		return &handshakeSecrets{ambiguous: true}
-	}
-	s := &handshakeSecrets{}
-	r.m[random] = s
-	return s
-}
-
-// unregister ends the collection for s (registered under random).
-func (r *keyLogRouter) unregister(random [32]byte, s *handshakeSecrets) {
-	r.mu.Lock()
-	if r.m[random] == s {
-		delete(r.m, random)
-	}
-	r.mu.Unlock()
-}
-
-// take returns s's secrets once both are in and unambiguous.
-func (r *keyLogRouter) take(s *handshakeSecrets) (client, server []byte, ok bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if s.ambiguous || s.client == nil || s.server == nil {
-		return nil, nil, false
-	}
-	return s.client, s.server, true
+	// next, when set, also receives every line (the operator's own
+	// KeyLogWriter, for debugging with a packet capture).
+	next io.Writer
 }
 
 var (
@@ -68,7 +32,10 @@ var (
 )
 
 // Write takes one NSS key log line: "LABEL <client random hex> <secret hex>\n".
-func (r *keyLogRouter) Write(line []byte) (int, error) {
+func (s *trafficSecrets) Write(line []byte) (int, error) {
+	if s.next != nil {
+		_, _ = s.next.Write(line)
+	}
 	label, rest, ok := bytes.Cut(bytes.TrimSpace(line), []byte{' '})
 	if !ok {
 		return len(line), nil
@@ -77,26 +44,52 @@ func (r *keyLogRouter) Write(line []byte) (int, error) {
 	if !client && !bytes.Equal(label, labelServerTraffic) {
 		return len(line), nil // handshake secrets, TLS 1.2's CLIENT_RANDOM
 	}
-	randomHex, secretHex, ok := bytes.Cut(rest, []byte{' '})
-	var random [32]byte
-	if !ok || hex.DecodedLen(len(randomHex)) != len(random) {
-		return len(line), nil
-	}
-	if _, err := hex.Decode(random[:], randomHex); err != nil {
+	_, secretHex, ok := bytes.Cut(rest, []byte{' '})
+	if !ok {
 		return len(line), nil
 	}
 	secret := make([]byte, hex.DecodedLen(len(secretHex)))
 	if _, err := hex.Decode(secret, secretHex); err != nil {
 		return len(line), nil
 	}
-	r.mu.Lock()
-	if s := r.m[random]; s != nil {
-		if client {
-			s.client = secret
-		} else {
-			s.server = secret
-		}
+	if client {
+		s.client = secret
+	} else {
+		s.server = secret
 	}
-	r.mu.Unlock()
 	return len(line), nil
+}
+
+// take returns both secrets once both arrived, and forgets them: from
+// then on the record layer holds the only copies.
+func (s *trafficSecrets) take() (client, server []byte, ok bool) {
+	client, server = s.client, s.server
+	s.client, s.server = nil, nil
+	return client, server, client != nil && server != nil
+}
+
+// wipe zeroes secrets that were never handed to a record layer.
+func (s *trafficSecrets) wipe() {
+	clear(s.client)
+	clear(s.server)
+	s.client, s.server = nil, nil
+}
+
+// perConnConfig returns the tls.Config for handshakes on base whose
+// GetConfigForClient gives each connection a configuration of its own,
+// whose KeyLogWriter is that connection's trafficSecrets. ClientHelloInfo.Conn
+// is the net.Conn the handshake runs on, the connection's own memConn.
+func perConnConfig(base *tls.Config) *tls.Config {
+	outer := base.Clone()
+	outer.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		mc, ok := hello.Conn.(*memConn)
+		if !ok {
+			return nil, nil // not one of ours: no record layer hand-over
+		}
+		cfg := base.Clone()
+		mc.secrets.next = base.KeyLogWriter
+		cfg.KeyLogWriter = &mc.secrets
+		return cfg, nil
+	}
+	return outer
 }

@@ -20,9 +20,10 @@ import (
 // In handshake mode Read hands out at most the rest of the current TLS
 // record, so crypto/tls never takes bytes past the client's Finished: what
 // follows stays here for the record layer that takes over (tlsrecord).
-// The ClientHello's random is picked out of the first bytes, to route the
-// key log to this connection, and the records crypto/tls writes are kept
-// until the switch, to count its session tickets.
+// The records crypto/tls writes are kept until the switch, to count its
+// session tickets. The handshake goroutine holds one of the server's
+// handshake slots only while it computes: Read gives the slot back while
+// it waits for the peer, so peers that stall mid-handshake hold no slot.
 //
 // Loop mode (after a TLS 1.2 handshake, only ever touched by the
 // connection's own loop): Read serves the ciphertext OnTraffic just received, without a copy,
@@ -45,18 +46,44 @@ type memConn struct {
 	hdrN     int // header bytes handed out of the current record
 	bodyLeft int // body bytes of the current record still to hand out
 
-	// Handshake mode, loop only: the stream's first bytes until the
-	// ClientHello's random is known, and what to call with it.
-	prefix  []byte
-	onHello func(random [32]byte)
+	done chan struct{} // closed by Close
 
-	// Handshake mode, handshake goroutine only: the records written.
+	// Handshake mode, handshake goroutine only: the records written, the
+	// server's handshake slots and whether one is held, and the
+	// application traffic secrets crypto/tls logs for this connection.
 	written [][]byte
 	wpend   []byte
+	slots   chan struct{}
+	holding bool
+	secrets trafficSecrets
 }
 
-func newMemConn(gc gnet.Conn) *memConn {
-	return &memConn{gc: gc, local: gc.LocalAddr(), remote: gc.RemoteAddr(), readable: make(chan struct{}, 1)}
+func newMemConn(gc gnet.Conn, slots chan struct{}) *memConn {
+	return &memConn{gc: gc, local: gc.LocalAddr(), remote: gc.RemoteAddr(),
+		readable: make(chan struct{}, 1), done: make(chan struct{}), slots: slots}
+}
+
+// acquire takes a handshake slot, waiting for one; false if the
+// connection closed first.
+func (m *memConn) acquire() bool {
+	if m.holding {
+		return true
+	}
+	select {
+	case m.slots <- struct{}{}:
+		m.holding = true
+		return true
+	case <-m.done:
+		return false
+	}
+}
+
+// release gives the handshake slot back, if held.
+func (m *memConn) release() {
+	if m.holding {
+		<-m.slots
+		m.holding = false
+	}
 }
 
 // errWouldBlock is what Read returns in loop mode when no ciphertext is left.
@@ -71,33 +98,12 @@ var errWouldBlock net.Error = wouldBlockError{}
 // feed hands received ciphertext to a handshake in progress and returns how
 // much is now waiting.
 func (m *memConn) feed(p []byte) int {
-	if m.onHello != nil {
-		m.sniffHello(p)
-	}
 	m.mu.Lock()
 	m.in = append(m.in, p...)
 	n := len(m.in)
 	m.mu.Unlock()
 	m.signal()
 	return n
-}
-
-// helloRandomEnd is where a ClientHello's random ends in the stream: record
-// header (5), handshake header (4), legacy_version (2), random (32).
-const helloRandomEnd = 43
-
-// sniffHello collects the stream's first bytes and reports the random of
-// a ClientHello (a handshake record whose first message is type 1).
-func (m *memConn) sniffHello(p []byte) {
-	need := helloRandomEnd - len(m.prefix)
-	m.prefix = append(m.prefix, p[:min(need, len(p))]...)
-	if len(m.prefix) < helloRandomEnd {
-		return
-	}
-	if m.prefix[0] == 22 && m.prefix[5] == 1 {
-		m.onHello([32]byte(m.prefix[11:helloRandomEnd]))
-	}
-	m.prefix, m.onHello = nil, nil
 }
 
 func (m *memConn) signal() {
@@ -138,7 +144,12 @@ func (m *memConn) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		m.mu.Unlock()
+		// Waiting for the peer is not work: free the slot meanwhile.
+		m.release()
 		<-m.readable
+		if !m.acquire() {
+			return 0, io.EOF
+		}
 		m.mu.Lock()
 	}
 	n := m.takeRecordBytes(p)
@@ -250,7 +261,10 @@ func (m *memConn) keepRecords(p []byte) {
 // ends; OnClose calls it so a blocked handshake returns.
 func (m *memConn) Close() error {
 	m.mu.Lock()
-	m.closed = true
+	if !m.closed {
+		m.closed = true
+		close(m.done)
+	}
 	m.mu.Unlock()
 	m.signal()
 	return nil

@@ -38,16 +38,23 @@ var (
 	ackLatencySeconds = metrics.GetOrCreateHistogram("fleet_ack_latency_seconds")
 )
 
-// totalBuffered is what all servers' connections hold in partly received
-// messages (the gauge fleet_partial_message_bytes).
+// totalBuffered is what all servers' connections hold beyond their fixed
+// state (see conn.held; the gauge fleet_connection_buffered_bytes).
 var totalBuffered atomic.Int64
+
+// handshakeBytes is what all servers hold for connections whose handshake
+// is not done (the gauge fleet_tls_handshake_bytes); handshakesRunning
+// counts handshake goroutines, and handshakeSlots is the last server's
+// MaxHandshakes.
+var handshakeBytes, handshakesRunning, handshakeSlots atomic.Int64
 
 // refusal reasons; each is a label value of one counter family so operators
 // can graph them together.
 const (
 	reasonHandshakeFailed   = "tls_handshake_failed"
 	reasonHandshakeTimeout  = "tls_handshake_timeout"
-	reasonHandshakeBusy     = "tls_handshake_queue_full"
+	reasonHandshakeMemory   = "tls_handshake_memory"
+	reasonBadClientHello    = "tls_bad_client_hello"
 	reasonUnknownIssuer     = "unknown_issuer"
 	reasonExcludedOID       = "excluded_key_usage"
 	reasonBadRequest        = "bad_http_request"
@@ -85,7 +92,8 @@ func recordRefused(reason string) *metrics.Counter {
 var (
 	refusedHandshakeFailed   = connRefused(reasonHandshakeFailed)
 	refusedHandshakeTimeout  = connRefused(reasonHandshakeTimeout)
-	refusedHandshakeBusy     = connRefused(reasonHandshakeBusy)
+	refusedHandshakeMemory   = connRefused(reasonHandshakeMemory)
+	refusedBadClientHello    = connRefused(reasonBadClientHello)
 	refusedUnknownIssuer     = connRefused(reasonUnknownIssuer)
 	refusedExcludedOID       = connRefused(reasonExcludedOID)
 	refusedBadRequest        = connRefused(reasonBadRequest)
@@ -113,7 +121,11 @@ var (
 	refusedVINNotAllowed = connRefused(reasonVINNotAllowed)
 	refusedTooMany       = connRefused("too_many_connections")
 	refusedMemoryBudget  = connRefused("buffer_budget")
-	_                    = metrics.GetOrCreateGauge("fleet_partial_message_bytes", func() float64 { return float64(totalBuffered.Load()) })
+	refusedConnMemory    = connRefused("connection_memory_cap")
+	_                    = metrics.GetOrCreateGauge("fleet_connection_buffered_bytes", func() float64 { return float64(totalBuffered.Load()) })
+	_                    = metrics.GetOrCreateGauge("fleet_tls_handshake_bytes", func() float64 { return float64(handshakeBytes.Load()) })
+	_                    = metrics.GetOrCreateGauge("fleet_tls_handshakes_running", func() float64 { return float64(handshakesRunning.Load()) })
+	_                    = metrics.GetOrCreateGauge("fleet_tls_handshake_slots", func() float64 { return float64(handshakeSlots.Load()) })
 
 	connectivityEvents       = metrics.GetOrCreateCounter("fleet_connectivity_events_total")
 	connectivityEventsFailed = metrics.GetOrCreateCounter("fleet_connectivity_events_failed_total")

@@ -3,9 +3,11 @@
 // envelope and payload checks, the hand-off to the spool, and acks written
 // back in arrival order once the spool says a record is durable.
 //
-// The loops never block: handshakes run in a bounded pool of goroutines,
-// fsyncs happen in the spool's committer, and timeouts are enforced by a
-// separate ticker that only flags connections and wakes their loop.
+// The loops never block: a connection's ClientHello is collected on its
+// loop, then its handshake runs in a goroutine of its own that holds one of
+// a bounded number of handshake slots while it computes; fsyncs happen in
+// the spool's committer, and timeouts are enforced by a separate ticker
+// that only flags connections and wakes their loop.
 package netloop
 
 import (
@@ -54,10 +56,17 @@ type Options struct {
 	// IdleTimeout closes a WebSocket that received nothing for this long
 	// (default 10m; negative disables).
 	IdleTimeout time.Duration
-	// MaxHandshakes bounds concurrent TLS handshakes (default 64 per CPU);
-	// more wait in a queue of MaxHandshakeQueue (default 16384), beyond which
-	// new connections are closed at once.
-	MaxHandshakes, MaxHandshakeQueue int
+	// MaxHandshakes bounds the TLS handshakes computing at once (default
+	// 64 per CPU). A handshake takes a slot only once its whole ClientHello
+	// has arrived, and gives it back while it waits for the peer's next
+	// flight; more wait for a slot in arrival order.
+	MaxHandshakes int
+	// MaxHandshakeBytes bounds the memory all connections together may
+	// hold before their handshake is done (default 256 MiB): ClientHellos
+	// still arriving, and handshakeCost per handshake in progress. A
+	// connection that would pass it is closed and counted
+	// (tls_handshake_memory).
+	MaxHandshakeBytes int64
 	// VerifiedCertCache bounds how many client certificate chains that
 	// verified are remembered, so a reconnecting vehicle skips chain
 	// verification (default 65536; negative disables). It is emptied when
@@ -75,9 +84,18 @@ type Options struct {
 	// descriptors, because gnet stops its event loops when accept fails.
 	MaxConnections int
 	// MaxBufferedBytes bounds the memory all connections together may hold
-	// in partly received messages (default 256 MiB); a connection that
-	// would go past it is shed with 1013.
+	// beyond their fixed state (default 256 MiB): partly received frames
+	// and requests, fragmented messages being reassembled, queued replies
+	// and pongs, output the peer has not read yet, and ciphertext of
+	// incomplete TLS records. A connection that grows past it is shed
+	// with 1013 (try again later).
 	MaxBufferedBytes int64
+	// MaxConnectionBytes bounds what one connection may hold of the above
+	// (default the larger of 4 MiB and three times MaxMessageSize): a
+	// peer past it, typically one that never reads its acks or pongs, is
+	// closed with 1008 (policy violation) and counted
+	// (connection_memory_cap).
+	MaxConnectionBytes int
 	// ReservedFiles are descriptors kept for everything but vehicles (the
 	// spool's files, sinks, metrics; default 1024).
 	ReservedFiles int
@@ -135,6 +153,9 @@ func (o *Options) setDefaults() {
 	if o.MaxBufferedBytes <= 0 {
 		o.MaxBufferedBytes = 256 << 20
 	}
+	if o.MaxConnectionBytes <= 0 {
+		o.MaxConnectionBytes = max(4<<20, 3*o.MaxMessageSize)
+	}
 	if o.ReservedFiles <= 0 {
 		o.ReservedFiles = 1024
 	}
@@ -148,8 +169,8 @@ func (o *Options) setDefaults() {
 	if o.MaxHandshakes <= 0 {
 		o.MaxHandshakes = 64 * runtime.NumCPU()
 	}
-	if o.MaxHandshakeQueue <= 0 {
-		o.MaxHandshakeQueue = 16384
+	if o.MaxHandshakeBytes <= 0 {
+		o.MaxHandshakeBytes = 256 << 20
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -207,11 +228,13 @@ type Server struct {
 	draining atomic.Bool
 
 	openConns   atomic.Int64
-	buffered    atomic.Int64 // bytes held in partial messages, all connections
+	buffered    atomic.Int64 // bytes booked by conn.account, all connections
 	lastFullLog atomic.Int64 // unix seconds of the last "limit reached" line
+	// lastHsFullLog: the same for the handshake memory limit.
+	lastHsFullLog atomic.Int64
 
 	hsSlots chan struct{}
-	hsQueue chan *conn
+	hsHeld  atomic.Int64 // bytes charged against MaxHandshakeBytes
 
 	regMu sync.Mutex
 	conns map[*conn]struct{}
@@ -244,12 +267,12 @@ func New(o Options) (*Server, error) {
 		booted:     make(chan struct{}),
 		done:       make(chan struct{}),
 		hsSlots:    make(chan struct{}, o.MaxHandshakes),
-		hsQueue:    make(chan *conn, o.MaxHandshakeQueue),
 		conns:      make(map[*conn]struct{}),
 		stopTicker: make(chan struct{}),
 		tickerDone: make(chan struct{}),
 	}
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
+	handshakeSlots.Store(int64(o.MaxHandshakes))
 	s.tlsCfg.Store(serverConfig(o.TLS, o.VerifiedCertCache, o.CryptoTLSRecords))
 	for _, t := range o.RoutedTopics {
 		s.routed[t] = true
@@ -365,23 +388,36 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	c := newConn(s, gc)
 	gc.SetContext(c)
 	s.register(c)
-	// The handshake is queued when the ClientHello starts to arrive (see
-	// conn.onTraffic): a connection that sends nothing holds no worker, only
-	// its deadline, so silent sockets cannot starve real vehicles.
+	// The handshake starts once the whole ClientHello is in (see
+	// conn.onHandshakeBytes): a connection that sends nothing, or part of
+	// a ClientHello, holds only those bytes and its deadline, so stalled
+	// sockets cannot starve real vehicles.
 	return nil, gnet.None
 }
 
-// queueHandshake hands a connection whose first bytes arrived to the
-// handshake pool; false when the queue is full.
-func (s *Server) queueHandshake(c *conn) bool {
-	select {
-	case s.hsQueue <- c:
-	default:
-		refusedHandshakeBusy.Inc()
+// chargeHandshake books n more bytes of handshake-phase memory, or says no
+// (counted) when that would pass MaxHandshakeBytes.
+func (s *Server) chargeHandshake(n int64) bool {
+	if n <= 0 {
+		s.unchargeHandshake(-n)
+		return true
+	}
+	if s.hsHeld.Add(n) > s.opts.MaxHandshakeBytes {
+		s.hsHeld.Add(-n)
+		refusedHandshakeMemory.Inc()
+		if now := time.Now().Unix(); s.lastHsFullLog.Swap(now) != now {
+			s.log.Warn("handshake memory limit reached; refusing handshakes", "limit_bytes", s.opts.MaxHandshakeBytes)
+		}
 		return false
 	}
-	s.startHandshakeWorker()
+	handshakeBytes.Add(n)
 	return true
+}
+
+// unchargeHandshake returns n bytes booked by chargeHandshake.
+func (s *Server) unchargeHandshake(n int64) {
+	s.hsHeld.Add(-n)
+	handshakeBytes.Add(-n)
 }
 
 // OnTraffic implements gnet.EventHandler.
@@ -390,7 +426,11 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	if c == nil {
 		return gnet.Close
 	}
-	return c.onTraffic()
+	act := c.onTraffic()
+	if act == gnet.Close {
+		c.closeNotify()
+	}
+	return act
 }
 
 // OnClose implements gnet.EventHandler.
@@ -426,37 +466,6 @@ func (s *Server) unregister(c *conn) {
 // Connections is the number of open connections.
 func (s *Server) Connections() int {
 	return int(s.openConns.Load())
-}
-
-// startHandshakeWorker starts a worker if a slot is free. Workers take
-// queued connections until the queue is empty; the one that finds it empty
-// re-checks after giving its slot back, so no connection is stranded.
-func (s *Server) startHandshakeWorker() {
-	select {
-	case s.hsSlots <- struct{}{}:
-		go s.handshakeWorker()
-	default:
-	}
-}
-
-func (s *Server) handshakeWorker() {
-	for {
-		select {
-		case c := <-s.hsQueue:
-			c.handshake(s.baseCtx)
-			continue
-		default:
-		}
-		<-s.hsSlots
-		if len(s.hsQueue) == 0 {
-			return
-		}
-		select {
-		case s.hsSlots <- struct{}{}:
-		default:
-			return // another worker holds the slot and will drain the queue
-		}
-	}
 }
 
 // tick enforces deadlines. It runs off the loops: it only flags expired

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	_ "embed"
 	"fmt"
-	"io"
 	"os"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/verifycache"
@@ -64,8 +63,10 @@ func NewTLSConfig(o TLSOptions) (*tls.Config, error) {
 
 // serverConfig returns the configuration handshakes use: a copy of cfg
 // (which requires and verifies client certificates against cfg.ClientCAs)
-// whose key log feeds keyLogs, so a TLS 1.3 connection's record layer can
-// take over after the handshake, and which, unless maxCached is negative,
+// that, unless cryptoTLSOnly, gives each handshake a configuration of its
+// own whose key log feeds that connection (perConnConfig), so a TLS 1.3
+// connection's record layer can take over after the handshake, and which,
+// unless maxCached is negative,
 // verifies client certificates itself through a verifycache.Cache: a
 // vehicle that reconnects with the same certificate skips chain building
 // and the CA signature check. crypto/tls still checks the vehicle's
@@ -74,16 +75,18 @@ func NewTLSConfig(o TLSOptions) (*tls.Config, error) {
 // unknown_ca or certificate_expired where they apply).
 func serverConfig(cfg *tls.Config, maxCached int, cryptoTLSOnly bool) *tls.Config {
 	out := cfg.Clone()
-	if !cryptoTLSOnly {
-		if cfg.KeyLogWriter != nil {
-			out.KeyLogWriter = io.MultiWriter(keyLogs, cfg.KeyLogWriter)
-		} else {
-			out.KeyLogWriter = keyLogs
-		}
+	if maxCached >= 0 {
+		verifyThroughCache(out, cfg, maxCached)
 	}
-	if maxCached < 0 {
+	if cryptoTLSOnly {
 		return out
 	}
+	return perConnConfig(out)
+}
+
+// verifyThroughCache makes out verify client certificates against cfg's
+// ClientCAs through a verifycache.Cache of maxCached chains.
+func verifyThroughCache(out, cfg *tls.Config, maxCached int) {
 	cache := verifycache.New(verifycache.Options{
 		Roots:      cfg.ClientCAs,
 		KeyUsages:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
@@ -108,5 +111,4 @@ func serverConfig(cfg *tls.Config, maxCached int, cryptoTLSOnly bool) *tls.Confi
 		}
 		return nil
 	}
-	return out
 }

@@ -453,9 +453,9 @@ func TestHostileBigFramesMemory(t *testing.T) {
 }
 
 // TestHostileHandshakeFlood holds 400 TCP connections open that never
-// start TLS (each costs a handshake worker until handshake_timeout, 1s)
-// and re-opens them as the daemon drops them, for 4s, while a good
-// vehicle makes new connections and sends a record on each.
+// start TLS (the daemon drops each at handshake_timeout, 1s) and re-opens
+// them as the daemon drops them, for 4s, while a good vehicle makes new
+// connections and sends a record on each: every one is served.
 func TestHostileHandshakeFlood(t *testing.T) {
 	e := newHostileEnv(t)
 	before := e.setup.metrics(t)
@@ -516,14 +516,14 @@ func TestHostileHandshakeFlood(t *testing.T) {
 		worst = max(worst, a.took)
 	}
 	m := e.setup.metrics(t)
-	t.Logf("flood: %d silent connections opened in all (%d at a time); tls_handshake_timeout +%.0f, tls_handshake_queue_full +%.0f; %d of %d new vehicle connections acked, slowest %s",
+	t.Logf("flood: %d silent connections opened in all (%d at a time); tls_handshake_timeout +%.0f, tls_handshake_memory +%.0f; %d of %d new vehicle connections acked, slowest %s",
 		total, flood, m[refused("tls_handshake_timeout")]-before[refused("tls_handshake_timeout")],
-		m[refused("tls_handshake_queue_full")]-before[refused("tls_handshake_queue_full")], okCount, len(attempts), worst.Round(time.Millisecond))
+		m[refused("tls_handshake_memory")]-before[refused("tls_handshake_memory")], okCount, len(attempts), worst.Round(time.Millisecond))
 	if okCount == 0 {
 		t.Errorf("no new vehicle connection was served during the handshake flood")
 	}
 	if okCount < len(attempts) {
-		t.Logf("GAP: %d of %d new vehicle connections failed during the flood: silent connections hold handshake workers until handshake_timeout", len(attempts)-okCount, len(attempts))
+		t.Errorf("%d of %d new vehicle connections failed during the flood", len(attempts)-okCount, len(attempts))
 	}
 	e.delta(t, before, refused("tls_handshake_timeout"), flood/2)
 	e.finish(t)

@@ -235,6 +235,11 @@ func NewDecoder(o Options) *Decoder {
 	return d
 }
 
+// Buffered is the memory the Decoder holds between calls: the capacity of
+// its reassembly buffer (a fragmented message in progress, or one kept
+// for reuse).
+func (d *Decoder) Buffered() int { return cap(d.reasm) }
+
 // Reset drops any fragmented message in progress and releases the
 // reassembly buffer. It also clears an error returned earlier, so a Decoder
 // can be reused for a new connection.

@@ -43,6 +43,9 @@ type Config struct {
 	// Header is sent with the upgrade request (X-TXID, X-Network-Interface,
 	// Version ...).
 	Header http.Header
+	// NetDial, when set, opens the TCP connection TLS runs on (tests wrap
+	// it to split or delay what the client sends).
+	NetDial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // TLSFromDir builds a client TLS config from a `certs dev` directory: the
@@ -66,7 +69,7 @@ func TLSFromDir(dir, vin string) (*tls.Config, error) {
 
 // Dial connects, completes TLS and the WebSocket upgrade.
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
-	d := ws.Dialer{TLSConfig: cfg.TLS}
+	d := ws.Dialer{TLSConfig: cfg.TLS, NetDial: cfg.NetDial}
 	if cfg.Header != nil {
 		d.Header = ws.HandshakeHeaderHTTP(cfg.Header)
 	}
