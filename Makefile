@@ -46,6 +46,7 @@ FUZZ_TARGETS := \
 	./proto/record:FuzzTransform \
 	./proto/record:FuzzAppendDispatched \
 	./internal/tlsrecord:FuzzOpen \
+	./internal/tlsrecord:FuzzDifferential \
 	./spool:FuzzDecodeRecord \
 	./netloop:FuzzParseRequestLine \
 	./netloop:FuzzHelloReader \

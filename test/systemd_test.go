@@ -61,6 +61,8 @@ func debianPackageOf(tool string) string {
 		return "systemd"
 	case "prlimit":
 		return "util-linux"
+	case "gnutls-cli":
+		return "gnutls-bin"
 	}
 	return tool
 }

@@ -2,10 +2,12 @@ package tlsrecord
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"io"
+	"math/bits"
 	"net"
 	"strings"
 	"sync"
@@ -233,7 +235,7 @@ func TestInteropWithCryptoTLS(t *testing.T) {
 func TestKeyUpdateWithCryptoTLS(t *testing.T) {
 	p := handshake(t)
 	for round := range 3 {
-		out := p.server.seal(nil, typeHandshake, []byte{handshakeKeyUpdate, 0, 0, 1, keyUpdateRequested})
+		out := p.server.seal(nil, typeHandshake, []byte{hsKeyUpdate, 0, 0, 1, keyUpdateRequested})
 		if err := p.server.out.update(); err != nil {
 			t.Fatal(err)
 		}
@@ -267,7 +269,8 @@ func peers(t *testing.T, suite uint16) (server, client *Conn) {
 	}
 	n := s.hash().Size()
 	cs, ss := payload(n), bytes.Repeat([]byte{0x5a}, n)
-	server, err = New(suite, cs, ss, 0)
+	// New clears the secrets it is given: each gets its own copies.
+	server, err = New(suite, bytes.Clone(cs), bytes.Clone(ss), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +315,7 @@ func TestEverySuiteBothWaysWithKeyUpdates(t *testing.T) {
 			}
 			// The client updates its keys, asking for an answer every
 			// other round.
-			req := []byte{handshakeKeyUpdate, 0, 0, 1, byte(round % 2)}
+			req := []byte{hsKeyUpdate, 0, 0, 1, byte(round % 2)}
 			rec := client.seal(nil, typeHandshake, req)
 			if err := client.out.update(); err != nil {
 				t.Fatal(err)
@@ -346,30 +349,80 @@ func TestPaddingAndEmptyRecords(t *testing.T) {
 	}
 }
 
+// Each refusal, with the alert crypto/tls sends for it (TestAgainstCryptoTLS
+// checks the same against crypto/tls itself).
 func TestRefusals(t *testing.T) {
+	keyUpdate := []byte{hsKeyUpdate, 0, 0, 1, keyUpdateNotRequested}
+	repeat := func(n int, rec func(cl *Conn) []byte) func(cl *Conn) []byte {
+		return func(cl *Conn) []byte {
+			var out []byte
+			for range n {
+				out = append(out, rec(cl)...)
+			}
+			return out
+		}
+	}
 	for _, c := range []struct {
 		name  string
 		make  func(client *Conn) []byte
 		alert uint8
 	}{
 		{"tampered", func(cl *Conn) []byte { r := cl.Seal(nil, []byte("hello")); r[7] ^= 1; return r }, AlertBadRecordMAC},
-		{"tampered header", func(cl *Conn) []byte { r := cl.Seal(nil, []byte("hello")); r[1] = 1; return r }, AlertBadRecordMAC},
+		{"tampered header type", func(cl *Conn) []byte { r := cl.Seal(nil, []byte("hello")); r[0] = typeHandshake; return r }, AlertBadRecordMAC},
+		{"record version 3.1", func(cl *Conn) []byte { r := cl.Seal(nil, []byte("hello")); r[2] = 1; return r }, AlertProtocolVersion},
+		{"record version 3.1, header alone", func(*Conn) []byte { return []byte{23, 3, 1, 0, 20} }, AlertProtocolVersion},
 		{"replayed order", func(cl *Conn) []byte { cl.Seal(nil, []byte("first")); return cl.Seal(nil, []byte("second")) }, AlertBadRecordMAC},
 		{"too long", func(*Conn) []byte { return []byte{23, 3, 3, 0x41, 0x01} }, AlertRecordOverflow},
-		{"plaintext record type", func(*Conn) []byte {
+		{"garbage of another record type", func(*Conn) []byte {
 			return []byte{22, 3, 3, 0, 20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}
-		}, AlertUnexpectedMessage},
-		{"shorter than a tag", func(*Conn) []byte { return []byte{23, 3, 3, 0, 3, 1, 2, 3} }, AlertDecodeError},
+		}, AlertBadRecordMAC},
+		{"sealed as a handshake record", func(cl *Conn) []byte { return sealRecord(cl, typeHandshake, []byte("hi\x17")) }, AlertUnexpectedMessage},
+		{"shorter than a tag", func(*Conn) []byte { return []byte{23, 3, 3, 0, 3, 1, 2, 3} }, AlertBadRecordMAC},
 		{"no content type", func(cl *Conn) []byte { return cl.sealInner(nil, make([]byte, 8)) }, AlertUnexpectedMessage},
+		{"empty inner plaintext", func(cl *Conn) []byte { return sealRecord(cl, typeApplicationData, nil) }, AlertUnexpectedMessage},
 		{"unknown content type", func(cl *Conn) []byte { return cl.seal(nil, 99, []byte("x")) }, AlertUnexpectedMessage},
-		{"change cipher spec", func(cl *Conn) []byte { return cl.seal(nil, 20, []byte{1}) }, AlertUnexpectedMessage},
+		{"change_cipher_spec", func(*Conn) []byte { return []byte{20, 3, 3, 0, 1, 1} }, AlertUnexpectedMessage},
+		{"change_cipher_spec of value 2", func(*Conn) []byte { return []byte{20, 3, 3, 0, 1, 2} }, AlertDecodeError},
+		{"change_cipher_spec of 16385 bytes", func(*Conn) []byte {
+			return append([]byte{20, 3, 3, 0x40, 0x01}, make([]byte, MaxPlaintext+1)...)
+		}, AlertRecordOverflow},
+		{"protected change_cipher_spec", func(cl *Conn) []byte { return cl.seal(nil, typeChangeCipherSpec, []byte{1}) }, AlertUnexpectedMessage},
+		{"protected change_cipher_spec of 2 bytes", func(cl *Conn) []byte { return cl.seal(nil, typeChangeCipherSpec, []byte{1, 1}) }, AlertDecodeError},
 		{"plaintext too long", func(cl *Conn) []byte { return cl.seal(nil, typeApplicationData, make([]byte, MaxPlaintext+1)) }, AlertRecordOverflow},
-		{"alert of 3 bytes", func(cl *Conn) []byte { return cl.seal(nil, typeAlert, []byte{2, 40, 0}) }, AlertDecodeError},
-		{"fragmented handshake", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{24, 0}) }, AlertUnexpectedMessage},
+		{"inner plaintext too long by its padding", func(cl *Conn) []byte {
+			return cl.sealInner(nil, append(append(make([]byte, MaxPlaintext-1), typeApplicationData), 0, 0))
+		}, AlertRecordOverflow},
+		{"alert of 3 bytes", func(cl *Conn) []byte { return cl.seal(nil, typeAlert, []byte{2, 40, 0}) }, AlertUnexpectedMessage},
+		{"empty alert", func(cl *Conn) []byte { return cl.seal(nil, typeAlert, nil) }, AlertUnexpectedMessage},
+		{"empty handshake record", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, nil) }, AlertUnexpectedMessage},
+		{"data inside a fragmented handshake message", func(cl *Conn) []byte {
+			return cl.Seal(cl.seal(nil, typeHandshake, []byte{24, 0}), []byte("x"))
+		}, AlertUnexpectedMessage},
+		{"alert inside a fragmented handshake message", func(cl *Conn) []byte {
+			return cl.SealAlert(cl.seal(nil, typeHandshake, []byte{24, 0}), AlertCloseNotify)
+		}, AlertUnexpectedMessage},
+		{"change_cipher_spec inside a fragmented handshake message", func(cl *Conn) []byte {
+			return append(cl.seal(nil, typeHandshake, []byte{24}), 20, 3, 3, 0, 1, 1)
+		}, AlertUnexpectedMessage},
 		{"new session ticket", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{4, 0, 0, 1, 0}) }, AlertUnexpectedMessage},
+		{"unknown handshake message", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{99, 0, 0, 0}) }, AlertUnexpectedMessage},
+		{"HelloRequest with a body", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{0, 0, 0, 1, 0}) }, AlertDecodeError},
+		{"Finished", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{20, 0, 0, 2, 0, 0}) }, AlertUnexpectedMessage},
+		{"malformed CertificateVerify", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{15, 0, 0, 5, 8, 4, 0, 2, 0}) }, AlertDecodeError},
+		{"malformed CertificateStatus", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{22, 0, 0, 4, 1, 0, 0, 0}) }, AlertDecodeError},
+		{"handshake message over 64 KiB", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{20, 1, 0, 1}) }, AlertInternalError},
+		{"Certificate over 256 KiB", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{11, 4, 0, 1}) }, AlertInternalError},
 		{"KeyUpdate too long", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{24, 0, 0, 2, 0, 0}) }, AlertDecodeError},
-		{"KeyUpdate with more behind it", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{24, 0, 0, 1, 0, 24, 0, 0, 1, 0}) }, AlertDecodeError},
-		{"KeyUpdate request 2", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{24, 0, 0, 1, 2}) }, AlertIllegalParameter},
+		{"KeyUpdate with more behind it", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{24, 0, 0, 1, 0, 24, 0, 0, 1, 0}) }, AlertUnexpectedMessage},
+		{"KeyUpdate with a partial message behind it", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{24, 0, 0, 1, 0, 24}) }, AlertUnexpectedMessage},
+		{"KeyUpdate request 2", func(cl *Conn) []byte { return cl.seal(nil, typeHandshake, []byte{24, 0, 0, 1, 2}) }, AlertDecodeError},
+		{"17 empty records", repeat(MaxUselessRecords+1, func(cl *Conn) []byte { return cl.seal(nil, typeApplicationData, nil) }), AlertUnexpectedMessage},
+		{"17 user_canceled", repeat(MaxUselessRecords+1, func(cl *Conn) []byte { return cl.SealAlert(nil, AlertUserCanceled) }), AlertUnexpectedMessage},
+		{"17 KeyUpdates", repeat(MaxUselessRecords+1, func(cl *Conn) []byte {
+			r := cl.seal(nil, typeHandshake, keyUpdate)
+			cl.out.update()
+			return r
+		}), AlertUnexpectedMessage},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			server, client := peers(t, TLS_AES_128_GCM_SHA256)
@@ -378,7 +431,205 @@ func TestRefusals(t *testing.T) {
 			if !errors.As(err, &e) || e.Alert != c.alert {
 				t.Fatalf("err %v, want alert %d", err, c.alert)
 			}
+			// The stream is over: the same error again.
+			if _, _, again := server.Open(client.Seal(nil, []byte("more"))); again != err {
+				t.Fatalf("after the refusal: %v", again)
+			}
 		})
+	}
+}
+
+// sealRecord seals inner (content, type and padding, possibly empty) as a
+// record of outer type typ under c's write keys.
+func sealRecord(c *Conn, typ byte, inner []byte) []byte {
+	nonce, err := c.out.nextNonce()
+	if err != nil {
+		panic(err)
+	}
+	n := len(inner) + tagLen
+	rec := append([]byte{typ, 3, 3, byte(n >> 8), byte(n)}, inner...)
+	return c.out.aead.Seal(rec[:HeaderLen], nonce, rec[HeaderLen:], rec[:HeaderLen])
+}
+
+// Records that carry no application data are allowed 16 in a row, whatever
+// their kind; application data starts the count again; a KeyUpdate split
+// across records counts once; padding does not count as data.
+func TestUselessRecordsLimit(t *testing.T) {
+	server, client := peers(t, TLS_AES_256_GCM_SHA384)
+	keyUpdate := func(cut int) []byte {
+		m := []byte{hsKeyUpdate, 0, 0, 1, keyUpdateNotRequested}
+		r := client.seal(nil, typeHandshake, m[:cut])
+		if cut < len(m) {
+			r = client.seal(r, typeHandshake, m[cut:])
+		}
+		client.out.update()
+		return r
+	}
+	for round := range 3 {
+		var in []byte
+		for i := range MaxUselessRecords {
+			switch i % 4 {
+			case 0:
+				in = append(in, keyUpdate(5)...)
+			case 1:
+				in = client.seal(in, typeApplicationData, nil)
+			case 2:
+				in = client.SealAlert(in, AlertUserCanceled)
+			case 3:
+				in = append(in, keyUpdate(1+round)...) // two records, one message
+			}
+		}
+		in = client.sealInner(in, append([]byte{'x', typeApplicationData}, make([]byte, 50)...))
+		got, err := openAll(t, server, in)
+		if err != nil || string(got) != "x" {
+			t.Fatalf("round %d: %q, %v", round, got, err)
+		}
+	}
+	// Padding alone is no data.
+	var in []byte
+	for range MaxUselessRecords + 1 {
+		in = client.sealInner(in, append([]byte{typeApplicationData}, make([]byte, 30)...))
+	}
+	var e *Error
+	if _, err := openAll(t, server, in); !errors.As(err, &e) || e.Alert != AlertUnexpectedMessage {
+		t.Fatalf("17 padded empty records: %v", err)
+	}
+}
+
+// A KeyUpdate may arrive in pieces, cut anywhere; the answer to one that
+// asks for it leaves once the whole message has arrived.
+func TestKeyUpdateSplitAcrossRecords(t *testing.T) {
+	msg := []byte{hsKeyUpdate, 0, 0, 1, keyUpdateRequested}
+	for cuts := range 1 << 4 {
+		server, client := peers(t, TLS_CHACHA20_POLY1305_SHA256)
+		var in []byte
+		last := 0
+		for k := range 4 {
+			if cuts&(1<<k) != 0 {
+				in = client.seal(in, typeHandshake, msg[last:k+1])
+				last = k + 1
+			}
+		}
+		in = client.seal(in, typeHandshake, msg[last:])
+		client.out.update()
+		in = client.Seal(in, []byte("after"))
+		fragments := bits.OnesCount(uint(cuts)) + 1
+		for i := range fragments + 1 {
+			n, data, err := server.Open(in)
+			if err != nil || n == 0 {
+				t.Fatalf("cuts %04b, record %d: %d, %v", cuts, i, n, err)
+			}
+			// The answer is ready once the last piece arrived.
+			if (len(server.pending) > 0) != (i >= fragments-1) {
+				t.Fatalf("cuts %04b, record %d: %d bytes pending", cuts, i, len(server.pending))
+			}
+			if (i == fragments) != (string(data) == "after") {
+				t.Fatalf("cuts %04b, record %d: data %q", cuts, i, data)
+			}
+			in = in[n:]
+		}
+		answer := server.Pending()
+		if _, err := openAll(t, client, answer); err != nil {
+			t.Fatalf("cuts %04b: the answer: %v", cuts, err)
+		}
+		if got, err := openAll(t, client, server.Seal(nil, []byte("reply"))); err != nil || string(got) != "reply" {
+			t.Fatalf("cuts %04b: reply under the new keys: %q, %v", cuts, got, err)
+		}
+	}
+}
+
+// New leaves no copy of the secrets with the caller; a KeyUpdate
+// overwrites the secret it replaces.
+func TestSecretHygiene(t *testing.T) {
+	cs, ss := payload(32), bytes.Repeat([]byte{0x5a}, 32)
+	readSecret, writeSecret := bytes.Clone(cs), bytes.Clone(ss)
+	c, err := New(TLS_AES_128_GCM_SHA256, readSecret, writeSecret, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(readSecret, make([]byte, 32)) || !bytes.Equal(writeSecret, make([]byte, 32)) {
+		t.Fatal("New left the secrets it was given in place")
+	}
+	bad := bytes.Clone(cs)
+	if _, err := New(TLS_AES_256_GCM_SHA384, bad, bytes.Clone(ss), 0); err == nil || !bytes.Equal(bad, make([]byte, 32)) {
+		t.Fatalf("a New that fails left the secrets in place (err %v)", err)
+	}
+	if !bytes.Equal(c.in.secret[:c.in.secretLen], cs) || !bytes.Equal(c.out.secret[:c.out.secretLen], ss) {
+		t.Fatal("the Conn does not hold the secrets")
+	}
+	client, err := New(TLS_AES_128_GCM_SHA256, bytes.Clone(ss), bytes.Clone(cs), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openAll(t, c, client.seal(nil, typeHandshake, []byte{hsKeyUpdate, 0, 0, 1, keyUpdateRequested})); err != nil {
+		t.Fatal(err)
+	}
+	nextIn, _ := expandLabel(sha256.New, cs, trafficUpdateLabel, 32)
+	nextOut, _ := expandLabel(sha256.New, ss, trafficUpdateLabel, 32)
+	if !bytes.Equal(c.in.secret[:32], nextIn) || !bytes.Equal(c.out.secret[:32], nextOut) {
+		t.Fatal("KeyUpdate did not move both secrets on")
+	}
+	for _, h := range []*half{&c.in, &c.out} {
+		if bytes.Contains(h.secret[:], cs) || bytes.Contains(h.secret[:], ss) || !bytes.Equal(h.secret[32:], make([]byte, maxHashLen-32)) {
+			t.Fatal("a superseded secret is still held")
+		}
+	}
+}
+
+func TestWriteSeq(t *testing.T) {
+	cs, ss := payload(32), bytes.Repeat([]byte{0x5a}, 32)
+	server, err := New(TLS_AES_128_GCM_SHA256, bytes.Clone(cs), bytes.Clone(ss), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := New(TLS_AES_128_GCM_SHA256, ss, cs, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if server.WriteSeq() != 3 {
+		t.Fatalf("WriteSeq %d after New(…, 3)", server.WriteSeq())
+	}
+	server.Seal(nil, make([]byte, MaxPlaintext+1)) // two records
+	if server.WriteSeq() != 5 {
+		t.Fatalf("WriteSeq %d after two more records", server.WriteSeq())
+	}
+	if _, err := openAll(t, server, client.seal(nil, typeHandshake, []byte{hsKeyUpdate, 0, 0, 1, keyUpdateRequested})); err != nil {
+		t.Fatal(err)
+	}
+	if server.WriteSeq() != 0 {
+		t.Fatalf("WriteSeq %d after the write keys moved on", server.WriteSeq())
+	}
+}
+
+// An alert after a KeyUpdate answer goes out behind the answer, under the
+// next keys; close_notify is a warning, every other alert fatal.
+func TestSealAlert(t *testing.T) {
+	server, client := peers(t, TLS_AES_128_GCM_SHA256)
+	_, err := openAll(t, server, client.seal(nil, typeHandshake, []byte{hsKeyUpdate, 0, 0, 1, keyUpdateRequested, 0}))
+	var e *Error
+	if !errors.As(err, &e) || e.Alert != AlertUnexpectedMessage {
+		t.Fatalf("KeyUpdate with a byte behind it: %v", err)
+	}
+	out := server.SealAlert(nil, e.Alert)
+	// The client reads the answer (and moves its read keys on), then the
+	// alert.
+	n, _, err := client.Open(out)
+	if err != nil || n == 0 {
+		t.Fatalf("the answer: %d, %v", n, err)
+	}
+	if _, _, err := client.Open(out[n:]); err != AlertReceived(AlertUnexpectedMessage) {
+		t.Fatalf("the alert: %v", err)
+	}
+	for _, c := range []struct {
+		desc, level uint8
+	}{{AlertCloseNotify, alertLevelWarning}, {AlertUnexpectedMessage, alertLevelFatal}, {AlertUserCanceled, alertLevelFatal}} {
+		server, client := peers(t, TLS_AES_128_GCM_SHA256)
+		rec := server.SealAlert(nil, c.desc)
+		nonce, _ := client.in.nextNonce()
+		plain, err := client.in.aead.Open(nil, nonce, rec[HeaderLen:], rec[:HeaderLen])
+		if err != nil || !bytes.Equal(plain, []byte{c.level, c.desc, typeAlert}) {
+			t.Fatalf("alert %d: % x, %v", c.desc, plain, err)
+		}
 	}
 }
 
@@ -454,11 +705,11 @@ func (c *Conn) sealInner(dst, inner []byte) []byte {
 func TestTicketsSent(t *testing.T) {
 	appSecret := bytes.Repeat([]byte{7}, 32)
 	hsSecret := bytes.Repeat([]byte{9}, 32)
-	hs, err := New(TLS_AES_128_GCM_SHA256, hsSecret, hsSecret, 0)
+	hs, err := New(TLS_AES_128_GCM_SHA256, bytes.Clone(hsSecret), bytes.Clone(hsSecret), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	app, err := New(TLS_AES_128_GCM_SHA256, appSecret, appSecret, 0)
+	app, err := New(TLS_AES_128_GCM_SHA256, bytes.Clone(appSecret), bytes.Clone(appSecret), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
