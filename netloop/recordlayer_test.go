@@ -1,14 +1,19 @@
 package netloop
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/panjf2000/gnet/v2"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
@@ -133,6 +138,93 @@ func TestRecordLayerWithOpenSSLEverySuiteAndKeyUpdate(t *testing.T) {
 			waitLine("mtls ok")
 			if recordLayerNative.Get() != native+1 {
 				t.Fatal("the connection did not use the native record layer")
+			}
+		})
+	}
+}
+
+// countingTickets is a client session cache that counts the session
+// tickets the server sent (crypto/tls stores each NewSessionTicket).
+type countingTickets struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countingTickets) Get(string) (*tls.ClientSessionState, bool) { return nil, false }
+func (c *countingTickets) Put(_ string, cs *tls.ClientSessionState) {
+	if cs != nil {
+		c.mu.Lock()
+		c.n++
+		c.mu.Unlock()
+	}
+}
+
+// onLoop runs f on c's event loop and waits for it.
+func onLoop(t *testing.T, c *conn, f func()) {
+	t.Helper()
+	done := make(chan struct{})
+	if err := c.gc.AsyncWrite(nil, func(gnet.Conn, error) error { f(); close(done); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the loop did not run the task")
+	}
+}
+
+// TestWriteSeqContinuesAfterTickets: the native record layer's first
+// record carries the sequence number that follows the records crypto/tls
+// sealed under the server's application secret (its session tickets, as
+// many as the client received), so each reply is exactly one more.
+func TestWriteSeqContinuesAfterTickets(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		noTicket bool
+	}{{"session tickets", false}, {"tickets disabled", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t, allTopics, func(o *Options) { o.TLS.SessionTicketsDisabled = tc.noTicket })
+			cache := &countingTickets{}
+			cfg := e.clientTLS(t, vinA)
+			cfg.ClientSessionCache = cache
+			cl, err := tls.Dial("tcp", e.addr(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			br := bufio.NewReader(cl)
+			for i := 1; i <= 3; i++ {
+				io.WriteString(cl, "GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				var sc *conn
+				e.srv.regMu.Lock()
+				for c := range e.srv.conns {
+					sc = c
+				}
+				e.srv.regMu.Unlock()
+				var seq uint64
+				var native bool
+				onLoop(t, sc, func() {
+					if native = sc.rec != nil; native {
+						seq = sc.rec.WriteSeq()
+					}
+				})
+				if !native {
+					t.Fatal("the connection is not on the native record layer")
+				}
+				cache.mu.Lock()
+				tickets := cache.n
+				cache.mu.Unlock()
+				if tc.noTicket != (tickets == 0) {
+					t.Fatalf("client received %d session tickets", tickets)
+				}
+				if want := uint64(tickets + i); seq != want {
+					t.Fatalf("after %d replies and %d tickets the write sequence is %d, want %d", i, tickets, seq, want)
+				}
 			}
 		})
 	}
