@@ -619,6 +619,71 @@ func TestStartPortInUse(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("Start on a port in use: %v", err)
 	}
+
+	// Another server's port: both set SO_REUSEADDR, which must not let
+	// two listen on one port at once.
+	o.Addr = env.addr()
+	srv, err = New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = srv.Start()
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("Start on another server's port: %v", err)
+	}
+}
+
+// TestRestartOnPortWithTimeWait: connections the server closed itself
+// leave sockets in TIME_WAIT on its port; a new server on the same port
+// must start at once all the same.
+func TestRestartOnPortWithTimeWait(t *testing.T) {
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	if _, err := devca.WriteDir(certs, []string{vinA}); err != nil {
+		t.Fatal(err)
+	}
+	d := devca.Dir{Path: certs}
+	tlsCfg, err := NewTLSConfig(TLSOptions{CertFile: d.File(devca.ServerCertFile), KeyFile: d.File(devca.ServerKeyFile), CAFile: d.File(devca.CACertFile)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spool.Open(spool.Options{Dir: filepath.Join(dir, "spool"), Consumers: []string{"test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	o := Options{Addr: "127.0.0.1:0", TLS: tlsCfg, Spool: sp, RoutedTopics: allTopics, Loops: 1}
+	for round := range 2 {
+		srv, err := New(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Start(); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		o.Addr = srv.Addr().String()
+		// Not TLS: the handshake fails and the server closes first; the
+		// client reads to EOF before it closes, so the server's side of
+		// each connection goes to TIME_WAIT.
+		for range 3 {
+			c, err := net.Dial("tcp", o.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.Copy(io.Discard, c); err != nil {
+				t.Fatalf("waiting for the server to close: %v", err)
+			}
+			c.Close()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = srv.Shutdown(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // TestBuffersReusedAcrossBursts: two vehicles send bursts of pipelined
