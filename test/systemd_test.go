@@ -222,6 +222,24 @@ func TestSystemdUnitSettings(t *testing.T) {
 	if wd, err := time.ParseDuration(strings.Join(s["Service.WatchdogSec"], "")); err != nil || wd < 10*time.Second {
 		t.Errorf("WatchdogSec = %q, want at least 10s", s["Service.WatchdogSec"])
 	}
+
+	// Restart= alone must never trip the start limit: a start failing for
+	// a minute (a sink not reachable yet, the port held by TIME_WAIT
+	// sockets of a daemon without SO_REUSEADDR) is retried until it works.
+	// systemd's window opens at the first start and counts every start in
+	// it; Restart= spaces them by at least RestartSec.
+	restart, err := time.ParseDuration(strings.Join(s["Service.RestartSec"], ""))
+	if err != nil || restart <= 0 {
+		t.Fatalf("RestartSec = %q, want a duration", s["Service.RestartSec"])
+	}
+	window, err := time.ParseDuration(strings.Join(s["Unit.StartLimitIntervalSec"], ""))
+	if err != nil || window < time.Minute {
+		t.Errorf("StartLimitIntervalSec = %q, want at least 60s (TIME_WAIT lasts 60 s)", s["Unit.StartLimitIntervalSec"])
+	}
+	burst, err := strconv.Atoi(strings.Join(s["Unit.StartLimitBurst"], ""))
+	if most := int(window/restart) + 1; err != nil || burst <= most {
+		t.Errorf("StartLimitBurst = %q: Restart= alone makes up to %d starts in StartLimitIntervalSec=%v at RestartSec=%v; want more", s["Unit.StartLimitBurst"], most, window, restart)
+	}
 }
 
 // TestSystemdExampleConfig checks that the shipped example loads, names the
