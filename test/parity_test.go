@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
+	flatbuffers "github.com/google/flatbuffers/go"
+
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 )
@@ -177,4 +180,100 @@ func TestDescriptorExhaustionDoesNotStopTheDaemon(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	d.stop(t)
+}
+
+// TestReferenceAnswersEndToEnd: what the daemon answers where the
+// reference answers something other than a plain ack, through the real
+// binary (PROTOCOL.md, "Reference behaviour"). Only V is routed. Each
+// answer is one reply: the next record's ack comes next.
+func TestReferenceAnswersEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	configPath, certs := writeConfig(t, dir)
+	editConfig(t, configPath, map[string]any{"records": map[string][]string{"V": {"logger"}}})
+	d := startDaemon(t, configPath)
+	c := dial(t, d.addr, certs, vins[0])
+	next := 0
+	expectNext := func() {
+		t.Helper()
+		next++
+		m := newRecord(vins[0], "V", fmt.Sprintf("next-%d", next))
+		sendAndAck(t, c, []*envelope.StreamMessage{m})
+	}
+	reply := func(what string, frame []byte) vehicle.Reply {
+		t.Helper()
+		if err := c.WriteFrame(ws.OpBinary, true, frame); err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.ReadReply(10 * time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return r
+	}
+
+	// An ack (message type 5) sent by the vehicle: one ack, txid echoed,
+	// no topic.
+	r := reply("client ack", envelope.AppendAck(nil, []byte("client-ack"), []byte("V"), nil))
+	if !r.Ack || r.TxID != "client-ack" || r.Topic != "" {
+		t.Errorf("a vehicle's ack: reply %+v, want an ack with txid client-ack and no topic", r)
+	}
+	expectNext()
+
+	// Message type 4 without its union table: one ack, no txid, no topic.
+	r = reply("no union", envelopeWithoutUnion("no-union", "V", envelope.TypeStream))
+	if !r.Ack || r.TxID != "" || r.Topic != "" {
+		t.Errorf("type 4 without a message: reply %+v, want an ack with no txid and no topic", r)
+	}
+	expectNext()
+
+	// A foreign sender_id on a record type no sink takes: an error reply,
+	// txid echoed.
+	m := newRecord(vins[0], "alerts", "foreign-unrouted")
+	m.SenderID = []byte("vehicle_device." + vins[1])
+	r = reply("foreign sender, unrouted", envelope.AppendStream(nil, m))
+	if r.Ack || r.TxID != "foreign-unrouted" || r.Text != "incorrect message format" {
+		t.Errorf("a foreign sender_id on an unrouted type: reply %+v, want \"incorrect message format\" for txid foreign-unrouted", r)
+	}
+	expectNext()
+
+	// A foreign sender_id on a routed record type: acked, and dispatched
+	// under the certificate's VIN.
+	before := scrape(t, d.logText())
+	m = newRecord(vins[0], "V", "foreign-routed")
+	m.SenderID = []byte("vehicle_device." + vins[1])
+	m.DeviceID = []byte(vins[1])
+	sendAndAck(t, c, []*envelope.StreamMessage{m})
+	expectNext()
+	l := d.waitPrinted(t, map[string]bool{"foreign-routed": true}, 10*time.Second)["foreign-routed"]
+	var rec struct{ Vin string }
+	if err := json.Unmarshal(l.Record, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if l.VIN != vins[0] || rec.Vin != vins[0] {
+		t.Errorf("a foreign sender_id's record printed under VIN %q (payload vin %q), want the certificate's %s", l.VIN, rec.Vin, vins[0])
+	}
+	after := scrape(t, d.logText())
+	for name, want := range map[string]float64{
+		"fleet_records_sender_id_mismatch_total": 1,
+		"unauthorized_sender_id_total":           1,
+		`dispatch_total{record_type="V"}`:        2, // the record and the next one
+	} {
+		if got := after[name] - before[name]; got != want {
+			t.Errorf("%s moved by %v, want %v", name, got, want)
+		}
+	}
+	d.stop(t)
+}
+
+// envelopeWithoutUnion builds an envelope with a txid, a topic and a
+// message type but no message table.
+func envelopeWithoutUnion(txid, topic string, typ envelope.MessageType) []byte {
+	b := flatbuffers.NewBuilder(64)
+	tx, tp := b.CreateByteVector([]byte(txid)), b.CreateByteVector([]byte(topic))
+	b.StartObject(5)
+	b.PrependUOffsetTSlot(0, tx, 0)
+	b.PrependUOffsetTSlot(1, tp, 0)
+	b.PrependByteSlot(2, byte(typ), 0)
+	b.Finish(b.EndObject())
+	return b.FinishedBytes()
 }
