@@ -1,6 +1,8 @@
 package test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -276,4 +279,81 @@ func envelopeWithoutUnion(txid, topic string, typ envelope.MessageType) []byte {
 	b.PrependByteSlot(2, byte(typ), 0)
 	b.Finish(b.EndObject())
 	return b.FinishedBytes()
+}
+
+// TestProfilerEndpointsEndToEnd: the reference's /gc_stats and
+// /live_profiler on the profiler port, with monitoring.profiling_path set
+// (a supported key: no warning) and without it (405).
+func TestProfilerEndpointsEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	configPath, _ := writeConfig(t, dir)
+	pprofPort := freePort(t)
+	profile := filepath.Join(dir, "cpu.pprof")
+	editConfig(t, configPath, map[string]any{"monitoring": map[string]any{"profiler_port": pprofPort, "profiling_path": profile}})
+	d := startDaemon(t, configPath)
+	if strings.Contains(d.logText(), "profiling_path") {
+		t.Errorf("monitoring.profiling_path is warned about:\n%s", d.logText())
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", pprofPort)
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get("/gc_stats")
+	var gc struct {
+		NumGC          int64
+		PauseQuantiles []int64
+	}
+	if err := json.Unmarshal([]byte(body), &gc); code != 200 || err != nil || len(gc.PauseQuantiles) != 5 {
+		t.Fatalf("GET /gc_stats: %d %v %s", code, err, body)
+	}
+	t.Logf("/gc_stats: NumGC %d", gc.NumGC)
+	for _, step := range []struct {
+		query string
+		want  int
+	}{
+		{"", 400}, {"?mode=sideways", 400}, {"?mode=off", 304},
+		{"?mode=on", 200}, {"?mode=on", 304}, {"?mode=off", 200}, {"?mode=off", 304},
+		{"?mode=on", 200}, // left on: the stop finishes the file
+	} {
+		if code, body := get("/live_profiler" + step.query); code != step.want {
+			t.Fatalf("GET /live_profiler%s: %d %q, want %d", step.query, code, body, step.want)
+		}
+	}
+	d.stop(t)
+	checkCPUProfile(t, profile)
+
+	editConfig(t, configPath, map[string]any{"monitoring": map[string]any{"profiler_port": pprofPort}})
+	d = startDaemon(t, configPath)
+	if code, body := get("/live_profiler?mode=on"); code != 405 {
+		t.Errorf("/live_profiler without monitoring.profiling_path: %d %q, want 405", code, body)
+	}
+	d.stop(t)
+}
+
+// checkCPUProfile checks that path holds a whole gzipped pprof CPU
+// profile: its string table names the "cpu" sample type in "nanoseconds".
+func checkCPUProfile(t *testing.T, path string) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	b, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatalf("%s is cut short: %v", path, err)
+	}
+	if !bytes.Contains(b, []byte("cpu")) || !bytes.Contains(b, []byte("nanoseconds")) {
+		t.Fatalf("%s is not a CPU profile", path)
+	}
 }
