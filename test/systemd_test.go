@@ -245,7 +245,8 @@ func TestSystemdUnitSettings(t *testing.T) {
 // TestSystemdExampleConfig checks that the shipped example loads, names the
 // production paths, and keeps /metrics on loopback.
 func TestSystemdExampleConfig(t *testing.T) {
-	out, err := exec.Command(binary, "check-config", "-config", exampleConf).CombinedOutput()
+	// The TLS files it names are the operator's to install.
+	out, err := exec.Command(binary, "check-config", "-syntax-only", exampleConf).CombinedOutput()
 	if err != nil {
 		t.Fatalf("check-config %s: %v\n%s", exampleConf, err, out)
 	}
@@ -326,10 +327,21 @@ func TestInstall(t *testing.T) {
 			t.Errorf("%s mode %v, want 0644", rel, m)
 		}
 	}
-	out, err := exec.Command(filepath.Join(root, "usr/bin/fleet-telemetry"), "check-config", "-config",
+	out, err := exec.Command(filepath.Join(root, "usr/bin/fleet-telemetry"), "check-config", "-syntax-only",
 		filepath.Join(root, "etc/fleet-telemetry/config.json.example")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("installed binary on the installed example: %v\n%s", err, out)
+	}
+	// make install's build carries the revision it was built from, even
+	// where Go's own VCS stamp is off (a git worktree, -buildvcs=false).
+	out, err = exec.Command(filepath.Join(root, "usr/bin/fleet-telemetry"), "version").CombinedOutput()
+	if err != nil {
+		t.Fatalf("installed binary: version: %v\n%s", err, out)
+	}
+	if head, gerr := exec.Command("git", "-C", repoRoot, "rev-parse", "HEAD").Output(); gerr != nil {
+		t.Logf("no git revision to compare with (%v): %s", gerr, out)
+	} else if rev := strings.TrimSpace(string(head)); !strings.Contains(string(out), "revision "+rev) {
+		t.Errorf("installed binary: version %q does not name revision %s", out, rev)
 	}
 	unit := filepath.Join(root, "usr/lib/systemd/system/fleet-telemetry.service")
 	exec0 := unitSettings(t, unit)["Service.ExecStart"]
