@@ -48,7 +48,8 @@ FUZZ_TARGETS := \
 	./internal/tlsrecord:FuzzOpen \
 	./spool:FuzzDecodeRecord \
 	./netloop:FuzzParseRequestLine \
-	./cmd/fleet-telemetry:FuzzParseConfig
+	./cmd/fleet-telemetry:FuzzParseConfig \
+	./forwarder/mqtt:FuzzEncode
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+)
+
+// sinkSections are the sink sections with a config struct of their own
+// (sink_*.go): a key inside one that the struct does not have is loaded
+// with a warning naming it, never silently.
+var sinkSections = map[string]any{
+	"mqtt": MQTTConfig{},
+}
+
+// sinkMetricHelp is the HELP text of the metrics of the sinks in sink_*.go
+// (the reference's names, labelled by record_type).
+var sinkMetricHelp = map[string]string{
+	"mqtt_publish_total":       "MQTT publishes the broker confirmed (QoS 0: written to the connection), by record type.",
+	"mqtt_publish_total_bytes": "JSON payload bytes of the publishes counted in mqtt_publish_total, by record type.",
+	"mqtt_err":                 "MQTT publishes that failed, timed out or were refused (a value JSON cannot hold, a topic MQTT forbids), by record type.",
+}
+
+// validateSinkSections checks the section of every routed sink that has
+// one (sink_*.go).
+func (c *Config) validateSinkSections(ds map[string][]string) []error {
+	var errs []error
+	if _, ok := ds["mqtt"]; ok {
+		if _, err := mqttOptions(c.MQTT); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// sinkSectionWarnings names the keys of the sink sections that their
+// struct does not have.
+func sinkSectionWarnings(raw map[string]json.RawMessage) []string {
+	var warnings []string
+	names := make([]string, 0, len(sinkSections))
+	for n := range sinkSections {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		section, ok := raw[name]
+		if !ok {
+			continue
+		}
+		var keys map[string]json.RawMessage
+		if json.Unmarshal(section, &keys) != nil {
+			continue // not an object: decoding the config reports it
+		}
+		known := jsonKeys(reflect.TypeOf(sinkSections[name]))
+		var unknown []string
+		for k := range keys {
+			if !known[k] {
+				unknown = append(unknown, k)
+			}
+		}
+		sort.Strings(unknown)
+		for _, k := range unknown {
+			warnings = append(warnings, fmt.Sprintf("config key %q is unknown and is ignored", name+"."+k))
+		}
+	}
+	return warnings
+}
+
+// jsonKeys are the JSON names of a struct type's fields.
+func jsonKeys(t reflect.Type) map[string]bool {
+	keys := map[string]bool{}
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		if name != "" && name != "-" {
+			keys[name] = true
+		}
+	}
+	return keys
+}
