@@ -39,6 +39,8 @@ type Config struct {
 	Pubsub *PubsubConfig `json:"pubsub"`
 	// MQTT is the "mqtt" section (sink_mqtt.go).
 	MQTT *MQTTConfig `json:"mqtt"`
+	// Redis is the "redis" section (sink_redis.go).
+	Redis *RedisConfig `json:"redis"`
 	// Monitoring is the "monitoring" section.
 	Monitoring *MonitoringConfig `json:"monitoring"`
 	// StatusPort serves plain-HTTP /status when > 0.
@@ -187,13 +189,13 @@ var usedKeys = map[string]bool{
 	"reliable_ack_sources": true, "rate_limit": true, "vin_allowlist": true,
 	"idle_timeout": true, "handshake_timeout": true, "vins_signal_tracking_enabled": true,
 	"shutdown_timeout": true, "request_timeout": true,
-	"mqtt": true,
+	"mqtt": true, "redis": true,
 }
 
 // referenceKeys are keys of the reference's format this build does not act
 // on yet: they load with a warning, never silently.
 var referenceKeys = map[string]bool{
-	"zmq": true, "redis": true, "airbrake": true, "logger": true,
+	"zmq": true, "airbrake": true, "logger": true,
 }
 
 // knownRecordTypes are the record types the protocol defines.
@@ -201,10 +203,10 @@ var knownRecordTypes = map[string]bool{"V": true, "alerts": true, "errors": true
 
 // knownDispatchers are the sinks this build has.
 var knownDispatchers = map[string]bool{"logger": true, "kafka": true, "kinesis": true, "pubsub": true,
-	"mqtt": true}
+	"mqtt": true, "redis": true}
 
 // referenceDispatchers exist in the reference but not (yet) here.
-var referenceDispatchers = map[string]bool{"zmq": true, "redis": true}
+var referenceDispatchers = map[string]bool{"zmq": true}
 
 // ParseConfig decodes a configuration file's bytes. It returns the config,
 // warnings for keys it does not act on, and an error for a file it cannot

@@ -331,6 +331,8 @@ func newSink(name string, cfg *Config, enc forwarder.Encoder, recordTypes []stri
 		return newPubsubSink(cfg, enc, recordTypes, log)
 	case "mqtt":
 		return newMQTTSink(cfg, enc, log)
+	case "redis":
+		return newRedisSink(cfg, enc, log)
 	}
 	return nil, fmt.Errorf("dispatcher %q is not supported by this version", name)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"reflect"
 	"sort"
 	"strings"
@@ -12,15 +13,20 @@ import (
 // (sink_*.go): a key inside one that the struct does not have is loaded
 // with a warning naming it, never silently.
 var sinkSections = map[string]any{
-	"mqtt": MQTTConfig{},
+	"mqtt":  MQTTConfig{},
+	"redis": RedisConfig{},
 }
 
 // sinkMetricHelp is the HELP text of the metrics of the sinks in sink_*.go
 // (the reference's names, labelled by record_type).
 var sinkMetricHelp = map[string]string{
-	"mqtt_publish_total":       "MQTT publishes the broker confirmed (QoS 0: written to the connection), by record type.",
-	"mqtt_publish_total_bytes": "JSON payload bytes of the publishes counted in mqtt_publish_total, by record type.",
-	"mqtt_err":                 "MQTT publishes that failed, timed out or were refused (a value JSON cannot hold, a topic MQTT forbids), by record type.",
+	"mqtt_publish_total":             "MQTT publishes the broker confirmed (QoS 0: written to the connection), by record type.",
+	"mqtt_publish_total_bytes":       "JSON payload bytes of the publishes counted in mqtt_publish_total, by record type.",
+	"mqtt_err":                       "MQTT publishes that failed, timed out or were refused (a value JSON cannot hold, a topic MQTT forbids), by record type.",
+	"redis_publish_total":            "Redis PUBLISH commands Redis answered, by record type.",
+	"redis_publish_total_bytes":      "Payload bytes of the publishes counted in redis_publish_total, by record type.",
+	"redis_err":                      "Redis commands of the sink that failed (the batch is retried), by record type.",
+	"fleet_redis_stream_added_total": "Records the Redis sink appended to a stream (stream mode).",
 }
 
 // validateSinkSections checks the section of every routed sink that has
@@ -29,6 +35,11 @@ func (c *Config) validateSinkSections(ds map[string][]string) []error {
 	var errs []error
 	if _, ok := ds["mqtt"]; ok {
 		if _, err := mqttOptions(c.MQTT); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if _, ok := ds["redis"]; ok {
+		if _, err := redisOptions(c.Redis, os.Getenv); err != nil {
 			errs = append(errs, err)
 		}
 	}

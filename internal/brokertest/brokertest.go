@@ -185,15 +185,22 @@ func Mosquitto(t testing.TB) *Broker {
 	return start(t, dir, port, bin, "-c", path)
 }
 
-// Redis starts Debian's redis-server on a free port of 127.0.0.1 without
-// persistence (a stopped Redis comes back empty, as after a crash).
-func Redis(t testing.TB) *Broker {
+// Redis starts Debian's redis-server on a free port of 127.0.0.1. With
+// durable, every write goes to an append-only file fsync'd before Redis
+// answers (appendfsync always), so what Redis acknowledged survives
+// Stop/Start; without, Redis keeps nothing across a restart.
+func Redis(t testing.TB, durable bool) *Broker {
 	t.Helper()
 	bin := Require(t, "redis-server", "redis-server")
 	dir := t.TempDir()
 	port := FreePort(t)
-	return start(t, dir, port, bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir, "--protected-mode", "no")
+	args := []string{bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--dir", dir, "--protected-mode", "no"}
+	if durable {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+	} else {
+		args = append(args, "--appendonly", "no")
+	}
+	return start(t, dir, port, args...)
 }
 
 // NATS starts Debian's nats-server on a free port of 127.0.0.1; with
