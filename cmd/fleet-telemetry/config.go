@@ -41,6 +41,8 @@ type Config struct {
 	MQTT *MQTTConfig `json:"mqtt"`
 	// Redis is the "redis" section (sink_redis.go).
 	Redis *RedisConfig `json:"redis"`
+	// NATS is the "nats" section (sink_nats.go).
+	NATS *NATSConfig `json:"nats"`
 	// Monitoring is the "monitoring" section.
 	Monitoring *MonitoringConfig `json:"monitoring"`
 	// StatusPort serves plain-HTTP /status when > 0.
@@ -189,7 +191,7 @@ var usedKeys = map[string]bool{
 	"reliable_ack_sources": true, "rate_limit": true, "vin_allowlist": true,
 	"idle_timeout": true, "handshake_timeout": true, "vins_signal_tracking_enabled": true,
 	"shutdown_timeout": true, "request_timeout": true,
-	"mqtt": true, "redis": true,
+	"mqtt": true, "redis": true, "nats": true,
 }
 
 // referenceKeys are keys of the reference's format this build does not act
@@ -203,7 +205,7 @@ var knownRecordTypes = map[string]bool{"V": true, "alerts": true, "errors": true
 
 // knownDispatchers are the sinks this build has.
 var knownDispatchers = map[string]bool{"logger": true, "kafka": true, "kinesis": true, "pubsub": true,
-	"mqtt": true, "redis": true}
+	"mqtt": true, "redis": true, "nats": true}
 
 // referenceDispatchers exist in the reference but not (yet) here.
 var referenceDispatchers = map[string]bool{"zmq": true}

@@ -333,6 +333,8 @@ func newSink(name string, cfg *Config, enc forwarder.Encoder, recordTypes []stri
 		return newMQTTSink(cfg, enc, log)
 	case "redis":
 		return newRedisSink(cfg, enc, log)
+	case "nats":
+		return newNATSSink(cfg, enc, log)
 	}
 	return nil, fmt.Errorf("dispatcher %q is not supported by this version", name)
 }

@@ -15,6 +15,7 @@ import (
 var sinkSections = map[string]any{
 	"mqtt":  MQTTConfig{},
 	"redis": RedisConfig{},
+	"nats":  NATSConfig{},
 }
 
 // sinkMetricHelp is the HELP text of the metrics of the sinks in sink_*.go
@@ -27,6 +28,9 @@ var sinkMetricHelp = map[string]string{
 	"redis_publish_total_bytes":      "Payload bytes of the publishes counted in redis_publish_total, by record type.",
 	"redis_err":                      "Redis commands of the sink that failed (the batch is retried), by record type.",
 	"fleet_redis_stream_added_total": "Records the Redis sink appended to a stream (stream mode).",
+	"nats_produce_total":             "Records the NATS server confirmed (a flush, or a JetStream PubAck), by record type.",
+	"nats_produce_total_bytes":       "Payload bytes of the records counted in nats_produce_total, by record type.",
+	"nats_err":                       "NATS publishes, flushes or PubAck waits that failed (the batch is retried), and records refused.",
 }
 
 // validateSinkSections checks the section of every routed sink that has
@@ -40,6 +44,11 @@ func (c *Config) validateSinkSections(ds map[string][]string) []error {
 	}
 	if _, ok := ds["redis"]; ok {
 		if _, err := redisOptions(c.Redis, os.Getenv); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if _, ok := ds["nats"]; ok {
+		if _, err := natsOptions(c.NATS); err != nil {
 			errs = append(errs, err)
 		}
 	}
