@@ -43,6 +43,8 @@ type Config struct {
 	Redis *RedisConfig `json:"redis"`
 	// NATS is the "nats" section (sink_nats.go).
 	NATS *NATSConfig `json:"nats"`
+	// ZMQ is the "zmq" section (sink_zmq.go).
+	ZMQ *ZMQConfig `json:"zmq"`
 	// Monitoring is the "monitoring" section.
 	Monitoring *MonitoringConfig `json:"monitoring"`
 	// StatusPort serves plain-HTTP /status when > 0.
@@ -191,13 +193,13 @@ var usedKeys = map[string]bool{
 	"reliable_ack_sources": true, "rate_limit": true, "vin_allowlist": true,
 	"idle_timeout": true, "handshake_timeout": true, "vins_signal_tracking_enabled": true,
 	"shutdown_timeout": true, "request_timeout": true,
-	"mqtt": true, "redis": true, "nats": true,
+	"mqtt": true, "redis": true, "nats": true, "zmq": true,
 }
 
 // referenceKeys are keys of the reference's format this build does not act
 // on yet: they load with a warning, never silently.
 var referenceKeys = map[string]bool{
-	"zmq": true, "airbrake": true, "logger": true,
+	"airbrake": true, "logger": true,
 }
 
 // knownRecordTypes are the record types the protocol defines.
@@ -205,10 +207,7 @@ var knownRecordTypes = map[string]bool{"V": true, "alerts": true, "errors": true
 
 // knownDispatchers are the sinks this build has.
 var knownDispatchers = map[string]bool{"logger": true, "kafka": true, "kinesis": true, "pubsub": true,
-	"mqtt": true, "redis": true, "nats": true}
-
-// referenceDispatchers exist in the reference but not (yet) here.
-var referenceDispatchers = map[string]bool{"zmq": true}
+	"mqtt": true, "redis": true, "nats": true, "zmq": true}
 
 // ParseConfig decodes a configuration file's bytes. It returns the config,
 // warnings for keys it does not act on, and an error for a file it cannot
@@ -289,8 +288,6 @@ func (c *Config) Validate() error {
 		for _, d := range c.Records[t] {
 			switch {
 			case knownDispatchers[d]:
-			case referenceDispatchers[d]:
-				errs = append(errs, fmt.Errorf("records.%s: dispatcher %q is not supported by this version", t, d))
 			default:
 				errs = append(errs, fmt.Errorf("records.%s: unknown dispatcher %q", t, d))
 			}

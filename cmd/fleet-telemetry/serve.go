@@ -335,6 +335,8 @@ func newSink(name string, cfg *Config, enc forwarder.Encoder, recordTypes []stri
 		return newRedisSink(cfg, enc, log)
 	case "nats":
 		return newNATSSink(cfg, enc, log)
+	case "zmq":
+		return newZMQSink(cfg, enc, log)
 	}
 	return nil, fmt.Errorf("dispatcher %q is not supported by this version", name)
 }

@@ -16,6 +16,7 @@ var sinkSections = map[string]any{
 	"mqtt":  MQTTConfig{},
 	"redis": RedisConfig{},
 	"nats":  NATSConfig{},
+	"zmq":   ZMQConfig{},
 }
 
 // sinkMetricHelp is the HELP text of the metrics of the sinks in sink_*.go
@@ -31,6 +32,9 @@ var sinkMetricHelp = map[string]string{
 	"nats_produce_total":             "Records the NATS server confirmed (a flush, or a JetStream PubAck), by record type.",
 	"nats_produce_total_bytes":       "Payload bytes of the records counted in nats_produce_total, by record type.",
 	"nats_err":                       "NATS publishes, flushes or PubAck waits that failed (the batch is retried), and records refused.",
+	"zmq_publish_total":              "Records the ZMQ PUB socket queued (best effort: PUB drops for absent or slow subscribers), by record type.",
+	"zmq_publish_total_bytes":        "Bytes (topic and payload frames) of the records counted in zmq_publish_total, by record type.",
+	"zmq_err":                        "Records the ZMQ socket failed to queue (the batch is retried), by record type.",
 }
 
 // validateSinkSections checks the section of every routed sink that has
@@ -49,6 +53,11 @@ func (c *Config) validateSinkSections(ds map[string][]string) []error {
 	}
 	if _, ok := ds["nats"]; ok {
 		if _, err := natsOptions(c.NATS); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if _, ok := ds["zmq"]; ok {
+		if _, err := zmqOptions(c.ZMQ); err != nil {
 			errs = append(errs, err)
 		}
 	}
