@@ -150,7 +150,7 @@ func redisOptions(c *RedisConfig, getenv func(string) string) (redis.Options, er
 func redisTLS(c *RedisTLSConfig, serverName string) (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName}
 	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
+		pem, err := readSinkFile(c.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("redis.tls.ca_file: %w", err)
 		}
@@ -162,7 +162,15 @@ func redisTLS(c *RedisTLSConfig, serverName string) (*tls.Config, error) {
 	}
 	switch {
 	case c.ServerCert != "" && c.ServerKey != "":
-		cert, err := tls.LoadX509KeyPair(c.ServerCert, c.ServerKey)
+		certPEM, err := readSinkFile(c.ServerCert)
+		if err != nil {
+			return nil, fmt.Errorf("redis.tls.server_cert: %w", err)
+		}
+		keyPEM, err := readSinkFile(c.ServerKey)
+		if err != nil {
+			return nil, fmt.Errorf("redis.tls.server_key: %w", err)
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
 		if err != nil {
 			return nil, fmt.Errorf("redis.tls.server_cert/server_key: %w", err)
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"reflect"
 	"sort"
@@ -78,33 +79,75 @@ func sinkSectionWarnings(raw map[string]json.RawMessage) []string {
 		if !ok {
 			continue
 		}
-		var keys map[string]json.RawMessage
-		if json.Unmarshal(section, &keys) != nil {
-			continue // not an object: decoding the config reports it
+		warnings = append(warnings, unknownKeys(name, section, reflect.TypeOf(sinkSections[name]))...)
+	}
+	return warnings
+}
+
+// unknownKeys warns about the keys of the JSON object raw (at path) that
+// the struct type t has no field for, and of the objects nested in it.
+func unknownKeys(path string, raw json.RawMessage, t reflect.Type) []string {
+	var keys map[string]json.RawMessage
+	if json.Unmarshal(raw, &keys) != nil {
+		return nil // not an object: decoding the config reports it
+	}
+	fields := jsonFields(t)
+	names := make([]string, 0, len(keys))
+	for k := range keys {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var warnings []string
+	for _, k := range names {
+		ft, ok := fields[k]
+		if !ok {
+			warnings = append(warnings, fmt.Sprintf("config key %q is unknown and is ignored", path+"."+k))
+			continue
 		}
-		known := jsonKeys(reflect.TypeOf(sinkSections[name]))
-		var unknown []string
-		for k := range keys {
-			if !known[k] {
-				unknown = append(unknown, k)
-			}
+		if ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
 		}
-		sort.Strings(unknown)
-		for _, k := range unknown {
-			warnings = append(warnings, fmt.Sprintf("config key %q is unknown and is ignored", name+"."+k))
+		if ft.Kind() == reflect.Struct {
+			warnings = append(warnings, unknownKeys(path+"."+k, keys[k], ft)...)
 		}
 	}
 	return warnings
 }
 
-// jsonKeys are the JSON names of a struct type's fields.
-func jsonKeys(t reflect.Type) map[string]bool {
-	keys := map[string]bool{}
+// jsonFields are the JSON names of a struct type's fields, with their
+// types.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	fields := map[string]reflect.Type{}
 	for i := range t.NumField() {
 		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
 		if name != "" && name != "-" {
-			keys[name] = true
+			fields[name] = t.Field(i).Type
 		}
 	}
-	return keys
+	return fields
+}
+
+// maxSinkFileBytes bounds a file a sink section names (a CA bundle, a
+// certificate, a key).
+const maxSinkFileBytes = 4 << 20
+
+// readSinkFile reads a small regular file: a device or a FIFO named by
+// mistake must not hang or exhaust the daemon (or check-config).
+func readSinkFile(path string) ([]byte, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if st.Size() > maxSinkFileBytes {
+		return nil, fmt.Errorf("%s is %d bytes; at most %d", path, st.Size(), maxSinkFileBytes)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, maxSinkFileBytes))
 }
