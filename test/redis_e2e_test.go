@@ -13,6 +13,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/brokertest"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 )
@@ -200,4 +201,45 @@ func TestRedisOutageStreamMode(t *testing.T) {
 		t.Fatalf("%d of %d acked records are not in the stream\n%s", missing, len(acked), d.logText())
 	}
 	d.stop(t)
+}
+
+// The "redis.tls" keys: Redis speaking only TLS and requiring client
+// certificates. With ca_file and a client certificate the daemon starts
+// (its PING went over TLS) and publishes; without the client certificate
+// Redis refuses the handshake and the start stops, saying why.
+func TestRedisTLS(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := devca.WriteDir(dir, []string{vins[0]}); err != nil {
+		t.Fatal(err)
+	}
+	ca := devca.Dir{Path: dir}
+	b := brokertest.RedisTLS(t, ca.File(devca.ServerCertFile), ca.File(devca.ServerKeyFile), ca.File(devca.CACertFile))
+	tlsSection := map[string]any{"ca_file": ca.File(devca.CACertFile),
+		"server_cert": ca.VehicleCertFile(vins[0]), "server_key": ca.VehicleKeyFile(vins[0])}
+	setup := sinkConfig(t, map[string][]string{"V": {"redis"}}, map[string]any{
+		"redis": map[string]any{"addrs": []string{b.Addr}, "publish_vin_topics": true, "tls": tlsSection,
+			"override_tls_server_name": "localhost", "stream": map[string]any{}},
+	})
+	d := startDaemon(t, setup.ConfigPath)
+	c := dial(t, d.addr, setup.Certs, vins[0])
+	sendAndAck(t, c, []*envelope.StreamMessage{taggedRecord(vins[0], "tls-1")})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if setup.metrics(t)["fleet_redis_stream_added_total"] >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the record never reached Redis over TLS\n%s", d.logText())
+		}
+	}
+	d.stop(t)
+
+	delete(tlsSection, "server_cert")
+	delete(tlsSection, "server_key")
+	bad := sinkConfig(t, map[string][]string{"V": {"redis"}}, map[string]any{
+		"redis": map[string]any{"addrs": []string{b.Addr}, "publish_vin_topics": true, "tls": tlsSection},
+	})
+	out, err := exec.Command(binary, "-config", bad.ConfigPath).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "PING") {
+		t.Fatalf("without a client certificate: err %v\n%s", err, out)
+	}
 }

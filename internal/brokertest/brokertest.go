@@ -203,6 +203,19 @@ func Redis(t testing.TB, durable bool) *Broker {
 	return start(t, dir, port, args...)
 }
 
+// RedisTLS starts Debian's redis-server on a free port of 127.0.0.1 that
+// speaks only TLS, with the server certificate certFile/keyFile, and
+// requires client certificates issued by caFile.
+func RedisTLS(t testing.TB, certFile, keyFile, caFile string) *Broker {
+	t.Helper()
+	bin := Require(t, "redis-server", "redis-server")
+	dir := t.TempDir()
+	port := FreePort(t)
+	return start(t, dir, port, bin, "--port", "0", "--tls-port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-ca-cert-file", caFile, "--tls-auth-clients", "yes",
+		"--save", "", "--appendonly", "no", "--dir", dir, "--protected-mode", "no")
+}
+
 // NATS starts Debian's nats-server on a free port of 127.0.0.1; with
 // jetStream, JetStream is on and keeps its streams under the broker's
 // directory, so they survive Stop/Start.
