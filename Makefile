@@ -58,7 +58,8 @@ FUZZ_TARGETS := \
 	./spool:FuzzDecodeRecord \
 	./netloop:FuzzParseRequestLine \
 	./netloop:FuzzHelloReader \
-	./cmd/fleet-telemetry:FuzzParseConfig
+	./cmd/fleet-telemetry:FuzzParseConfig \
+	./forwarder/mqtt:FuzzEncode
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

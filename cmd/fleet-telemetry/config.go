@@ -37,6 +37,14 @@ type Config struct {
 	Kinesis *KinesisConfig `json:"kinesis"`
 	// Pubsub is the "pubsub" section.
 	Pubsub *PubsubConfig `json:"pubsub"`
+	// MQTT is the "mqtt" section (sink_mqtt.go).
+	MQTT *MQTTConfig `json:"mqtt"`
+	// Redis is the "redis" section (sink_redis.go).
+	Redis *RedisConfig `json:"redis"`
+	// NATS is the "nats" section (sink_nats.go).
+	NATS *NATSConfig `json:"nats"`
+	// ZMQ is the "zmq" section (sink_zmq.go).
+	ZMQ *ZMQConfig `json:"zmq"`
 	// Monitoring is the "monitoring" section.
 	Monitoring *MonitoringConfig `json:"monitoring"`
 	// StatusPort serves plain-HTTP /status when > 0.
@@ -187,22 +195,21 @@ var usedKeys = map[string]bool{
 	"reliable_ack_sources": true, "rate_limit": true, "vin_allowlist": true,
 	"idle_timeout": true, "handshake_timeout": true, "vins_signal_tracking_enabled": true,
 	"shutdown_timeout": true, "request_timeout": true,
+	"mqtt": true, "redis": true, "nats": true, "zmq": true,
 }
 
 // referenceKeys are keys of the reference's format this build does not act
 // on yet: they load with a warning, never silently.
 var referenceKeys = map[string]bool{
-	"zmq": true, "mqtt": true, "redis": true, "airbrake": true, "logger": true,
+	"airbrake": true, "logger": true,
 }
 
 // knownRecordTypes are the record types the protocol defines.
 var knownRecordTypes = map[string]bool{"V": true, "alerts": true, "errors": true, "connectivity": true}
 
 // knownDispatchers are the sinks this build has.
-var knownDispatchers = map[string]bool{"logger": true, "kafka": true, "kinesis": true, "pubsub": true}
-
-// referenceDispatchers exist in the reference but not (yet) here.
-var referenceDispatchers = map[string]bool{"zmq": true, "mqtt": true, "redis": true}
+var knownDispatchers = map[string]bool{"logger": true, "kafka": true, "kinesis": true, "pubsub": true,
+	"mqtt": true, "redis": true, "nats": true, "zmq": true}
 
 // ParseConfig decodes a configuration file's bytes. It returns the config,
 // warnings for keys it does not act on, and an error for a file it cannot
@@ -232,6 +239,7 @@ func ParseConfig(data []byte) (*Config, []string, error) {
 	if err := dec.Decode(c); err != nil {
 		return nil, nil, fmt.Errorf("config: %w", describeJSONError(data, err))
 	}
+	warnings = append(warnings, sinkSectionWarnings(raw)...)
 	if c.ReliableAck && len(c.ReliableAckSources) == 0 {
 		warnings = append(warnings, `config key "reliable_ack" is ignored: name the sink per record type in "reliable_ack_sources"`)
 	}
@@ -299,8 +307,6 @@ func (c *Config) syntaxErrors() []error {
 		for _, d := range c.Records[t] {
 			switch {
 			case knownDispatchers[d]:
-			case referenceDispatchers[d]:
-				errs = append(errs, fmt.Errorf("records.%s: dispatcher %q is not supported by this version", t, d))
 			default:
 				errs = append(errs, fmt.Errorf("records.%s: unknown dispatcher %q", t, d))
 			}
@@ -318,6 +324,7 @@ func (c *Config) syntaxErrors() []error {
 	if _, ok := ds["pubsub"]; ok && (c.Pubsub == nil || c.Pubsub.ProjectID == "") {
 		errs = append(errs, errors.New(`records route to "pubsub" but "pubsub.gcp_project_id" is not set`))
 	}
+	errs = append(errs, c.validateSinkSections(ds)...)
 	switch c.AckMode {
 	case "", "spool", "receive":
 	default:

@@ -97,7 +97,12 @@ func startMonitoring(m *MonitoringConfig, log *slog.Logger) (func(), error) {
 
 // metricHelp is the HELP text of each family on /metrics. Names without
 // the fleet_ prefix are the reference server's, with its meaning.
-func metricHelp(name string) string { return metricHelpText[name] }
+func metricHelp(name string) string {
+	if h, ok := metricHelpText[name]; ok {
+		return h
+	}
+	return sinkMetricHelp[name]
+}
 
 var metricHelpText = map[string]string{
 	// The reference server's metrics.

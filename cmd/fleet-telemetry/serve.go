@@ -330,6 +330,14 @@ func newSink(name string, cfg *Config, enc forwarder.Encoder, recordTypes []stri
 		return newKinesisSink(cfg, enc, log)
 	case "pubsub":
 		return newPubsubSink(cfg, enc, recordTypes, log)
+	case "mqtt":
+		return newMQTTSink(cfg, enc, log)
+	case "redis":
+		return newRedisSink(cfg, enc, log)
+	case "nats":
+		return newNATSSink(cfg, enc, log)
+	case "zmq":
+		return newZMQSink(cfg, enc, log)
 	}
 	return nil, fmt.Errorf("dispatcher %q is not supported by this version", name)
 }
