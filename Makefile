@@ -58,7 +58,8 @@ FUZZ_TARGETS := \
 	./spool:FuzzDecodeRecord \
 	./netloop:FuzzParseRequestLine \
 	./netloop:FuzzHelloReader \
-	./cmd/fleet-telemetry:FuzzParseConfig
+	./cmd/fleet-telemetry:FuzzParseConfig \
+	./internal/vehicleconfig:FuzzCheck
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
