@@ -138,6 +138,9 @@ func Check(ctx context.Context, o Options) *Result {
 	}
 
 	switch {
+	case hsErr != nil && !r.ClientCertRequested:
+		r.HandshakeErr = hsErr
+		problem("the handshake failed after the server sent its certificates: %v", hsErr)
 	case hsErr == nil && !r.ClientCertRequested:
 		problem("the server did not ask for a client certificate: vehicles authenticate with theirs (mutual TLS), and a server that does not ask cannot tell which vehicle is connected. " +
 			"A load balancer or proxy that terminates TLS in front of fleet-telemetry is the usual cause: let it pass TCP through")

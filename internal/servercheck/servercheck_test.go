@@ -298,6 +298,20 @@ func TestCheckAgainstServers(t *testing.T) {
 		})
 	}
 
+	t.Run("a key that is not the certificate's", func(t *testing.T) {
+		// The server signs its handshake with another key: the client
+		// refuses the handshake after the certificates arrived.
+		other := issue(t, p.inter, devca.Options{})
+		bad := leaf
+		bad.PrivateKey = other.PrivateKey
+		cfg := server(tls.VersionTLS12, tls.VersionTLS13, tls.RequireAnyClientCert)
+		cfg.Certificates = []tls.Certificate{bad}
+		r := check(serveTLS(t, cfg), nil)
+		if r.OK() || r.ClientCertRequested || len(r.Problems) != 1 ||
+			!has(r.Problems, "the handshake failed after the server sent its certificates: tls: invalid signature by the server certificate") || len(r.Chain) != 3 {
+			t.Fatalf("%+v", r)
+		}
+	})
 	t.Run("TLS 1.1 only", func(t *testing.T) {
 		r := check(serveTLS(t, server(tls.VersionTLS10, tls.VersionTLS11, tls.RequireAnyClientCert)), nil)
 		if r.OK() || !has(r.Problems, "refused the handshake before sending a certificate: remote error: tls: protocol version not supported (it offers no TLS version from 1.2 up") {
