@@ -59,7 +59,8 @@ FUZZ_TARGETS := \
 	./netloop:FuzzParseRequestLine \
 	./netloop:FuzzHelloReader \
 	./cmd/fleet-telemetry:FuzzParseConfig \
-	./forwarder/mqtt:FuzzEncode
+	./forwarder/mqtt:FuzzEncode \
+	./internal/vehicleconfig:FuzzCheck
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -82,6 +82,8 @@ func TestCLIHelp(t *testing.T) {
 		{"spool", "verify"},
 		{"spool", "export"},
 		{"spool", "replay"},
+		{"vehicle-config"},
+		{"check-server"},
 		{"version"},
 	}
 	dir := t.TempDir() // nothing is created by asking for help

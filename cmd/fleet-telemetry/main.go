@@ -7,6 +7,8 @@
 //	fleet-telemetry certs dev DIR [-vins A,B]
 //	fleet-telemetry send [-addr HOST:PORT] [-certs DIR] [-vin VIN] [-topic V] [-n N]
 //	fleet-telemetry spool [-config FILE | -dir DIR | -dev] stats|ls|cat|tail|verify|export|replay ...
+//	fleet-telemetry vehicle-config -hostname H -ca FILE -fields F:s,... | -check FILE
+//	fleet-telemetry check-server -config VEHICLE-CONFIG | -hostname H -ca FILE
 //	fleet-telemetry version
 //
 // Every command and subcommand prints its usage with -h or --help.
@@ -25,6 +27,9 @@ const usage = `usage:
   fleet-telemetry send [-addr 127.0.0.1:4443] [-certs var/dev-certs] [-vin VIN] [-topic V] [-n 1]
   fleet-telemetry spool [-config FILE | -dir DIR | -dev] COMMAND   inspect the spool (stats, ls, cat, tail, verify, export,
                                                                   replay; "spool help" for more)
+  fleet-telemetry vehicle-config -hostname H [-port 443] -ca FILE -fields Field:seconds,... [-alert-types service] [-exp UNIX]
+                                           print a vehicle configuration (-check FILE checks one)
+  fleet-telemetry check-server -config VEHICLE-CONFIG   check the server as a vehicle would (its certificate chain)
   fleet-telemetry version                  the module version, VCS revision and Go version (also -version)
 
 "fleet-telemetry COMMAND -h" prints a command's usage and flags.
@@ -49,6 +54,10 @@ func run(args []string) int {
 		return send(args[1:])
 	case "spool":
 		return spoolCmd(args[1:])
+	case "vehicle-config":
+		return vehicleConfig(args[1:])
+	case "check-server":
+		return checkServer(args[1:])
 	case "version":
 		return version(args[1:])
 	case "help", "-h", "-help", "--help":

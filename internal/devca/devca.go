@@ -74,6 +74,36 @@ func NewNamed(cn string) (*CA, error) {
 	return &CA{Cert: cert, Key: key, CertPEM: pemBlock("CERTIFICATE", der)}, nil
 }
 
+// NewIntermediate makes an intermediate CA named cn, signed by ca and
+// valid as long as ca is, that may sign end-entity certificates only (path
+// length 0). A server certificate it issues verifies against ca only when
+// the server also sends the intermediate after it.
+func (ca *CA) NewIntermediate(cn string) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("devca: generate intermediate key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: cn, Organization: []string{"fleet-telemetry dev CA"}},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              ca.Cert.NotAfter,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("devca: sign intermediate %q: %w", cn, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("devca: parse intermediate %q: %w", cn, err)
+	}
+	return &CA{Cert: cert, Key: key, CertPEM: pemBlock("CERTIFICATE", der)}, nil
+}
+
 // Load reads a CA certificate and its key from PEM files.
 func Load(certFile, keyFile string) (*CA, error) {
 	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
