@@ -168,8 +168,9 @@ type Spool struct {
 	dbMu sync.RWMutex
 	db   *pebble.DB
 
-	// trimMu serializes SetCursor so that freed bytes are counted once.
-	trimMu sync.Mutex
+	// trimMu serializes trims so that freed bytes are counted once.
+	trimMu   sync.Mutex
+	trimKick chan struct{} // 1-buffered: a cursor moved, trim
 
 	// mu guards the append side and the state below.
 	mu           sync.Mutex
@@ -182,12 +183,18 @@ type Spool struct {
 	nextSeq      uint64
 	liveBytes    int64 // committed plus pending, for the budget
 	liveRecords  int64
-	trimmedTo    uint64 // every record with seq <= trimmedTo is deleted
-	cursors      map[string]uint64
-	statBytes    int64 // as of the last successful commit
-	statRecords  int64
-	closed       bool
-	degraded     bool // a commit failed and the DB is being reopened
+	trimmedTo    uint64            // every record with seq <= trimmedTo is deleted (or staged to be)
+	cursors      map[string]uint64 // as committed
+	// staged waits for the next commit; stagedTimer: a commit for it is
+	// scheduled (CursorCommitDelay), stagedDue: that time has come.
+	staged                 staged
+	stagedTimer, stagedDue bool
+	quarantineBytes        int64 // part of liveBytes
+	quarantineRecords      int64 // part of liveRecords
+	statBytes              int64 // as of the last successful commit
+	statRecords            int64
+	closed                 bool
+	degraded               bool // a commit failed and the DB is being reopened
 	// waitingForRoom is set while the reopen waits for free space.
 	waitingForRoom atomic.Bool
 
@@ -221,6 +228,7 @@ type diskState struct {
 	hwm, bytes, records uint64
 	firstSeq            uint64 // 0 if no records
 	cursors             map[string]uint64
+	qBytes, qRecords    uint64 // quarantined, part of bytes and records
 }
 
 // Open opens or creates the spool in o.Dir and starts its committer.
@@ -253,6 +261,8 @@ func Open(o Options) (*Spool, error) {
 		log:         o.Logger.With("component", "spool", "dir", o.Dir),
 		maxPending:  o.MaxPendingBytes,
 		kick:        make(chan struct{}, 1),
+		trimKick:    make(chan struct{}, 1),
+		staged:      staged{cursors: map[string]uint64{}},
 		closing:     make(chan struct{}),
 		done:        make(chan struct{}),
 		freeAtProbe: math.MaxInt64 / 2,
@@ -290,6 +300,7 @@ func Open(o Options) (*Spool, error) {
 	s.notify.Store(&ch)
 	s.log.Info("spool opened", "records", st.records, "bytes", st.bytes, "first_seq", st.firstSeq, "last_seq", st.hwm)
 	go s.run()
+	go s.trimLoop()
 	return s, nil
 }
 
@@ -348,6 +359,19 @@ func loadState(db *pebble.DB) (diskState, error) {
 		st.hwm = binary.BigEndian.Uint64(v[0:])
 		st.bytes = binary.BigEndian.Uint64(v[8:])
 		st.records = binary.BigEndian.Uint64(v[16:])
+		_ = closer.Close()
+	}
+	switch qv, closer, err := db.Get(quarantineMetaKey); {
+	case errors.Is(err, pebble.ErrNotFound):
+	case err != nil:
+		return st, fmt.Errorf("read quarantine meta: %w", err)
+	default:
+		if len(qv) != 16 {
+			_ = closer.Close()
+			return st, fmt.Errorf("corrupt quarantine meta: %d bytes, want 16", len(qv))
+		}
+		st.qBytes = binary.BigEndian.Uint64(qv[0:])
+		st.qRecords = binary.BigEndian.Uint64(qv[8:])
 		_ = closer.Close()
 	}
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: cursorPrefix, UpperBound: []byte("c0")})
@@ -423,6 +447,7 @@ func (s *Spool) install(st diskState) {
 		s.trimmedTo = st.hwm
 	}
 	s.cursors = st.cursors
+	s.quarantineBytes, s.quarantineRecords = int64(st.qBytes), int64(st.qRecords)
 	s.committedSeq.Store(max(s.committedSeq.Load(), st.hwm))
 	// A batch doubles as it grows, so a full one can have twice
 	// MaxPendingBytes of capacity; keep it rather than reallocate per fill.
@@ -531,7 +556,9 @@ func (s *Spool) run() {
 	defer tick.Stop()
 	for {
 		s.mu.Lock()
-		for len(s.pendingW) == 0 {
+		// Staged cursor moves ride along with appended records; alone they
+		// wait until due (or until Close).
+		for len(s.pendingW) == 0 && (s.staged.empty() || !s.stagedDue && !s.closed) {
 			if s.closed {
 				s.mu.Unlock()
 				return
@@ -547,6 +574,8 @@ func (s *Spool) run() {
 		b, ws, nrec := s.pending, s.pendingW, s.pendingRecs
 		hwm := s.nextSeq - 1
 		live, recs := s.liveBytes, s.liveRecords
+		qBytes, qRecs := s.quarantineBytes, s.quarantineRecords
+		st, err := s.takeStaged(b)
 		s.pending, s.pendingW = s.spare, s.spareW
 		s.spare, s.spareW = nil, nil
 		s.pendingBytes, s.pendingRecs = 0, 0
@@ -556,7 +585,12 @@ func (s *Spool) run() {
 		binary.BigEndian.PutUint64(meta[0:], hwm)
 		binary.BigEndian.PutUint64(meta[8:], uint64(live))
 		binary.BigEndian.PutUint64(meta[16:], uint64(recs))
-		err := b.Set(metaKey, meta[:], nil)
+		if err == nil {
+			err = b.Set(metaKey, meta[:], nil)
+		}
+		if err == nil {
+			err = b.Set(quarantineMetaKey, quarantineMeta(qBytes, qRecs), nil)
+		}
 		start := time.Now()
 		if err == nil {
 			err = s.commit(b)
@@ -564,13 +598,14 @@ func (s *Spool) run() {
 		commitDuration.UpdateDuration(start)
 		commitRecords.Update(float64(nrec))
 		if err != nil {
-			s.fail(err, ws)
+			s.fail(err, ws, st)
 			continue
 		}
 		commitsTotal.Inc()
 		s.committedSeq.Store(hwm)
 		s.mu.Lock()
 		s.statBytes, s.statRecords = live, recs
+		s.committedStaged(st)
 		s.mu.Unlock()
 		bytesGauge.Set(float64(live))
 		recordsGauge.Set(float64(recs))
@@ -614,7 +649,7 @@ func (s *Spool) commit(b *pebble.Batch) (err error) {
 // what was appended meanwhile (it was bound to the broken DB) and reopens
 // Pebble, retrying with backoff until it opens or Close is called. Appends
 // get ErrBusy meanwhile.
-func (s *Spool) fail(err error, ws []waitEntry) {
+func (s *Spool) fail(err error, ws []waitEntry, lost staged) {
 	commitErrorsTotal.Inc()
 	s.log.Error("spool commit failed; reopening", "err", err, "waiters", len(ws))
 	// Degraded before anyone hears of the failure: an append made in
@@ -668,6 +703,7 @@ func (s *Spool) fail(err error, ws []waitEntry) {
 			s.dbMu.Unlock()
 			s.mu.Lock()
 			s.install(st)
+			s.restage(lost)
 			s.degraded = false
 			s.mu.Unlock()
 			s.log.Info("spool reopened after commit failure", "last_seq", st.hwm)
@@ -829,19 +865,39 @@ func (s *Spool) getDB() (*pebble.DB, error) {
 // of it). A damaged record ends the read with a *CorruptRecordError; the
 // records before it are returned with it.
 func (s *Spool) Read(from uint64, maxRecords, maxBytes int, dst []Record) ([]Record, error) {
+	dst, _, err := s.read(scanLimits{from: from, maxRecords: maxRecords, maxBytes: maxBytes}, dst)
+	return dst, err
+}
+
+// ReadTopic is Read for the records of one topic (record type): it passes
+// over the others, looking at no more than maxScan records in all (<= 0:
+// no limit), and also returns the last seq it looked at (from-1 if none),
+// up to which a consumer of that topic alone has seen everything. A
+// damaged record is returned as by Read, whatever its topic.
+func (s *Spool) ReadTopic(from uint64, topic string, maxRecords, maxBytes, maxScan int, dst []Record) ([]Record, uint64, error) {
+	return s.read(scanLimits{from: from, maxRecords: maxRecords, maxBytes: maxBytes, maxScan: maxScan,
+		keep: func(v []byte) bool {
+			t, err := recordTopic(v)
+			return err != nil || string(t) == topic // a damaged one is reported
+		}}, dst)
+}
+
+// read is Read and ReadTopic.
+func (s *Spool) read(l scanLimits, dst []Record) ([]Record, uint64, error) {
 	last := s.LastSeq()
-	if from > last {
-		return dst, nil
+	if l.from > last {
+		return dst, l.from - 1, nil
 	}
+	l.to = last
 	db, err := s.getDB()
 	if err != nil {
-		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
+		return dst, l.from - 1, fmt.Errorf("spool: read from %d: %w", l.from, err)
 	}
 	defer s.dbMu.RUnlock()
 	// Values are copied into chunks of readChunkBytes rather than one
 	// allocation each (a forwarder reads thousands of records a second).
 	var chunk []byte
-	err = scanRecords(db, from, last, maxRecords, maxBytes, func(seq uint64, v []byte) error {
+	scanned, err := scanRecords(db, l, func(seq uint64, v []byte) error {
 		if cap(chunk)-len(chunk) < len(v) {
 			chunk = make([]byte, 0, max(len(v), readChunkBytes))
 		}
@@ -855,7 +911,7 @@ func (s *Spool) Read(from uint64, maxRecords, maxBytes int, dst []Record) ([]Rec
 		dst = append(dst, r)
 		return nil
 	})
-	return dst, err
+	return dst, scanned, err
 }
 
 // readChunkBytes is the size of the chunks Read copies values into: the
@@ -875,110 +931,6 @@ func (s *Spool) Cursor(name string) (uint64, error) {
 type chanWaiter chan error
 
 func (c chanWaiter) Committed(_, _ uint64, err error) { c <- err }
-
-// SetCursor durably records that consumer name has delivered every record
-// up to seq, then trims: records with seq <= the minimum cursor over
-// Options.Consumers are deleted with one range deletion, freeing budget.
-// The cursor write and the trim commit in one batch through the committer
-// (so it shares an fsync with appends). seq may not exceed LastSeq.
-// While the spool recovers from a failed commit, including a failure of
-// this very write, it returns an error matching ErrBusy.
-func (s *Spool) SetCursor(name string, seq uint64) error {
-	if name == "" {
-		return errors.New("spool: set cursor: empty consumer name")
-	}
-	if last := s.LastSeq(); seq > last {
-		return fmt.Errorf("spool: set cursor %q to %d: beyond last committed seq %d", name, seq, last)
-	}
-	s.trimMu.Lock()
-	defer s.trimMu.Unlock()
-
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return ErrClosed
-	}
-	trimmed := s.trimmedTo
-	cut := uint64(0)
-	if len(s.opts.Consumers) > 0 {
-		cut = math.MaxUint64
-		for _, c := range s.opts.Consumers {
-			v := s.cursors[c]
-			if c == name {
-				v = seq
-			}
-			cut = min(cut, v)
-		}
-	}
-	s.mu.Unlock()
-
-	var freedRecs, freedBytes int64
-	if cut > trimmed {
-		db, err := s.getDB()
-		if err != nil {
-			return fmt.Errorf("spool: set cursor %q: %w", name, err)
-		}
-		freedRecs, freedBytes, err = sizeRange(db, trimmed+1, cut)
-		s.dbMu.RUnlock()
-		if err != nil {
-			return fmt.Errorf("spool: set cursor %q: %w", name, err)
-		}
-	}
-
-	var v [8]byte
-	binary.BigEndian.PutUint64(v[:], seq)
-	key := append(cursorPrefix[:len(cursorPrefix):len(cursorPrefix)], name...)
-	w := make(chanWaiter, 1)
-	s.mu.Lock()
-	switch {
-	case s.closed:
-		s.mu.Unlock()
-		return ErrClosed
-	case s.degraded || s.trimmedTo != trimmed:
-		// A reopen reloaded the state under us; the caller retries.
-		s.mu.Unlock()
-		return fmt.Errorf("spool: set cursor %q: %w", name, ErrBusy)
-	}
-	err := s.pending.Set(key, v[:], nil)
-	if err == nil && cut > trimmed {
-		err = s.pending.DeleteRange(recKey(trimmed+1), recKeyAfter(cut), nil)
-	}
-	if err != nil {
-		// Not reachable with a non-indexed batch; the partial op would be
-		// committed with the next batch, which is still correct (a cursor
-		// set alone, or a range deletion of records below every cursor).
-		s.mu.Unlock()
-		return fmt.Errorf("spool: set cursor %q: %w", name, err)
-	}
-	if cut > trimmed {
-		s.liveBytes -= freedBytes
-		s.liveRecords -= freedRecs
-		s.trimmedTo = cut
-	}
-	wasEmpty := len(s.pendingW) == 0
-	s.pendingW = append(s.pendingW, waitEntry{w: w})
-	s.mu.Unlock()
-	if wasEmpty {
-		s.wake()
-	}
-	if err := <-w; err != nil {
-		// The commit failed (a full disk, say) and the committer is
-		// reopening Pebble: like an Append then, this is ErrBusy, and the
-		// caller keeps its cursor in memory and sets it again later.
-		// Returned as a plain failure it made a forwarder stop, and the
-		// daemon with it.
-		return fmt.Errorf("spool: set cursor %q to %d: %w: %w", name, seq, ErrBusy, err)
-	}
-	s.mu.Lock()
-	if s.cursors != nil {
-		s.cursors[name] = seq
-	}
-	s.mu.Unlock()
-	if cut > trimmed {
-		s.updateAgeGauge()
-	}
-	return nil
-}
 
 // sizeRange counts the records with from <= seq <= to and their bytes.
 func sizeRange(db *pebble.DB, from, to uint64) (n, size int64, err error) {
