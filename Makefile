@@ -8,8 +8,16 @@ FUZZTIME ?= 30s
 
 all: build
 
+# `fleet-telemetry version` prints the git revision it was built from. Go
+# stamps it into the build info itself only in a plain clone (not a git
+# worktree) and without GOFLAGS=-buildvcs=false; this passes it in for
+# the other cases (the build info's own stamp wins when there is one).
+VCS_REVISION := $(shell git rev-parse HEAD 2>/dev/null)
+VCS_MODIFIED := $(if $(VCS_REVISION),$(shell git diff --quiet HEAD -- 2>/dev/null || echo true))
+LDFLAGS      ?= -X main.vcsRevision=$(VCS_REVISION) -X main.vcsModified=$(VCS_MODIFIED)
+
 build:
-	$(GO) build -o $(BIN)/fleet-telemetry ./cmd/fleet-telemetry
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/fleet-telemetry ./cmd/fleet-telemetry
 
 # The daemon on its embedded dev config: 127.0.0.1:4443, dev certificates
 # created under ./var/dev-certs, spool in ./var/spool, records on stdout.
@@ -50,7 +58,8 @@ FUZZ_TARGETS := \
 	./spool:FuzzDecodeRecord \
 	./netloop:FuzzParseRequestLine \
 	./netloop:FuzzHelloReader \
-	./cmd/fleet-telemetry:FuzzParseConfig
+	./cmd/fleet-telemetry:FuzzParseConfig \
+	./forwarder/mqtt:FuzzEncode
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -459,10 +459,17 @@ func (r *scenarioRun) markEnd() {
 		c, r.fwdErr = spawn.Scrape(r.t.metricsPort)
 		r.fwd1, r.lag1, r.refused = c.ForwarderSent, c.ForwarderLag, c.RecordsRefused
 		if r.fwdErr == nil && r.refused > 0 {
-			// Acked or answered but not kept (a sender id that is not the
-			// connection's, a payload that does not decode): the run
-			// measured refusals, not the production path.
+			// Acked or answered but not kept (a payload that does not
+			// decode, a record type no sink takes sent under another
+			// vehicle's sender id): the run measured refusals, not the
+			// production path.
 			r.st.Fail("the daemon refused %d records (fleet_records_refused_total)", r.refused)
+		}
+		if r.fwdErr == nil && c.SenderMismatches > 0 {
+			// Kept, but under the certificate's VIN, not the one the bench
+			// meant (a TLS session resumed under another vehicle's
+			// certificate, for instance).
+			r.st.Fail("the daemon took %d records under another vehicle's sender id (fleet_records_sender_id_mismatch_total)", c.SenderMismatches)
 		}
 	}
 	r.profiling.Wait()

@@ -11,8 +11,10 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"runtime/debug"
 	"runtime/pprof"
@@ -20,6 +22,16 @@ import (
 )
 
 func main() { os.Exit(run(os.Args[1:])) }
+
+const benchUsage = `usage: bench [-scenario throughput] [-addr 127.0.0.1:4443 -server-pid PID | -spawn] [flags]
+
+Simulates vehicles against a running daemon (-addr), or against one it
+starts itself for each scenario (-spawn), checks every ack, and reports
+throughput, ack latency, server CPU per record and memory per connection.
+See the README's "Performance" section.
+
+flags:
+`
 
 // options are the command line.
 type options struct {
@@ -82,7 +94,7 @@ func run(args []string) int {
 	fs.StringVar(&o.profile, "profile", "", "save a CPU profile of the daemon taken over the measurement window of the throughput, rate or storm scenario (when the run profiles several, each goes to FILE with -SCENARIO before its extension) to this file (needs -server-pprof-port)")
 	fs.StringVar(&o.workDir, "work-dir", "", "with -spawn: directory for configs, spools and logs (default: a new temporary one)")
 	fs.BoolVar(&o.keep, "keep", false, "with -spawn: keep the work directory")
-	fs.StringVar(&o.certsDir, "certs", "var/dev-certs", "dev certificate directory (`make run`'s); created with `certs dev` semantics when missing")
+	fs.StringVar(&o.certsDir, "certs", "var/dev-certs", "dev certificate directory (make run's); created as \"fleet-telemetry certs dev\" does when missing")
 	fs.StringVar(&o.caCert, "ca-cert", "", "CA certificate that signs the vehicles' certificates (default CERTS/ca.crt)")
 	fs.StringVar(&o.caKey, "ca-key", "", "CA private key (default CERTS/ca.key)")
 	fs.IntVar(&o.conns, "conns", 200, "throughput: connections")
@@ -110,7 +122,21 @@ func run(args []string) int {
 	fs.StringVar(&o.note, "note", "", "free text put in the reports (e.g. \"busy machine\")")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress line")
 	fs.StringVar(&o.selfProfile, "self-profile", "", "save a CPU profile of the bench itself (the whole run) to this file: shows when the load generator, not the daemon, is the limit")
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	usage := func(w io.Writer) {
+		fmt.Fprint(w, benchUsage)
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(os.Stdout)
+			return 0
+		}
+		fmt.Fprintf(os.Stderr, "bench: %v\n\n", err)
+		usage(os.Stderr)
 		return 2
 	}
 	if fs.NArg() > 0 {

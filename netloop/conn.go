@@ -753,26 +753,36 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 	}
 	switch {
 	case env.Type == envelope.TypeStreamAck:
+		// An ack sent by the vehicle. As the reference: one ack, the
+		// txid echoed, the topic left empty.
 		recClientAck.Inc()
 		countUnknownMessageType(env.Type)
-		c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
+		c.queueReply(env.TxID, nil, env.MessageID, false, "")
 		return gnet.None
 	case env.Type != envelope.TypeStream || !env.HasMessage:
+		// As the reference: one ack with neither txid nor topic.
 		recEmptyEnvelope.Inc()
 		countUnknownMessageType(env.Type)
-		c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
+		c.queueReply(nil, nil, nil, false, "")
 		return gnet.None
 	}
-	if !c.id.MatchesSender(env.Stream.SenderID) {
-		// Acked so the vehicle does not resend forever, never dispatched:
-		// a stolen key must not speak for another VIN.
-		recSenderMismatch.Inc()
+	// A sender_id naming another vehicle is counted and never trusted:
+	// the record is kept under the certificate's VIN (the spool record's
+	// VIN, which the forwarders stamp into the payload), as the reference
+	// dispatches it. A stolen key cannot speak for another VIN.
+	foreignSender := !c.id.MatchesSender(env.Stream.SenderID)
+	if foreignSender {
+		senderMismatch.Inc()
 		refUnauthorizedSender.Inc()
-		c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
-		return gnet.None
 	}
 	tm := metricsForTopic(env.Topic)
 	if !c.srv.routed[string(env.Topic)] {
+		if foreignSender {
+			// As the reference: an error reply, the txid echoed.
+			recSenderMismatch.Inc()
+			c.queueReply(env.TxID, nil, nil, true, errorText)
+			return gnet.None
+		}
 		// The reference counts and "dispatches" these to no sink.
 		recordsUnrouted.Inc()
 		tm.records.Inc()

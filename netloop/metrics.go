@@ -28,10 +28,14 @@ var (
 	upgradesOK           = metrics.GetOrCreateCounter("fleet_websocket_upgrades_total")
 	statusRequests       = metrics.GetOrCreateCounter("fleet_status_requests_total")
 
-	recordsReceived   = metrics.GetOrCreateCounter("fleet_records_received_total")
-	recordsSpooled    = metrics.GetOrCreateCounter("fleet_records_spooled_total")
-	recordsAcked      = metrics.GetOrCreateCounter("fleet_acks_sent_total")
-	recordsUnrouted   = metrics.GetOrCreateCounter("fleet_records_unrouted_total")
+	recordsReceived = metrics.GetOrCreateCounter("fleet_records_received_total")
+	recordsSpooled  = metrics.GetOrCreateCounter("fleet_records_spooled_total")
+	recordsAcked    = metrics.GetOrCreateCounter("fleet_acks_sent_total")
+	recordsUnrouted = metrics.GetOrCreateCounter("fleet_records_unrouted_total")
+	// senderMismatch counts records whose sender_id is not their
+	// certificate's: kept under the certificate's VIN on a routed topic,
+	// refused (sender_id_mismatch) on another.
+	senderMismatch    = metrics.GetOrCreateCounter("fleet_records_sender_id_mismatch_total")
 	errorReplies      = metrics.GetOrCreateCounter("fleet_error_replies_total")
 	pingsAnswered     = metrics.GetOrCreateCounter("fleet_pings_total")
 	bytesReceived     = metrics.GetOrCreateCounter("fleet_record_bytes_received_total")

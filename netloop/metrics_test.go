@@ -75,9 +75,10 @@ func TestReferenceMetricsMoveWithTheirLabels(t *testing.T) {
 	if r := mustReply(t, c); r.Ack {
 		t.Fatal("bad payload acked")
 	}
-	// A sender mismatch: acked, not kept.
+	// A sender mismatch: acked and kept under the certificate's VIN.
 	spoof := newRecord(vinA, "V", "spoof")
 	spoof.SenderID = []byte("vehicle_device." + vinB)
+	spoof.Payload = vehicle.PayloadV(rng, vinA, 2, time.Now())
 	c.Send(spoof)
 	expectAck(t, c, "spoof", "V")
 	// Too big: error reply.
@@ -90,7 +91,7 @@ func TestReferenceMetricsMoveWithTheirLabels(t *testing.T) {
 	expectAck(t, c, "unrouted", "errors")
 	// A client-sent ack (envelope message type 5).
 	c.WriteFrame(ws.OpBinary, true, envelope.AppendAck(nil, []byte("client-ack"), []byte("V"), nil))
-	expectAck(t, c, "client-ack", "V")
+	expectAck(t, c, "client-ack", "")
 	// The 6-record budget (too-big frames are not records) is spent: the next two are dropped.
 	c.SendMany([]*envelope.StreamMessage{newRecord(vinA, "V", "rl-1"), newRecord(vinA, "alerts", "rl-2")})
 	waitFor(t, func() bool {
@@ -99,16 +100,16 @@ func TestReferenceMetricsMoveWithTheirLabels(t *testing.T) {
 	})
 	after := scrape(t)
 	expectMoved(t, before, after, map[string]float64{
-		`record_total{record_type="V"}`:                                       1,
+		`record_total{record_type="V"}`:                                       2,
 		`record_total{record_type="alerts"}`:                                  1,
 		`record_total{record_type="errors"}`:                                  1,
-		`record_size_bytes_total{record_type="V"}`:                            float64(len(v.Payload)),
+		`record_size_bytes_total{record_type="V"}`:                            float64(len(v.Payload) + len(spoof.Payload)),
 		`record_size_bytes_total{record_type="alerts"}`:                       float64(len(al.Payload)),
-		`dispatch_total{record_type="V"}`:                                     1,
+		`dispatch_total{record_type="V"}`:                                     2,
 		`dispatch_total{record_type="alerts"}`:                                1,
-		`signal_count{record_type="V"}`:                                       5,
+		`signal_count{record_type="V"}`:                                       7,
 		`signal_count{record_type="alerts"}`:                                  1,
-		`vin_signal_count{record_type="V",vin="` + vinA + `"}`:                5,
+		`vin_signal_count{record_type="V",vin="` + vinA + `"}`:                7,
 		`vin_signal_count{record_type="alerts",vin="` + vinA + `"}`:           1,
 		`unauthorized_sender_id_total`:                                        1,
 		`record_too_big_total`:                                                1,
@@ -118,7 +119,8 @@ func TestReferenceMetricsMoveWithTheirLabels(t *testing.T) {
 		`rate_limit_exceeded_total{device_id="` + vinA + `",txtype="alerts"}`: 1,
 		`num_connections`:                                                     1,
 		// Ours move with them.
-		`fleet_records_refused_total{reason="sender_id_mismatch"}`: 1,
+		`fleet_records_sender_id_mismatch_total`:                   1,
+		`fleet_records_refused_total{reason="sender_id_mismatch"}`: 0,
 		`fleet_records_refused_total{reason="record_too_big"}`:     1,
 		`fleet_records_refused_total{reason="rate_limited"}`:       2,
 		`fleet_error_replies_total`:                                2,

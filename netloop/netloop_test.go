@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	flatbuffers "github.com/google/flatbuffers/go"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
@@ -193,25 +194,71 @@ func TestSameTxIDTwiceAckedTwice(t *testing.T) {
 	expectAck(t, c, "dup", "V")
 }
 
-func TestSenderIDMismatchAckedNotDispatched(t *testing.T) {
+// TestSenderIDMismatchDispatchedWithCertificateVIN: a record whose
+// sender_id names another vehicle is acked and kept under the
+// certificate's VIN (what the forwarders stamp into the payload), as the
+// reference dispatches it; the mismatch is counted, not refused.
+func TestSenderIDMismatchDispatchedWithCertificateVIN(t *testing.T) {
 	e := newTestEnv(t, allTopics, nil)
 	c := e.dial(t, vinA)
-	before := recSenderMismatch.Get()
+	mismatches, refusals, reference := senderMismatch.Get(), recSenderMismatch.Get(), refUnauthorizedSender.Get()
 	m := newRecord(vinA, "V", "spoof")
 	m.SenderID = []byte("vehicle_device." + vinB)
+	m.DeviceID = []byte(vinB)
 	c.Send(m)
 	expectAck(t, c, "spoof", "V")
-	if got := recSenderMismatch.Get() - before; got != 1 {
-		t.Fatalf("sender mismatch counter moved by %d", got)
+	if got := senderMismatch.Get() - mismatches; got != 1 {
+		t.Fatalf("fleet_records_sender_id_mismatch_total moved by %d, want 1", got)
 	}
-	// The bare device id is accepted as the sender.
+	if got := refUnauthorizedSender.Get() - reference; got != 1 {
+		t.Fatalf("unauthorized_sender_id_total moved by %d, want 1", got)
+	}
+	if got := recSenderMismatch.Get() - refusals; got != 0 {
+		t.Fatalf("a dispatched record was counted as refused (%d)", got)
+	}
+	// The bare device id is the vehicle's own sender id.
 	m = newRecord(vinA, "V", "bare")
 	m.SenderID = []byte(vinA)
 	c.Send(m)
 	expectAck(t, c, "bare", "V")
+	if got := senderMismatch.Get() - mismatches; got != 1 {
+		t.Fatalf("the bare device id was counted as a mismatch")
+	}
 	recs := spooled(t, e.sp)
-	if len(recs) != 1 || string(recs[0].TxID) != "bare" {
-		t.Fatalf("spool holds %v, want only the bare-VIN record", recs)
+	if len(recs) != 2 || string(recs[0].TxID) != "spoof" || string(recs[1].TxID) != "bare" {
+		t.Fatalf("spool holds %v, want the spoof and bare records", recs)
+	}
+	for _, r := range recs {
+		if r.VIN != vinA {
+			t.Fatalf("record %s kept under VIN %q, want the certificate's %q", r.TxID, r.VIN, vinA)
+		}
+	}
+}
+
+// TestSenderIDMismatchOnUnroutedTopicGetsErrorReply: on a record type no
+// sink takes, a foreign sender_id gets the reference's error reply (txid
+// echoed); the connection stays open.
+func TestSenderIDMismatchOnUnroutedTopicGetsErrorReply(t *testing.T) {
+	e := newTestEnv(t, []string{"V"}, nil)
+	c := e.dial(t, vinA)
+	refusals := recSenderMismatch.Get()
+	m := newRecord(vinA, "alerts", "spoof-unrouted")
+	m.SenderID = []byte("vehicle_device." + vinB)
+	c.Send(m)
+	r := mustReply(t, c)
+	if r.Ack || r.TxID != "spoof-unrouted" || r.Topic != "" || r.Text != errorText {
+		t.Fatalf("got %+v, want an error reply for txid spoof-unrouted", r)
+	}
+	if got := recSenderMismatch.Get() - refusals; got != 1 {
+		t.Fatalf(`fleet_records_refused_total{reason="sender_id_mismatch"} moved by %d, want 1`, got)
+	}
+	// Its own sender id on the same unrouted type: acked, not kept.
+	c.Send(newRecord(vinA, "alerts", "own-unrouted"))
+	expectAck(t, c, "own-unrouted", "alerts")
+	c.Send(newRecord(vinA, "V", "after"))
+	expectAck(t, c, "after", "V")
+	if recs := spooled(t, e.sp); len(recs) != 1 || string(recs[0].TxID) != "after" {
+		t.Fatalf("spool holds %v, want only the V record", recs)
 	}
 }
 
@@ -242,20 +289,42 @@ func TestNotAnEnvelopeGetsErrorReplyWithEmptyTxID(t *testing.T) {
 	expectAck(t, c, "after", "V")
 }
 
+// TestEmptyFrameAndClientAckAckedOnce: what the reference answers to
+// envelopes that carry no record, each with one ack: an empty frame and an
+// envelope of type 4 without its union table get an ack with neither
+// txid nor topic; an ack (type 5) sent by the vehicle gets one with its
+// txid echoed and no topic.
 func TestEmptyFrameAndClientAckAckedOnce(t *testing.T) {
 	e := newTestEnv(t, allTopics, nil)
 	c := e.dial(t, vinA)
 	c.WriteFrame(ws.OpBinary, true, nil)
 	expectAck(t, c, "", "")
-	ack := envelope.AppendAck(nil, []byte("client-ack"), []byte("V"), nil)
+	c.WriteFrame(ws.OpBinary, true, envelopeWithoutUnion("no-union", "V", envelope.TypeStream))
+	expectAck(t, c, "", "")
+	ack := envelope.AppendAck(nil, []byte("client-ack"), []byte("V"), []byte("m-client-ack"))
 	c.WriteFrame(ws.OpBinary, true, ack)
-	expectAck(t, c, "client-ack", "V")
+	expectAck(t, c, "client-ack", "")
+	c.WriteFrame(ws.OpBinary, true, envelopeWithoutUnion("client-ack-bare", "V", envelope.TypeStreamAck))
+	expectAck(t, c, "client-ack-bare", "")
 	// The next reply belongs to the next record: nothing was acked twice.
 	c.Send(newRecord(vinA, "V", "next"))
 	expectAck(t, c, "next", "V")
 	if n := len(spooled(t, e.sp)); n != 1 {
 		t.Fatalf("spool holds %d records, want 1", n)
 	}
+}
+
+// envelopeWithoutUnion builds an envelope with a txid, a topic and a
+// message type but no message table.
+func envelopeWithoutUnion(txid, topic string, typ envelope.MessageType) []byte {
+	b := flatbuffers.NewBuilder(64)
+	tx, tp := b.CreateByteVector([]byte(txid)), b.CreateByteVector([]byte(topic))
+	b.StartObject(5)
+	b.PrependUOffsetTSlot(0, tx, 0)
+	b.PrependUOffsetTSlot(1, tp, 0)
+	b.PrependByteSlot(2, byte(typ), 0)
+	b.Finish(b.EndObject())
+	return b.FinishedBytes()
 }
 
 // bigRecord returns a V record whose envelope is exactly size bytes.
@@ -618,6 +687,71 @@ func TestStartPortInUse(t *testing.T) {
 	err = srv.Start()
 	if err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("Start on a port in use: %v", err)
+	}
+
+	// Another server's port: both set SO_REUSEADDR, which must not let
+	// two listen on one port at once.
+	o.Addr = env.addr()
+	srv, err = New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = srv.Start()
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("Start on another server's port: %v", err)
+	}
+}
+
+// TestRestartOnPortWithTimeWait: connections the server closed itself
+// leave sockets in TIME_WAIT on its port; a new server on the same port
+// must start at once all the same.
+func TestRestartOnPortWithTimeWait(t *testing.T) {
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	if _, err := devca.WriteDir(certs, []string{vinA}); err != nil {
+		t.Fatal(err)
+	}
+	d := devca.Dir{Path: certs}
+	tlsCfg, err := NewTLSConfig(TLSOptions{CertFile: d.File(devca.ServerCertFile), KeyFile: d.File(devca.ServerKeyFile), CAFile: d.File(devca.CACertFile)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spool.Open(spool.Options{Dir: filepath.Join(dir, "spool"), Consumers: []string{"test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	o := Options{Addr: "127.0.0.1:0", TLS: tlsCfg, Spool: sp, RoutedTopics: allTopics, Loops: 1}
+	for round := range 2 {
+		srv, err := New(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Start(); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		o.Addr = srv.Addr().String()
+		// Not TLS: the handshake fails and the server closes first; the
+		// client reads to EOF before it closes, so the server's side of
+		// each connection goes to TIME_WAIT.
+		for range 3 {
+			c, err := net.Dial("tcp", o.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.Copy(io.Discard, c); err != nil {
+				t.Fatalf("waiting for the server to close: %v", err)
+			}
+			c.Close()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = srv.Shutdown(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

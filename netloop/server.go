@@ -311,6 +311,15 @@ func (s *Server) SetTLSConfig(cfg *tls.Config) {
 func (s *Server) Start() error {
 	go func() {
 		err := gnet.Run(s, "tcp://"+s.opts.Addr,
+			// A restart binds the port at once although the connections
+			// the previous process closed itself (refused handshakes,
+			// error closes, 403s, idle timeouts) still sit in TIME_WAIT
+			// on it; without SO_REUSEADDR the bind fails for up to 60 s.
+			// A second process still cannot listen on the port while the
+			// first does (Linux refuses SO_REUSEADDR binds next to a
+			// listening socket); SO_REUSEPORT, which would allow that, is
+			// deliberately not set.
+			gnet.WithReuseAddr(true),
 			gnet.WithMulticore(true),
 			gnet.WithNumEventLoop(s.opts.Loops),
 			gnet.WithTCPKeepAlive(time.Minute),

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/asn1"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -319,8 +320,9 @@ func rawFrameHeader(length uint64) []byte {
 // 1002; one claiming 2^63-1 bytes is refused without being buffered: the
 // connection is closed with 1009 (message too big) as soon as the header
 // arrives, not after the payload streamed in. VIN spoofing: a
-// VIN inside the payload is replaced by the certificate's and a foreign
-// sender_id never reaches the sink.
+// VIN inside the payload is replaced by the certificate's, and a record
+// with a foreign sender_id is dispatched under the certificate's VIN (as
+// the reference does): the foreign VIN never reaches the sink.
 func TestHostileFrames(t *testing.T) {
 	e := newHostileEnv(t)
 	before := e.setup.metrics(t)
@@ -365,17 +367,24 @@ func TestHostileFrames(t *testing.T) {
 		r, err := spoof.ReadReply(5 * time.Second)
 		t.Logf("%s: reply %+v %v", m.TxID, r, err)
 	}
-	got := e.d.waitPrinted(t, map[string]bool{"spoof-payload-vin": true}, 10*time.Second)
-	if l := got["spoof-payload-vin"]; l.VIN != relVINs[3] || strings.Contains(string(l.Record), "SPOOFED") {
-		t.Errorf("payload VIN reached the sink: %+v %s", l, l.Record)
+	got := e.d.waitPrinted(t, map[string]bool{"spoof-payload-vin": true, "spoof-sender-id": true, "spoof-bare-sender-id": true}, 10*time.Second)
+	for tx, l := range got {
+		if !strings.HasPrefix(tx, "spoof-") {
+			continue
+		}
+		var rec struct{ Vin string }
+		if err := json.Unmarshal(l.Record, &rec); err != nil {
+			t.Fatal(err)
+		}
+		if l.VIN != relVINs[3] || rec.Vin != relVINs[3] {
+			t.Errorf("%s reached the sink under VIN %q (payload vin %q), want the certificate's %s", tx, l.VIN, rec.Vin, relVINs[3])
+		}
 	}
-	e.delta(t, before, `fleet_records_refused_total{reason="sender_id_mismatch"}`, 2)
+	e.delta(t, before, `fleet_records_sender_id_mismatch_total`, 2)
+	e.delta(t, before, `unauthorized_sender_id_total`, 2)
 	e.finish(t) // waits for the good vehicle's records: the spoofed ones had time too
 	for _, l := range e.d.printed() {
-		if l.TxID == "spoof-sender-id" || l.TxID == "spoof-bare-sender-id" {
-			t.Errorf("a record with a foreign sender_id reached the sink: %+v", l)
-		}
-		if l.VIN == relVINs[4] || strings.Contains(string(l.Record), "SPOOFED") {
+		if l.VIN == relVINs[4] || strings.Contains(string(l.Record), relVINs[4]) || strings.Contains(string(l.Record), "SPOOFED") {
 			t.Errorf("a spoofed VIN reached the sink: %+v %s", l, l.Record)
 		}
 	}

@@ -1,6 +1,8 @@
 package test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,9 +11,13 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gobwas/ws"
+	flatbuffers "github.com/google/flatbuffers/go"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
@@ -177,4 +183,177 @@ func TestDescriptorExhaustionDoesNotStopTheDaemon(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	d.stop(t)
+}
+
+// TestReferenceAnswersEndToEnd: what the daemon answers where the
+// reference answers something other than a plain ack, through the real
+// binary (PROTOCOL.md, "Reference behaviour"). Only V is routed. Each
+// answer is one reply: the next record's ack comes next.
+func TestReferenceAnswersEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	configPath, certs := writeConfig(t, dir)
+	editConfig(t, configPath, map[string]any{"records": map[string][]string{"V": {"logger"}}})
+	d := startDaemon(t, configPath)
+	c := dial(t, d.addr, certs, vins[0])
+	next := 0
+	expectNext := func() {
+		t.Helper()
+		next++
+		m := newRecord(vins[0], "V", fmt.Sprintf("next-%d", next))
+		sendAndAck(t, c, []*envelope.StreamMessage{m})
+	}
+	reply := func(what string, frame []byte) vehicle.Reply {
+		t.Helper()
+		if err := c.WriteFrame(ws.OpBinary, true, frame); err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.ReadReply(10 * time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return r
+	}
+
+	// An ack (message type 5) sent by the vehicle: one ack, txid echoed,
+	// no topic.
+	r := reply("client ack", envelope.AppendAck(nil, []byte("client-ack"), []byte("V"), nil))
+	if !r.Ack || r.TxID != "client-ack" || r.Topic != "" {
+		t.Errorf("a vehicle's ack: reply %+v, want an ack with txid client-ack and no topic", r)
+	}
+	expectNext()
+
+	// Message type 4 without its union table: one ack, no txid, no topic.
+	r = reply("no union", envelopeWithoutUnion("no-union", "V", envelope.TypeStream))
+	if !r.Ack || r.TxID != "" || r.Topic != "" {
+		t.Errorf("type 4 without a message: reply %+v, want an ack with no txid and no topic", r)
+	}
+	expectNext()
+
+	// A foreign sender_id on a record type no sink takes: an error reply,
+	// txid echoed.
+	m := newRecord(vins[0], "alerts", "foreign-unrouted")
+	m.SenderID = []byte("vehicle_device." + vins[1])
+	r = reply("foreign sender, unrouted", envelope.AppendStream(nil, m))
+	if r.Ack || r.TxID != "foreign-unrouted" || r.Text != "incorrect message format" {
+		t.Errorf("a foreign sender_id on an unrouted type: reply %+v, want \"incorrect message format\" for txid foreign-unrouted", r)
+	}
+	expectNext()
+
+	// A foreign sender_id on a routed record type: acked, and dispatched
+	// under the certificate's VIN.
+	before := scrape(t, d.logText())
+	m = newRecord(vins[0], "V", "foreign-routed")
+	m.SenderID = []byte("vehicle_device." + vins[1])
+	m.DeviceID = []byte(vins[1])
+	sendAndAck(t, c, []*envelope.StreamMessage{m})
+	expectNext()
+	l := d.waitPrinted(t, map[string]bool{"foreign-routed": true}, 10*time.Second)["foreign-routed"]
+	var rec struct{ Vin string }
+	if err := json.Unmarshal(l.Record, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if l.VIN != vins[0] || rec.Vin != vins[0] {
+		t.Errorf("a foreign sender_id's record printed under VIN %q (payload vin %q), want the certificate's %s", l.VIN, rec.Vin, vins[0])
+	}
+	after := scrape(t, d.logText())
+	for name, want := range map[string]float64{
+		"fleet_records_sender_id_mismatch_total": 1,
+		"unauthorized_sender_id_total":           1,
+		`dispatch_total{record_type="V"}`:        2, // the record and the next one
+	} {
+		if got := after[name] - before[name]; got != want {
+			t.Errorf("%s moved by %v, want %v", name, got, want)
+		}
+	}
+	d.stop(t)
+}
+
+// envelopeWithoutUnion builds an envelope with a txid, a topic and a
+// message type but no message table.
+func envelopeWithoutUnion(txid, topic string, typ envelope.MessageType) []byte {
+	b := flatbuffers.NewBuilder(64)
+	tx, tp := b.CreateByteVector([]byte(txid)), b.CreateByteVector([]byte(topic))
+	b.StartObject(5)
+	b.PrependUOffsetTSlot(0, tx, 0)
+	b.PrependUOffsetTSlot(1, tp, 0)
+	b.PrependByteSlot(2, byte(typ), 0)
+	b.Finish(b.EndObject())
+	return b.FinishedBytes()
+}
+
+// TestProfilerEndpointsEndToEnd: the reference's /gc_stats and
+// /live_profiler on the profiler port, with monitoring.profiling_path set
+// (a supported key: no warning) and without it (405).
+func TestProfilerEndpointsEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	configPath, _ := writeConfig(t, dir)
+	pprofPort := freePort(t)
+	profile := filepath.Join(dir, "cpu.pprof")
+	editConfig(t, configPath, map[string]any{"monitoring": map[string]any{"profiler_port": pprofPort, "profiling_path": profile}})
+	d := startDaemon(t, configPath)
+	if strings.Contains(d.logText(), "profiling_path") {
+		t.Errorf("monitoring.profiling_path is warned about:\n%s", d.logText())
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", pprofPort)
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get("/gc_stats")
+	var gc struct {
+		NumGC          int64
+		PauseQuantiles []int64
+	}
+	if err := json.Unmarshal([]byte(body), &gc); code != 200 || err != nil || len(gc.PauseQuantiles) != 5 {
+		t.Fatalf("GET /gc_stats: %d %v %s", code, err, body)
+	}
+	t.Logf("/gc_stats: NumGC %d", gc.NumGC)
+	for _, step := range []struct {
+		query string
+		want  int
+	}{
+		{"", 400}, {"?mode=sideways", 400}, {"?mode=off", 304},
+		{"?mode=on", 200}, {"?mode=on", 304}, {"?mode=off", 200}, {"?mode=off", 304},
+		{"?mode=on", 200}, // left on: the stop finishes the file
+	} {
+		if code, body := get("/live_profiler" + step.query); code != step.want {
+			t.Fatalf("GET /live_profiler%s: %d %q, want %d", step.query, code, body, step.want)
+		}
+	}
+	d.stop(t)
+	checkCPUProfile(t, profile)
+
+	editConfig(t, configPath, map[string]any{"monitoring": map[string]any{"profiler_port": pprofPort}})
+	d = startDaemon(t, configPath)
+	if code, body := get("/live_profiler?mode=on"); code != 405 {
+		t.Errorf("/live_profiler without monitoring.profiling_path: %d %q, want 405", code, body)
+	}
+	d.stop(t)
+}
+
+// checkCPUProfile checks that path holds a whole gzipped pprof CPU
+// profile: its string table names the "cpu" sample type in "nanoseconds".
+func checkCPUProfile(t *testing.T, path string) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	b, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatalf("%s is cut short: %v", path, err)
+	}
+	if !bytes.Contains(b, []byte("cpu")) || !bytes.Contains(b, []byte("nanoseconds")) {
+		t.Fatalf("%s is not a CPU profile", path)
+	}
 }

@@ -224,12 +224,31 @@ func TestSystemdUnitSettings(t *testing.T) {
 	if wd, err := time.ParseDuration(strings.Join(s["Service.WatchdogSec"], "")); err != nil || wd < 10*time.Second {
 		t.Errorf("WatchdogSec = %q, want at least 10s", s["Service.WatchdogSec"])
 	}
+
+	// Restart= alone must never trip the start limit: a start failing for
+	// a minute (a sink not reachable yet, the port held by TIME_WAIT
+	// sockets of a daemon without SO_REUSEADDR) is retried until it works.
+	// systemd's window opens at the first start and counts every start in
+	// it; Restart= spaces them by at least RestartSec.
+	restart, err := time.ParseDuration(strings.Join(s["Service.RestartSec"], ""))
+	if err != nil || restart <= 0 {
+		t.Fatalf("RestartSec = %q, want a duration", s["Service.RestartSec"])
+	}
+	window, err := time.ParseDuration(strings.Join(s["Unit.StartLimitIntervalSec"], ""))
+	if err != nil || window < time.Minute {
+		t.Errorf("StartLimitIntervalSec = %q, want at least 60s (TIME_WAIT lasts 60 s)", s["Unit.StartLimitIntervalSec"])
+	}
+	burst, err := strconv.Atoi(strings.Join(s["Unit.StartLimitBurst"], ""))
+	if most := int(window/restart) + 1; err != nil || burst <= most {
+		t.Errorf("StartLimitBurst = %q: Restart= alone makes up to %d starts in StartLimitIntervalSec=%v at RestartSec=%v; want more", s["Unit.StartLimitBurst"], most, window, restart)
+	}
 }
 
 // TestSystemdExampleConfig checks that the shipped example loads, names the
 // production paths, and keeps /metrics on loopback.
 func TestSystemdExampleConfig(t *testing.T) {
-	out, err := exec.Command(binary, "check-config", "-config", exampleConf).CombinedOutput()
+	// The TLS files it names are the operator's to install.
+	out, err := exec.Command(binary, "check-config", "-syntax-only", exampleConf).CombinedOutput()
 	if err != nil {
 		t.Fatalf("check-config %s: %v\n%s", exampleConf, err, out)
 	}
@@ -310,10 +329,21 @@ func TestInstall(t *testing.T) {
 			t.Errorf("%s mode %v, want 0644", rel, m)
 		}
 	}
-	out, err := exec.Command(filepath.Join(root, "usr/bin/fleet-telemetry"), "check-config", "-config",
+	out, err := exec.Command(filepath.Join(root, "usr/bin/fleet-telemetry"), "check-config", "-syntax-only",
 		filepath.Join(root, "etc/fleet-telemetry/config.json.example")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("installed binary on the installed example: %v\n%s", err, out)
+	}
+	// make install's build carries the revision it was built from, even
+	// where Go's own VCS stamp is off (a git worktree, -buildvcs=false).
+	out, err = exec.Command(filepath.Join(root, "usr/bin/fleet-telemetry"), "version").CombinedOutput()
+	if err != nil {
+		t.Fatalf("installed binary: version: %v\n%s", err, out)
+	}
+	if head, gerr := exec.Command("git", "-C", repoRoot, "rev-parse", "HEAD").Output(); gerr != nil {
+		t.Logf("no git revision to compare with (%v): %s", gerr, out)
+	} else if rev := strings.TrimSpace(string(head)); !strings.Contains(string(out), "revision "+rev) {
+		t.Errorf("installed binary: version %q does not name revision %s", out, rev)
 	}
 	unit := filepath.Join(root, "usr/lib/systemd/system/fleet-telemetry.service")
 	exec0 := unitSettings(t, unit)["Service.ExecStart"]

@@ -3,12 +3,14 @@ package test
 import (
 	"encoding/base64"
 	"encoding/json"
+	"maps"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 	"github.com/fleet-telemetry/fleet-telemetry/test/kfakebroker/kfaketest"
@@ -80,16 +82,51 @@ func TestReferenceVectorsEndToEnd(t *testing.T) {
 		}
 		c.Close()
 	}
+	// Each acked frame again, from a vehicle whose certificate is another
+	// VIN than the frame's sender_id: acked, and dispatched under the
+	// certificate's VIN (the reference's "does not allow spoofing": a
+	// Kafka message keyed by the certificate's device id).
+	spoofed := map[string]referenceVector{} // txid → vector
+	for _, v := range vectors {
+		if v.Outcome != "ack" {
+			continue
+		}
+		frame, _ := base64.StdEncoding.DecodeString(v.FrameB64)
+		vin := vins[1]
+		if vin == v.CertVIN {
+			vin = vins[2]
+		}
+		c := dial(t, d.addr, certs, vin)
+		if err := c.WriteFrame(ws.OpBinary, true, frame); err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.ReadReply(10 * time.Second)
+		if err != nil {
+			t.Fatalf("%s from %s: no reply: %v", v.Name, vin, err)
+		}
+		if !r.Ack || r.TxID != v.TxID || r.Topic != v.Topic {
+			t.Fatalf("%s from %s: reply %+v, want an ack with txid %q topic %q", v.Name, vin, r, v.TxID, v.Topic)
+		}
+		v.CertVIN = vin
+		v.HeadersStatic = maps.Clone(v.HeadersStatic)
+		if _, ok := v.HeadersStatic["vin"]; ok {
+			v.HeadersStatic["vin"] = vin
+		}
+		spoofed[v.TxID] = v
+		c.Close()
+	}
 
 	topics := map[string]bool{}
 	for _, v := range acked {
 		topics[v.Topic] = true
 	}
-	got := map[string]kfaketest.Message{}
+	got := map[string]kfaketest.Message{}      // txid → the frame's own vehicle's message
+	gotSpoof := map[string]kfaketest.Message{} // txid → the other vehicle's
 	deadline := time.Now().Add(30 * time.Second)
-	for len(got) < len(acked) {
+	for len(got) < len(acked) || len(gotSpoof) < len(spoofed) {
 		if time.Now().After(deadline) {
-			t.Fatalf("after 30s %d of %d acked vectors in Kafka\n%s", len(got), len(acked), d.logText())
+			t.Fatalf("after 30s %d of %d acked vectors and %d of %d sent from another certificate in Kafka\n%s",
+				len(got), len(acked), len(gotSpoof), len(spoofed), d.logText())
 		}
 		time.Sleep(300 * time.Millisecond)
 		for topic := range topics {
@@ -99,12 +136,25 @@ func TestReferenceVectorsEndToEnd(t *testing.T) {
 			}
 			for _, m := range msgs {
 				tx, _ := m.Header("txid")
-				if _, ok := acked[tx]; ok {
+				if v, ok := acked[tx]; ok && m.Key == v.CertVIN {
 					got[tx] = m
+				} else if v, ok := spoofed[tx]; ok && m.Key == v.CertVIN {
+					gotSpoof[tx] = m
+				} else if ok {
+					t.Fatalf("%s: a Kafka message keyed %q, want %q or %q", v.Name, m.Key, acked[tx].CertVIN, v.CertVIN)
 				}
 			}
 		}
 	}
+	checkVector(t, acked, got)
+	checkVector(t, spoofed, gotSpoof)
+	d.stop(t)
+}
+
+// checkVector compares the Kafka messages of acked vectors with what the
+// reference produced, its vin set to the certificate's VIN.
+func checkVector(t *testing.T, acked map[string]referenceVector, got map[string]kfaketest.Message) {
+	t.Helper()
 	for tx, v := range acked {
 		m := got[tx]
 		if m.Key != v.CertVIN {
@@ -123,14 +173,15 @@ func TestReferenceVectorsEndToEnd(t *testing.T) {
 		if err := proto.Unmarshal(wantBytes, want); err != nil {
 			t.Fatalf("%s: the reference's value does not decode: %v", v.Name, err)
 		}
+		vin := want.ProtoReflect().Descriptor().Fields().ByName("vin")
+		want.ProtoReflect().Set(vin, protoreflect.ValueOfString(v.CertVIN))
 		if err := proto.Unmarshal(m.Value, gotMsg); err != nil {
 			t.Fatalf("%s: Kafka value does not decode as %s: %v", v.Name, v.Topic, err)
 		}
 		if !proto.Equal(want, gotMsg) {
-			t.Errorf("%s: Kafka value differs from the reference's\n got: %v\nwant: %v", v.Name, gotMsg, want)
+			t.Errorf("%s from %s: Kafka value differs from the reference's\n got: %v\nwant: %v", v.Name, v.CertVIN, gotMsg, want)
 		}
 	}
-	d.stop(t)
 }
 
 // messageFor returns an empty message of the type a record of topic carries.

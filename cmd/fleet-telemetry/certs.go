@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -9,18 +8,34 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 )
 
+const certsUsage = `usage: fleet-telemetry certs dev DIR [-vins A,B]
+
+Writes a development CA, a server certificate for 127.0.0.1 and localhost,
+and a client certificate per VIN into DIR. Files already there are kept, so
+running it again only adds what is missing.
+`
+
 // certs implements `fleet-telemetry certs dev DIR [-vins A,B]`.
 func certs(args []string) int {
-	if len(args) < 2 || args[0] != "dev" {
-		fmt.Fprint(os.Stderr, "usage: fleet-telemetry certs dev DIR [-vins A,B]\n")
-		return 2
+	c := newCLI("certs dev", certsUsage)
+	vins := c.String("vins", strings.Join(devca.DefaultVINs, ","), "comma-separated VINs to issue client certificates for")
+	switch {
+	case len(args) > 0 && isHelp(args[0]):
+		c.printUsage(os.Stdout)
+		return 0
+	case len(args) == 0:
+		return c.usageError("no certs command: the one there is is dev")
+	case args[0] != "dev":
+		return c.usageError(fmt.Sprintf("unknown certs command %q", args[0]))
 	}
-	dir := args[1]
-	fs := flag.NewFlagSet("certs dev", flag.ContinueOnError)
-	vins := fs.String("vins", strings.Join(devca.DefaultVINs, ","), "comma-separated VINs to issue client certificates for")
-	if err := fs.Parse(args[2:]); err != nil {
-		return 2
+	pos, code, done := c.parse(args[1:], true)
+	if done {
+		return code
 	}
+	if len(pos) != 1 {
+		return c.usageError("give one directory")
+	}
+	dir := pos[0]
 	list := splitList(*vins)
 	if _, err := devca.WriteDir(dir, list); err != nil {
 		fmt.Fprintf(os.Stderr, "fleet-telemetry: %v\n", err)

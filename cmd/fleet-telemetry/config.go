@@ -37,6 +37,14 @@ type Config struct {
 	Kinesis *KinesisConfig `json:"kinesis"`
 	// Pubsub is the "pubsub" section.
 	Pubsub *PubsubConfig `json:"pubsub"`
+	// MQTT is the "mqtt" section (sink_mqtt.go).
+	MQTT *MQTTConfig `json:"mqtt"`
+	// Redis is the "redis" section (sink_redis.go).
+	Redis *RedisConfig `json:"redis"`
+	// NATS is the "nats" section (sink_nats.go).
+	NATS *NATSConfig `json:"nats"`
+	// ZMQ is the "zmq" section (sink_zmq.go).
+	ZMQ *ZMQConfig `json:"zmq"`
 	// Monitoring is the "monitoring" section.
 	Monitoring *MonitoringConfig `json:"monitoring"`
 	// StatusPort serves plain-HTTP /status when > 0.
@@ -111,7 +119,9 @@ type MonitoringConfig struct {
 	ProfilerPort int `json:"profiler_port"`
 	// ProfilerHost is the address to bind (default 127.0.0.1).
 	ProfilerHost string `json:"profiler_host"`
-	// ProfilingPath is the reference's CPU-profile file; not supported.
+	// ProfilingPath is the file the profiler port's /live_profiler?mode=on
+	// writes a CPU profile to, as in the reference (empty: that endpoint
+	// answers 405).
 	ProfilingPath string `json:"profiling_path"`
 	// Statsd pushes the metrics to a StatsD server (the reference's
 	// monitoring.statsd).
@@ -185,22 +195,21 @@ var usedKeys = map[string]bool{
 	"reliable_ack_sources": true, "rate_limit": true, "vin_allowlist": true,
 	"idle_timeout": true, "handshake_timeout": true, "vins_signal_tracking_enabled": true,
 	"shutdown_timeout": true, "request_timeout": true,
+	"mqtt": true, "redis": true, "nats": true, "zmq": true,
 }
 
 // referenceKeys are keys of the reference's format this build does not act
 // on yet: they load with a warning, never silently.
 var referenceKeys = map[string]bool{
-	"zmq": true, "mqtt": true, "redis": true, "airbrake": true, "logger": true,
+	"airbrake": true, "logger": true,
 }
 
 // knownRecordTypes are the record types the protocol defines.
 var knownRecordTypes = map[string]bool{"V": true, "alerts": true, "errors": true, "connectivity": true}
 
 // knownDispatchers are the sinks this build has.
-var knownDispatchers = map[string]bool{"logger": true, "kafka": true, "kinesis": true, "pubsub": true}
-
-// referenceDispatchers exist in the reference but not (yet) here.
-var referenceDispatchers = map[string]bool{"zmq": true, "mqtt": true, "redis": true}
+var knownDispatchers = map[string]bool{"logger": true, "kafka": true, "kinesis": true, "pubsub": true,
+	"mqtt": true, "redis": true, "nats": true, "zmq": true}
 
 // ParseConfig decodes a configuration file's bytes. It returns the config,
 // warnings for keys it does not act on, and an error for a file it cannot
@@ -230,12 +239,13 @@ func ParseConfig(data []byte) (*Config, []string, error) {
 	if err := dec.Decode(c); err != nil {
 		return nil, nil, fmt.Errorf("config: %w", describeJSONError(data, err))
 	}
+	warnings = append(warnings, sinkSectionWarnings(raw)...)
 	if c.ReliableAck && len(c.ReliableAckSources) == 0 {
 		warnings = append(warnings, `config key "reliable_ack" is ignored: name the sink per record type in "reliable_ack_sources"`)
 	}
 	if m := c.Monitoring; m != nil {
-		if m.ProfilingPath != "" {
-			warnings = append(warnings, `config key "monitoring.profiling_path" is not supported by this version and is ignored (use profiler_port and /debug/pprof/)`)
+		if m.ProfilingPath != "" && m.ProfilerPort <= 0 {
+			warnings = append(warnings, `config key "monitoring.profiling_path" is ignored: /live_profiler is served on monitoring.profiler_port, which is not set`)
 		}
 		if m.PrometheusMetricsHost == "" {
 			m.PrometheusMetricsHost = "127.0.0.1"
@@ -256,8 +266,25 @@ func ParseConfig(data []byte) (*Config, []string, error) {
 	return c, warnings, nil
 }
 
-// Validate reports every mistake at once, before anything starts.
+// Validate reports every mistake at once, before anything starts: those
+// of the file itself (ValidateSyntax) and a vin_allowlist file that cannot
+// be read.
 func (c *Config) Validate() error {
+	errs := c.syntaxErrors()
+	if c.allowlistFile() != "" {
+		if _, err := c.AllowedVINs(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ValidateSyntax is Validate without reading any file the configuration
+// names.
+func (c *Config) ValidateSyntax() error { return errors.Join(c.syntaxErrors()...) }
+
+// syntaxErrors are the configuration's own mistakes.
+func (c *Config) syntaxErrors() []error {
 	var errs []error
 	if c.Port < 0 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("port %d is out of range", c.Port))
@@ -280,8 +307,6 @@ func (c *Config) Validate() error {
 		for _, d := range c.Records[t] {
 			switch {
 			case knownDispatchers[d]:
-			case referenceDispatchers[d]:
-				errs = append(errs, fmt.Errorf("records.%s: dispatcher %q is not supported by this version", t, d))
 			default:
 				errs = append(errs, fmt.Errorf("records.%s: unknown dispatcher %q", t, d))
 			}
@@ -299,6 +324,7 @@ func (c *Config) Validate() error {
 	if _, ok := ds["pubsub"]; ok && (c.Pubsub == nil || c.Pubsub.ProjectID == "") {
 		errs = append(errs, errors.New(`records route to "pubsub" but "pubsub.gcp_project_id" is not set`))
 	}
+	errs = append(errs, c.validateSinkSections(ds)...)
 	switch c.AckMode {
 	case "", "spool", "receive":
 	default:
@@ -323,8 +349,10 @@ func (c *Config) Validate() error {
 	if rl := c.RateLimit; rl != nil && rl.Enabled && (rl.MessageLimit <= 0 || rl.MessageIntervalTime <= 0) {
 		errs = append(errs, fmt.Errorf("rate_limit: enabled needs message_limit > 0 and message_interval_time > 0 (seconds), got %d and %d", rl.MessageLimit, rl.MessageIntervalTime))
 	}
-	if _, err := c.AllowedVINs(); err != nil {
-		errs = append(errs, err)
+	if c.allowlistFile() == "" {
+		if _, err := c.AllowedVINs(); err != nil { // an inline list: no file is read
+			errs = append(errs, err)
+		}
 	}
 	if n := len(uniq(c.VinsSignalTrackingEnabled)); n > 20 {
 		errs = append(errs, fmt.Errorf("vins_signal_tracking_enabled lists %d VINs; at most 20 are allowed", n))
@@ -343,7 +371,7 @@ func (c *Config) Validate() error {
 	if c.Spool.MaxBytes < 0 {
 		errs = append(errs, fmt.Errorf("spool.max_bytes %d is negative", c.Spool.MaxBytes))
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // Dispatchers returns each dispatcher with the record types routed to it.
@@ -402,6 +430,16 @@ func describeJSONError(data []byte, err error) error {
 	line := 1 + bytes.Count(data[:off], []byte("\n"))
 	col := off - int64(bytes.LastIndexByte(data[:off], '\n'))
 	return fmt.Errorf("line %d column %d: %w", line, col, err)
+}
+
+// allowlistFile is the path vin_allowlist names, or "" when it is a list
+// (or not set).
+func (c *Config) allowlistFile() string {
+	var path string
+	if json.Unmarshal(c.VINAllowlist, &path) != nil {
+		return ""
+	}
+	return path
 }
 
 // AllowedVINs returns the VIN allowlist (nil: everyone is allowed). A string

@@ -31,6 +31,8 @@ func FuzzParseConfig(f *testing.F) {
 		`{"vin_allowlist": ["A", 1, null]}`,
 		`{"kinesis": {"streams": {"V": ""}, "max_retries": -1}, "pubsub": {}}`,
 		`{"records": {"V": ["logger"]}} trailing`,
+		`{"records": {"V": ["mqtt", "redis", "zmq", "nats"]}, "mqtt": {"broker": "b", "qos": 7, "x": 1}, "redis": {"addrs": [], "tls": {"ca_file": "/dev/null"}, "pool": {"read_timeout": -9}}, "zmq": {"addr": "", "server_key_json_path": "k"}, "nats": {"url": ""}}`,
+		`{"redis": {"tls": null, "pool": [], "stream": 5}, "mqtt": [], "nats": "x", "zmq": 1}`,
 	} {
 		f.Add([]byte(s))
 	}

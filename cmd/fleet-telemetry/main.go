@@ -3,10 +3,13 @@
 //
 //	fleet-telemetry [serve] -config FILE   run the daemon
 //	fleet-telemetry [serve] -dev           run on the embedded dev config
-//	fleet-telemetry check-config -config FILE
+//	fleet-telemetry check-config FILE      check what a start would
 //	fleet-telemetry certs dev DIR [-vins A,B]
 //	fleet-telemetry send [-addr HOST:PORT] [-certs DIR] [-vin VIN] [-topic V] [-n N]
-//	fleet-telemetry spool [-config FILE | -dir DIR] stats|ls|cat|tail|verify|export|replay ...
+//	fleet-telemetry spool [-config FILE | -dir DIR | -dev] stats|ls|cat|tail|verify|export|replay ...
+//	fleet-telemetry version
+//
+// Every command and subcommand prints its usage with -h or --help.
 package main
 
 import (
@@ -17,11 +20,14 @@ import (
 const usage = `usage:
   fleet-telemetry [serve] -config FILE     run the daemon with a reference-format config
   fleet-telemetry [serve] -dev             run on the embedded dev config (creates ./var/dev-certs)
-  fleet-telemetry check-config -config FILE
+  fleet-telemetry check-config FILE        check what a start would: settings, TLS files, allowlist, spool directory
   fleet-telemetry certs dev DIR [-vins A,B]
   fleet-telemetry send [-addr 127.0.0.1:4443] [-certs var/dev-certs] [-vin VIN] [-topic V] [-n 1]
-  fleet-telemetry spool [-config FILE | -dir DIR] COMMAND   inspect the spool (stats, ls, cat, tail, verify, export, replay;
-                                                            "spool help" for more)
+  fleet-telemetry spool [-config FILE | -dir DIR | -dev] COMMAND   inspect the spool (stats, ls, cat, tail, verify, export,
+                                                                  replay; "spool help" for more)
+  fleet-telemetry version                  the module version, VCS revision and Go version (also -version)
+
+"fleet-telemetry COMMAND -h" prints a command's usage and flags.
 `
 
 func main() {
@@ -43,6 +49,8 @@ func run(args []string) int {
 		return send(args[1:])
 	case "spool":
 		return spoolCmd(args[1:])
+	case "version":
+		return version(args[1:])
 	case "help", "-h", "-help", "--help":
 		fmt.Print(usage)
 		return 0

@@ -11,14 +11,18 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/profiler"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/statsd"
 )
 
-// startMonitoring serves /metrics and /debug/pprof/ and pushes to StatsD
-// as the "monitoring" section asks. The returned function stops them.
+// startMonitoring serves /metrics, and /debug/pprof/, /gc_stats and
+// /live_profiler on the profiler port, and pushes to StatsD as the
+// "monitoring" section asks. The returned function stops them (a live CPU
+// profile still running is finished, so its file is whole).
 func startMonitoring(m *MonitoringConfig, log *slog.Logger) (func(), error) {
 	var servers []*http.Server
 	var pusher *statsd.Pusher
+	var prof *profiler.Profiler
 	stop := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -27,6 +31,11 @@ func startMonitoring(m *MonitoringConfig, log *slog.Logger) (func(), error) {
 		}
 		if pusher != nil {
 			pusher.Stop()
+		}
+		if prof != nil {
+			if err := prof.Stop(); err != nil {
+				log.Warn("live cpu profile", "err", err)
+			}
 		}
 	}
 	if m == nil {
@@ -66,6 +75,8 @@ func startMonitoring(m *MonitoringConfig, log *slog.Logger) (func(), error) {
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		prof = profiler.New(profiler.Options{Path: m.ProfilingPath, Logger: log})
+		prof.Register(mux)
 		if err := serve("pprof", m.ProfilerHost, m.ProfilerPort, mux); err != nil {
 			stop()
 			return nil, err
@@ -86,7 +97,12 @@ func startMonitoring(m *MonitoringConfig, log *slog.Logger) (func(), error) {
 
 // metricHelp is the HELP text of each family on /metrics. Names without
 // the fleet_ prefix are the reference server's, with its meaning.
-func metricHelp(name string) string { return metricHelpText[name] }
+func metricHelp(name string) string {
+	if h, ok := metricHelpText[name]; ok {
+		return h
+	}
+	return sinkMetricHelp[name]
+}
 
 var metricHelpText = map[string]string{
 	// The reference server's metrics.
@@ -95,7 +111,7 @@ var metricHelpText = map[string]string{
 	"dispatch_total":                   "Records handed on to the sinks (via the spool), by record type.",
 	"rate_limit_exceeded_total":        "Records dropped by the per-connection rate limit, by vehicle and record type.",
 	"record_too_big_total":             "Messages larger than the size limit.",
-	"unauthorized_sender_id_total":     "Records whose sender_id is not the connected vehicle's (acked, not kept).",
+	"unauthorized_sender_id_total":     "Records whose sender_id is not the connected vehicle's (dispatched under the certificate's VIN; refused on a record type no sink takes).",
 	"unknown_message_type_error_total": "Envelopes that do not carry a stream message, by envelope message type.",
 	"unexpected_record_err_total":      "Error replies sent to vehicles.",
 	"socket_err_total":                 "Writes to a vehicle's socket that failed.",
@@ -107,6 +123,7 @@ var metricHelpText = map[string]string{
 	"reliable_ack_miss_total":          "Confirmed records whose vehicle had disconnected before the ack, by record type and dispatcher.",
 	"num_connections":                  "Open vehicle WebSockets.",
 	// Ours.
+	"fleet_build_info":                          "The running binary: module version, VCS revision and Go version as labels; always 1.",
 	"fleet_connections_open":                    "Open TCP connections on the vehicle port (handshaking included).",
 	"fleet_connections_accepted_total":          "TCP connections accepted on the vehicle port.",
 	"fleet_connections_refused_total":           "Connections closed by the server, by reason (TLS handshake failures included).",
@@ -119,6 +136,7 @@ var metricHelpText = map[string]string{
 	"fleet_ack_latency_seconds":                 "Time from a record's arrival to its ack being written.",
 	"fleet_records_unrouted_total":              "Records of a type no sink takes (acked, not kept).",
 	"fleet_records_refused_total":               "Records not kept, by reason.",
+	"fleet_records_sender_id_mismatch_total":    "Records whose sender_id names another vehicle than the certificate: kept under the certificate's VIN on a routed record type, refused (sender_id_mismatch) on another.",
 	"fleet_error_replies_total":                 "Error replies sent to vehicles.",
 	"fleet_pings_total":                         "WebSocket pings answered.",
 	"fleet_record_bytes_received_total":         "Bytes of binary WebSocket messages received.",

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -14,17 +13,27 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 )
 
+const sendUsage = `usage: fleet-telemetry send [-addr 127.0.0.1:4443] [-certs var/dev-certs] [-vin VIN] [-topic V] [-n 1]
+
+Connects to a daemon as a vehicle (the dev certificate of -vin), sends -n
+sample records of -topic and prints each reply. For trying out make run.
+`
+
 // send implements `fleet-telemetry send`: a vehicle that sends a few sample
 // records to a daemon and prints each reply. For trying out `make run`.
 func send(args []string) int {
-	fs := flag.NewFlagSet("send", flag.ContinueOnError)
-	addr := fs.String("addr", "127.0.0.1:4443", "daemon address")
-	dir := fs.String("certs", devCertsDir, "dev certificate directory (from `certs dev`)")
-	vin := fs.String("vin", devca.DefaultVINs[0], "VIN whose certificate to use")
-	topic := fs.String("topic", "V", "record type: V, alerts, errors or connectivity")
-	n := fs.Int("n", 1, "records to send")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	cl := newCLI("send", sendUsage)
+	addr := cl.String("addr", "127.0.0.1:4443", "daemon address")
+	dir := cl.String("certs", devCertsDir, "dev certificate directory (from \"certs dev\")")
+	vin := cl.String("vin", devca.DefaultVINs[0], "VIN whose certificate to use")
+	topic := cl.String("topic", "V", "record type: V, alerts, errors or connectivity")
+	n := cl.Int("n", 1, "records to send")
+	pos, code, done := cl.parse(args, false)
+	if done {
+		return code
+	}
+	if len(pos) > 0 {
+		return cl.usageError(fmt.Sprintf("unexpected argument %q", pos[0]))
 	}
 	tlsCfg, err := vehicle.TLSFromDir(*dir, *vin)
 	if err != nil {

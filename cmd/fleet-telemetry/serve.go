@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -36,41 +35,26 @@ const devCertsDir = "var/dev-certs"
 // shutdown_timeout says otherwise.
 const shutdownTimeout = 25 * time.Second
 
-func loadForServe(fs *flag.FlagSet, args []string) (*Config, []string, bool, error) {
-	configPath := fs.String("config", "", "reference-format JSON config file")
-	dev := fs.Bool("dev", false, "run on the embedded dev config: 127.0.0.1:4443, dev certificates in ./var/dev-certs, spool in ./var/spool, records to stdout")
-	if err := fs.Parse(args); err != nil {
-		return nil, nil, false, err
-	}
-	switch {
-	case *configPath != "" && *dev:
-		return nil, nil, false, errors.New("give -config or -dev, not both")
-	case *dev:
-		c, w, err := ParseConfig(devConfigJSON)
-		return c, w, true, err
-	case *configPath != "":
-		c, w, err := LoadConfig(*configPath)
-		return c, w, false, err
-	}
-	return nil, nil, false, errors.New("no configuration: pass -config FILE (or -dev for a local trial)")
-}
+const serveUsage = `usage: fleet-telemetry [serve] -config FILE
+       fleet-telemetry [serve] -dev
 
-func checkConfig(args []string) int {
-	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
-	cfg, warnings, _, err := loadForServe(fs, args)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "fleet-telemetry: %v\n", err)
-		return 2
+Runs the daemon: listens for vehicles, spools their records and forwards
+them to the sinks the config file routes them to. SIGTERM or SIGINT stop it
+gracefully; SIGHUP reloads the TLS certificate, key and CA files.
+`
+
+// loadConfig reads the config file at path, or with dev the embedded dev
+// config.
+func loadConfig(path string, dev bool) (*Config, []string, error) {
+	switch {
+	case path != "" && dev:
+		return nil, nil, errors.New("give -config or -dev, not both")
+	case dev:
+		return ParseConfig(devConfigJSON)
+	case path != "":
+		return LoadConfig(path)
 	}
-	for _, w := range warnings {
-		fmt.Fprintf(os.Stderr, "warning: %s\n", w)
-	}
-	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(os.Stderr, "fleet-telemetry: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
-		return 2
-	}
-	fmt.Println("configuration ok")
-	return 0
+	return nil, nil, errors.New("no configuration: pass -config FILE (or -dev for a local trial)")
 }
 
 func newLogger(cfg *Config) *slog.Logger {
@@ -91,14 +75,31 @@ func newLogger(cfg *Config) *slog.Logger {
 }
 
 func serve(args []string) int {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	cfg, warnings, dev, err := loadForServe(fs, args)
+	c := newCLI("serve", serveUsage)
+	configPath := c.String("config", "", "reference-format JSON config file")
+	dev := c.Bool("dev", false, "run on the embedded dev config: 127.0.0.1:4443, dev certificates in ./var/dev-certs, spool in ./var/spool, records to stdout")
+	showVersion := c.Bool("version", false, "print the version and exit")
+	pos, code, done := c.parse(args, false)
+	if done {
+		return code
+	}
+	if len(pos) > 0 {
+		return c.usageError(fmt.Sprintf("unexpected argument %q", pos[0]))
+	}
+	bi := readBuildInfo()
+	if *showVersion {
+		fmt.Println(bi)
+		return 0
+	}
+	cfg, warnings, err := loadConfig(*configPath, *dev)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fleet-telemetry: %v\n", err)
 		return 2
 	}
 	log := newLogger(cfg)
 	slog.SetDefault(log)
+	log.Info("fleet-telemetry", "version", bi.Version, "revision", bi.RevisionString(), "go", bi.GoVersion)
+	registerBuildInfoMetric(bi)
 	for _, w := range warnings {
 		log.Warn(w)
 	}
@@ -106,7 +107,7 @@ func serve(args []string) int {
 		log.Error("invalid configuration", "err", err)
 		return 2
 	}
-	if dev {
+	if *dev {
 		if _, err := devca.WriteDir(devCertsDir, devca.DefaultVINs); err != nil {
 			log.Error("dev certificates", "err", err)
 			return 1
@@ -329,6 +330,14 @@ func newSink(name string, cfg *Config, enc forwarder.Encoder, recordTypes []stri
 		return newKinesisSink(cfg, enc, log)
 	case "pubsub":
 		return newPubsubSink(cfg, enc, recordTypes, log)
+	case "mqtt":
+		return newMQTTSink(cfg, enc, log)
+	case "redis":
+		return newRedisSink(cfg, enc, log)
+	case "nats":
+		return newNATSSink(cfg, enc, log)
+	case "zmq":
+		return newZMQSink(cfg, enc, log)
 	}
 	return nil, fmt.Errorf("dispatcher %q is not supported by this version", name)
 }

@@ -31,12 +31,13 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
-const spoolUsage = `usage: fleet-telemetry spool [-config FILE | -dir DIR] [-admin SOCKET] [-json] [-progress] COMMAND ...
+const spoolUsage = `usage: fleet-telemetry spool [-config FILE | -dir DIR | -dev] [-admin SOCKET] [-json] [-progress] COMMAND ...
 
 The spool is read through the running daemon's admin socket (default
 <spool dir>/admin.sock) when it answers, and otherwise opened read-only
 (a stopped daemon; the daemon cannot start while a command runs). Nothing
-here moves a cursor or deletes a record.
+here moves a cursor or deletes a record. -dev is the spool of make run (the
+embedded dev config's ./var/spool): run it from the same directory.
 
 commands:
   stats                            records, bytes, oldest/newest seq and age, per-forwarder cursor and lag
@@ -57,7 +58,8 @@ commands:
 Common flags may also follow COMMAND. -json prints JSON (an object for
 stats, verify and cat, an array for ls, one object per line for tail).
 A progress bar with rate and ETA is drawn on stderr by verify, export and
-replay when stderr is a terminal (or with -progress).
+replay when stderr is a terminal (or with -progress). "spool COMMAND -h"
+lists a command's flags.
 `
 
 // spoolCmd runs `fleet-telemetry spool ARGS`.
@@ -66,8 +68,10 @@ func spoolCmd(args []string) int {
 }
 
 type spoolCommand struct {
-	flags func(fs *flag.FlagSet, c *cmdFlags)
-	run   func(ctx context.Context, o *spoolOpts, c *cmdFlags, args []string) error
+	// synopsis is the command's usage line after "spool".
+	synopsis string
+	flags    func(fs *flag.FlagSet, c *cmdFlags)
+	run      func(ctx context.Context, o *spoolOpts, c *cmdFlags, args []string) error
 	// takesArgs: the command has positional arguments (others refuse any).
 	takesArgs bool
 }
@@ -87,26 +91,26 @@ type cmdFlags struct {
 }
 
 var spoolCommands = map[string]spoolCommand{
-	"stats": {run: spoolStats},
-	"ls": {flags: func(fs *flag.FlagSet, c *cmdFlags) {
+	"stats": {synopsis: "stats", run: spoolStats},
+	"ls": {synopsis: "ls [-n 20] [-from SEQ] [-vin V] [-topic T]", flags: func(fs *flag.FlagSet, c *cmdFlags) {
 		fs.IntVar(&c.n, "n", 20, "number of records")
 		fs.Uint64Var(&c.from, "from", 0, "list from this seq on instead of the newest")
 		filterFlags(fs, c)
 	}, run: spoolLs},
-	"cat": {run: spoolCat, takesArgs: true},
-	"tail": {flags: func(fs *flag.FlagSet, c *cmdFlags) {
+	"cat": {synopsis: "cat SEQ", run: spoolCat, takesArgs: true},
+	"tail": {synopsis: "tail [-f] [-n 10] [-vin V] [-topic T]", flags: func(fs *flag.FlagSet, c *cmdFlags) {
 		fs.BoolVar(&c.follow, "f", false, "follow: print records as they are committed, until interrupted")
 		fs.IntVar(&c.n, "n", 10, "number of stored records to print first")
 		filterFlags(fs, c)
 	}, run: spoolTail},
-	"verify": {run: spoolVerify},
-	"export": {flags: func(fs *flag.FlagSet, c *cmdFlags) {
+	"verify": {synopsis: "verify", run: spoolVerify},
+	"export": {synopsis: "export -format jsonl|proto [-from SEQ] [-to SEQ] [-vin V] [-topic T] [-o FILE]", flags: func(fs *flag.FlagSet, c *cmdFlags) {
 		fs.StringVar(&c.format, "format", "jsonl", "jsonl or proto")
 		fs.StringVar(&c.out, "o", "-", "output file (- for stdout)")
 		rangeFlags(fs, c)
 		filterFlags(fs, c)
 	}, run: spoolExport},
-	"replay": {flags: func(fs *flag.FlagSet, c *cmdFlags) {
+	"replay": {synopsis: "replay -sink NAME [-from SEQ] [-to SEQ] [-vin V] [-topic T] [-batch 500]", flags: func(fs *flag.FlagSet, c *cmdFlags) {
 		fs.StringVar(&c.sink, "sink", "", "dispatcher to send to (logger, kafka, kinesis, pubsub), built from -config")
 		fs.IntVar(&c.batch, "batch", 500, "records per Send")
 		rangeFlags(fs, c)
@@ -144,13 +148,15 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 func runSpool(args []string, stdout, stderr io.Writer) int {
 	o := &spoolOpts{stdout: stdout, stderr: stderr}
 	top := flag.NewFlagSet("spool", flag.ContinueOnError)
-	top.SetOutput(stderr)
-	top.Usage = func() { fmt.Fprint(stderr, spoolUsage) }
+	top.SetOutput(io.Discard)
+	top.Usage = func() {}
 	o.register(top)
 	if err := top.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, spoolUsage)
 			return 0
 		}
+		fmt.Fprintf(stderr, "fleet-telemetry spool: %v\n%s", err, spoolUsage)
 		return 2
 	}
 	if top.NArg() == 0 {
@@ -168,17 +174,27 @@ func runSpool(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	fs := flag.NewFlagSet("spool "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	o.register(fs)
 	c := &cmdFlags{}
 	if cmd.flags != nil {
 		cmd.flags(fs, c)
 	}
+	commandUsage := func(w io.Writer) {
+		fmt.Fprintf(w, "usage: fleet-telemetry spool [-config FILE | -dir DIR | -dev] %s\n\nflags:\n", cmd.synopsis)
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
 	pos, err := parseInterspersed(fs, top.Args()[1:])
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			commandUsage(stdout)
 			return 0
 		}
+		fmt.Fprintf(stderr, "fleet-telemetry spool %s: %v\n", name, err)
+		commandUsage(stderr)
 		return 2
 	}
 	if err := o.resolve(); err != nil {

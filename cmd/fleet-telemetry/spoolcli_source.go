@@ -21,6 +21,7 @@ const defaultSpoolDir = "/var/lib/fleet-telemetry/spool"
 // spoolOpts are the flags every spool subcommand takes.
 type spoolOpts struct {
 	config   string
+	dev      bool
 	dir      string
 	admin    string
 	json     bool
@@ -36,6 +37,7 @@ type spoolOpts struct {
 // defaults (they may come before or after the subcommand's name).
 func (o *spoolOpts) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.config, "config", o.config, "daemon config file: gives spool.dir (and the sinks, for replay)")
+	fs.BoolVar(&o.dev, "dev", o.dev, "the embedded dev config's spool (./var/spool, what make run writes), from the directory make run runs in")
 	fs.StringVar(&o.dir, "dir", o.dir, "spool directory (default "+defaultSpoolDir+", or spool.dir of -config)")
 	fs.StringVar(&o.admin, "admin", o.admin, "the daemon's admin socket (default <spool dir>/"+admin.SocketName+")")
 	fs.BoolVar(&o.json, "json", o.json, "machine-readable output")
@@ -44,8 +46,8 @@ func (o *spoolOpts) register(fs *flag.FlagSet) {
 
 // resolve loads the config and fills the spool directory and socket path.
 func (o *spoolOpts) resolve() error {
-	if o.config != "" {
-		cfg, _, err := LoadConfig(o.config)
+	if o.config != "" || o.dev {
+		cfg, _, err := loadConfig(o.config, o.dev)
 		if err != nil {
 			return err
 		}

@@ -150,6 +150,10 @@ type DaemonCounters struct {
 	// records the daemon acked or answered but did not keep. A bench run
 	// expects none.
 	RecordsRefused int64
+	// SenderMismatches is fleet_records_sender_id_mismatch_total: records
+	// sent under another vehicle's sender id, which the daemon keeps under
+	// the certificate's VIN. A bench run expects none.
+	SenderMismatches int64
 }
 
 // Scrape reads the daemon's /metrics on port.
@@ -176,6 +180,8 @@ func Scrape(port int) (DaemonCounters, error) {
 			dst = &c.ForwarderLag
 		case strings.HasPrefix(line, "fleet_records_refused_total{"):
 			dst = &c.RecordsRefused
+		case strings.HasPrefix(line, "fleet_records_sender_id_mismatch_total "):
+			dst = &c.SenderMismatches
 		default:
 			continue
 		}

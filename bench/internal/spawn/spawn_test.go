@@ -21,6 +21,7 @@ fleet_records_refused_total{reason="bad_payload"} 0
 fleet_records_refused_total{reason="sender_id_mismatch"} 17447
 fleet_records_refused_total{reason="rate_limited"} 3
 fleet_records_received_total 20000
+fleet_records_sender_id_mismatch_total 5
 `)
 	}))
 	defer srv.Close()
@@ -29,7 +30,7 @@ fleet_records_received_total 20000
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (DaemonCounters{ForwarderSent: 1234, ForwarderLag: 1207, RecordsRefused: 17450}); c != want {
+	if want := (DaemonCounters{ForwarderSent: 1234, ForwarderLag: 1207, RecordsRefused: 17450, SenderMismatches: 5}); c != want {
 		t.Fatalf("got %+v, want %+v", c, want)
 	}
 }

@@ -1,0 +1,218 @@
+// Package zmq is the "zmq" sink: a ZeroMQ PUB socket bound to the
+// configured address sends every record as two frames, the topic
+// "<namespace>_<record type>" and the record's bytes (the dispatched
+// protobuf, or its JSON form with transmit_decoded_records), as the
+// reference server does. It uses go-zeromq/zmq4 (pure Go, no libzmq).
+//
+// Delivery is best effort: PUB keeps nothing for a subscriber that is not
+// connected, and drops messages past its high-water mark when subscribers
+// are slow. Send "confirms" a batch once the socket queued it.
+//
+// One goroutine owns the socket: Send hands it each batch and waits for
+// it.
+package zmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/go-zeromq/zmq4"
+
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
+	"github.com/fleet-telemetry/fleet-telemetry/spool"
+)
+
+// DefaultHighWaterMark bounds the messages the socket queues for its
+// subscribers (zmq4's default is unbounded).
+const DefaultHighWaterMark = 100_000
+
+// Options configure the sink (the reference's "zmq" section).
+type Options struct {
+	// Addr is the endpoint the PUB socket binds, e.g. "tcp://*:5284".
+	Addr string
+	// HighWaterMark bounds the queued messages (default
+	// DefaultHighWaterMark); past it messages are dropped.
+	HighWaterMark int
+	// Verbose logs the socket library's own messages.
+	Verbose bool
+	Encoder forwarder.Encoder
+	Logger  *slog.Logger
+}
+
+// typeMetrics are one record type's reference metrics.
+type typeMetrics struct {
+	published, bytes, errs *metrics.Counter
+}
+
+var (
+	typeMetricsMu sync.Mutex
+	typeMetricsBy = map[string]*typeMetrics{}
+	undecodable   = metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="zmq"}`)
+)
+
+// metricsOf returns zmq_publish_total, zmq_publish_total_bytes and zmq_err
+// of a record type (the reference's names and label).
+func metricsOf(recordType string) *typeMetrics {
+	typeMetricsMu.Lock()
+	defer typeMetricsMu.Unlock()
+	if m := typeMetricsBy[recordType]; m != nil {
+		return m
+	}
+	l := `{record_type="` + recordType + `"}`
+	m := &typeMetrics{
+		published: metrics.GetOrCreateCounter("zmq_publish_total" + l),
+		bytes:     metrics.GetOrCreateCounter("zmq_publish_total_bytes" + l),
+		errs:      metrics.GetOrCreateCounter("zmq_err" + l),
+	}
+	typeMetricsBy[recordType] = m
+	return m
+}
+
+func init() {
+	for _, t := range []string{record.TopicV, record.TopicAlerts, record.TopicErrors, record.TopicConnectivity} {
+		metricsOf(t)
+	}
+}
+
+// message is one record's two frames.
+type message struct {
+	seq   uint64
+	topic []byte
+	value []byte
+	m     *typeMetrics
+}
+
+// request is a batch handed to the socket's goroutine.
+type request struct {
+	msgs []message
+	done chan error
+}
+
+// Sink publishes records on a bound PUB socket.
+type Sink struct {
+	opts   Options
+	log    *slog.Logger
+	reqs   chan request
+	stop   chan struct{}
+	exited chan struct{}
+	addr   string
+	topics forwarder.TopicNames // Send's goroutine only
+	once   sync.Once
+}
+
+// New binds the PUB socket; a bind error (address in use, bad endpoint)
+// is returned, and stops the start.
+func New(o Options) (*Sink, error) {
+	if o.Addr == "" {
+		return nil, errors.New("zmq: no addr")
+	}
+	if o.HighWaterMark <= 0 {
+		o.HighWaterMark = DefaultHighWaterMark
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	s := &Sink{opts: o, log: o.Logger.With("sink", "zmq"), reqs: make(chan request), stop: make(chan struct{}), exited: make(chan struct{})}
+	sockLog := log.New(io.Discard, "", 0)
+	if o.Verbose {
+		sockLog = slog.NewLogLogger(s.log.With("component", "zmq4").Handler(), slog.LevelInfo)
+	}
+	sock := zmq4.NewPub(context.Background(), zmq4.WithLogger(sockLog))
+	if err := sock.SetOption(zmq4.OptionHWM, o.HighWaterMark); err != nil {
+		_ = sock.Close()
+		return nil, fmt.Errorf("zmq: set high-water mark: %w", err)
+	}
+	if err := sock.Listen(o.Addr); err != nil {
+		_ = sock.Close()
+		return nil, fmt.Errorf("zmq: bind %s: %w", o.Addr, err)
+	}
+	if a := sock.Addr(); a != nil {
+		s.addr = a.String()
+	}
+	s.log.Info("zmq socket bound", "addr", o.Addr, "listening", s.addr)
+	go s.own(sock)
+	return s, nil
+}
+
+// Addr is the address the socket listens on (the port chosen for ":0").
+func (s *Sink) Addr() string { return s.addr }
+
+// own is the socket's goroutine: it alone sends on and closes the socket.
+func (s *Sink) own(sock zmq4.Socket) {
+	defer close(s.exited)
+	defer sock.Close()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case r := <-s.reqs:
+			var err error
+			for _, m := range r.msgs {
+				if e := sock.Send(zmq4.NewMsgFrom(m.topic, m.value)); e != nil {
+					m.m.errs.Inc()
+					err = fmt.Errorf("zmq: send record %d: %w", m.seq, e)
+					break
+				}
+				m.m.published.Inc()
+				m.m.bytes.Add(len(m.topic) + len(m.value))
+			}
+			r.done <- err
+		}
+	}
+}
+
+// Send implements forwarder.Sink: the socket's goroutine queues every
+// record of batch; Send returns once it has. Records that cannot be
+// decoded are skipped and counted.
+func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
+	// The socket keeps the frames after Send returns: a buffer of this
+	// Send's own.
+	buf := make([]byte, 0, forwarder.ValuesSize(batch))
+	msgs := make([]message, 0, len(batch))
+	for i := range batch {
+		r := &batch[i]
+		value, _, err := s.opts.Encoder.NextValue(&buf, r)
+		if err != nil {
+			undecodable.Inc()
+			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
+			continue
+		}
+		msgs = append(msgs, message{seq: r.Seq, topic: []byte(s.topics.Of(s.opts.Encoder, r.Topic)), value: value, m: metricsOf(string(r.Topic))})
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	req := request{msgs: msgs, done: make(chan error, 1)}
+	select {
+	case s.reqs <- req:
+	case <-s.exited:
+		return errors.New("zmq: socket closed")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// The goroutine finishes the batch it took, whatever ctx says, so
+	// that the counters stay exact.
+	return <-req.done
+}
+
+// Close closes the socket. Send must not run concurrently or afterwards.
+func (s *Sink) Close() error {
+	s.once.Do(func() { close(s.stop) })
+	<-s.exited
+	return nil
+}
+
+// CurveNotSupported is the error for the reference's CURVE keys: the pure
+// Go ZeroMQ library has no CURVE mechanism, and a socket without the
+// security it was configured with must not start.
+func CurveNotSupported(keys ...string) error {
+	return fmt.Errorf("zmq: %s: CURVE security is not supported by this build's ZeroMQ library (go-zeromq/zmq4, pure Go); remove the key(s) or put the socket behind a TLS tunnel", strings.Join(keys, ", "))
+}

@@ -1,0 +1,163 @@
+package zmq
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder/internal/sinktest"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/brokertest"
+	"github.com/fleet-telemetry/fleet-telemetry/spool"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+const ns = "tesla_telemetry"
+
+func records(t *testing.T) []spool.Record {
+	return sinktest.Records(t, sinktest.Acked(t, sinktest.Vectors(t)), 1700000000000, "v1")
+}
+
+func newSink(t *testing.T, enc forwarder.Encoder) *Sink {
+	t.Helper()
+	s, err := New(Options{Addr: "tcp://127.0.0.1:0", Encoder: enc, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// joined sends a probe record until the subscriber got one: a SUB socket
+// receives only after its subscription reached the PUB (ZeroMQ's "slow
+// joiner"). It returns how many messages the subscriber holds then.
+func joined(t *testing.T, s *Sink, sub *brokertest.ZMQSubscriber, probe spool.Record) int {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if err := s.Send(context.Background(), []spool.Record{probe}); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(sub.Messages()); n > 0 {
+			time.Sleep(100 * time.Millisecond) // the probes in flight
+			return len(sub.Messages())
+		}
+	}
+	t.Fatal("the subscriber never received a probe")
+	return 0
+}
+
+// Every reference vector reaches an independent subscriber (pyzmq on
+// libzmq) as two frames: <namespace>_<type> and the Encoder's bytes
+// (protobuf, and JSON with transmit_decoded_records), in order.
+func TestFramesToLibzmqSubscriber(t *testing.T) {
+	for _, js := range []bool{false, true} {
+		t.Run(map[bool]string{false: "protobuf", true: "json"}[js], func(t *testing.T) {
+			enc := forwarder.Encoder{Namespace: ns, JSON: js}
+			s := newSink(t, enc)
+			sub := brokertest.StartZMQSubscriber(t, "tcp://"+s.Addr())
+			recs := records(t)
+			skip := joined(t, s, sub, recs[0])
+			before := metricsOf("V").published.Get()
+			sp := sinktest.OpenSpool(t, "zmq", quiet)
+			sinktest.Append(t, sp, recs)
+			sinktest.Drain(t, sp, s, forwarder.Options{Name: "zmq", Logger: quiet}, 30*time.Second)
+			var got [][][]byte
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if got = sub.Messages()[skip:]; len(got) >= len(recs) {
+					break
+				}
+			}
+			if len(got) != len(recs) {
+				t.Fatalf("subscriber got %d messages, want %d", len(got), len(recs))
+			}
+			nV := 0
+			for i := range recs {
+				typ := string(recs[i].Topic)
+				if typ == "V" {
+					nV++
+				}
+				want, _, _ := enc.AppendValue(nil, &recs[i])
+				if len(got[i]) != 2 || string(got[i][0]) != ns+"_"+typ {
+					t.Fatalf("message %d: %d frames, topic %q", i, len(got[i]), got[i][0])
+				}
+				if js || typ == "V" {
+					if string(got[i][1]) != string(want) {
+						t.Errorf("message %d: payload differs from the Encoder's", i)
+					}
+					continue
+				}
+				// A map field's entries may be marshalled in another order.
+				a, b := sinktest.NewMessage(t, typ), sinktest.NewMessage(t, typ)
+				if proto.Unmarshal(got[i][1], a) != nil || proto.Unmarshal(want, b) != nil || !proto.Equal(a, b) {
+					t.Errorf("message %d: payload differs from the Encoder's", i)
+				}
+			}
+			if d := metricsOf("V").published.Get() - before; d != uint64(nV) {
+				t.Errorf("zmq_publish_total{V} +%d, want +%d", d, nV)
+			}
+		})
+	}
+}
+
+// Without a subscriber PUB drops: Send does not block, and the forwarder
+// passes the records (best effort).
+func TestNoSubscriberDoesNotBlock(t *testing.T) {
+	s := newSink(t, forwarder.Encoder{Namespace: ns})
+	recs := records(t)
+	many := make([]spool.Record, 0, 20*len(recs))
+	for range 20 {
+		many = append(many, recs...)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Send(ctx, many); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A bind error stops the start; it names the address.
+func TestBindError(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	addr := "tcp://" + ln.Addr().String()
+	if _, err := New(Options{Addr: addr, Logger: quiet}); err == nil || !strings.Contains(err.Error(), addr) {
+		t.Fatalf("binding a port in use: %v", err)
+	}
+	if _, err := New(Options{Addr: "nonsense", Logger: quiet}); err == nil {
+		t.Fatal("a bad endpoint bound")
+	}
+	if _, err := New(Options{}); err == nil {
+		t.Fatal("no addr accepted")
+	}
+}
+
+// Close ends the socket's goroutine; a Send afterwards fails instead of
+// hanging.
+func TestSendAfterClose(t *testing.T) {
+	s, err := New(Options{Addr: "tcp://127.0.0.1:0", Encoder: forwarder.Encoder{Namespace: ns}, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s.Close()
+	if err := s.Send(context.Background(), records(t)); err == nil {
+		t.Fatal("Send after Close returned nil")
+	}
+}
+
+func TestCurveError(t *testing.T) {
+	err := CurveNotSupported("zmq.server_key_json_path")
+	if !strings.Contains(err.Error(), "zmq.server_key_json_path") || !strings.Contains(err.Error(), "CURVE") {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,187 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/brokertest"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
+)
+
+func natsConn(t *testing.T, addr string) *natsgo.Conn {
+	t.Helper()
+	nc, err := natsgo.Connect("nats://"+addr, natsgo.MaxReconnects(-1), natsgo.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// The real daemon with the fork's "nats" section publishes every acked V
+// record to tesla_telemetry.<VIN>.data and connectivity records to
+// tesla_telemetry.<VIN>.connectivity, the payload the dispatched protobuf
+// with the certificate's VIN; a NATS subscriber reads them.
+func TestNATSEndToEnd(t *testing.T) {
+	b := brokertest.NATS(t, false)
+	sub := natsConn(t, b.Addr)
+	onData := newTxSet()
+	var mu sync.Mutex
+	connectivity := map[string]int{}
+	var bad []string
+	if _, err := sub.Subscribe("tesla_telemetry.>", func(m *natsgo.Msg) {
+		mu.Lock()
+		defer mu.Unlock()
+		parts := strings.Split(m.Subject, ".")
+		if len(parts) != 3 {
+			bad = append(bad, m.Subject)
+			return
+		}
+		switch parts[2] {
+		case "data":
+			tx, vin, err := taggedTx(m.Data)
+			if err != nil || vin != parts[1] {
+				bad = append(bad, m.Subject)
+				return
+			}
+			onData.add(tx)
+		case "connectivity":
+			var p pb.VehicleConnectivity
+			if protoUnmarshal(m.Data, &p) != nil || p.GetVin() != parts[1] {
+				bad = append(bad, m.Subject)
+				return
+			}
+			connectivity[p.GetVin()]++
+		default:
+			bad = append(bad, m.Subject)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sub.Flush()
+	setup := sinkConfig(t, map[string][]string{"V": {"nats", "logger"}, "connectivity": {"nats"}}, map[string]any{
+		"nats":                 map[string]any{"url": "nats://" + b.Addr, "name": "fleet-telemetry"},
+		"reliable_ack_sources": map[string]string{"V": "nats"},
+	})
+	d := startDaemon(t, setup.ConfigPath)
+	want := map[string]bool{}
+	for _, vin := range vins {
+		conn := dial(t, d.addr, setup.Certs, vin)
+		var ms []*envelope.StreamMessage
+		for i := range 10 {
+			tx := fmt.Sprintf("%s-V-%d", vin, i)
+			ms = append(ms, taggedRecord(vin, tx))
+			want[tx] = true
+		}
+		sendAndAck(t, conn, ms)
+	}
+	if missing, dup := onData.wait(want, 30*time.Second); missing > 0 || dup > 0 {
+		t.Fatalf("%d of %d acked records missing, %d duplicates\n%s", missing, len(want), dup, d.logText())
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		n := len(connectivity)
+		mu.Unlock()
+		if n >= len(vins) || time.Now().After(deadline) {
+			break
+		}
+	}
+	mu.Lock()
+	if len(connectivity) < len(vins) || len(bad) > 0 {
+		t.Errorf("connectivity by VIN %v; unexpected subjects %v", connectivity, bad)
+	}
+	mu.Unlock()
+	m := setup.metrics(t)
+	if got := m[`nats_produce_total{record_type="V"}`]; got != float64(len(want)) {
+		t.Errorf("nats_produce_total{V} = %v, want %d", got, len(want))
+	}
+	d.stop(t)
+}
+
+// TestNATSOutageJetStream keeps three vehicles sending while nats-server
+// (JetStream on, file storage) is stopped for 4 s and started again. With
+// "jetstream": true the sink passes a record only once its PubAck came, so
+// every record acked to a vehicle is in the stream afterwards.
+func TestNATSOutageJetStream(t *testing.T) {
+	b := brokertest.NATS(t, true)
+	js, err := jetstream.New(natsConn(t, b.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "TELEMETRY",
+		Subjects: []string{"tesla_telemetry.>"}, Storage: jetstream.FileStorage}); err != nil {
+		t.Fatal(err)
+	}
+	setup := sinkConfig(t, map[string][]string{"V": {"nats"}}, map[string]any{
+		"nats": map[string]any{"url": "nats://" + b.Addr, "jetstream": true},
+	})
+	d := startDaemon(t, setup.ConfigPath)
+	load := startTaggedLoad(t, d.addr, setup.Certs, relVINs[:3], 10*time.Millisecond)
+	time.Sleep(2 * time.Second)
+	from := time.Now()
+	b.Stop()
+	lagMax := 0.0
+	for time.Since(from) < 4*time.Second {
+		lagMax = max(lagMax, setup.metrics(t)[`fleet_forwarder_lag_records{forwarder="nats"}`])
+		time.Sleep(250 * time.Millisecond)
+	}
+	to := time.Now()
+	b.Start()
+	time.Sleep(2 * time.Second)
+	load.halt()
+	acked, during, errs := load.snapshot(from, to)
+	for _, err := range errs {
+		t.Errorf("vehicle: %v", err)
+	}
+	if during == 0 {
+		t.Fatal("no record acked while NATS was down: the spool should absorb the outage")
+	}
+	reader := natsConn(t, b.Addr)
+	js, err = jetstream.New(reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var missing, dup int
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		inStream := newTxSet()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		c, err := js.OrderedConsumer(ctx, "TELEMETRY", jetstream.OrderedConsumerConfig{})
+		if err == nil {
+			for {
+				batch, err := c.FetchNoWait(1000)
+				if err != nil {
+					break
+				}
+				n := 0
+				for m := range batch.Messages() {
+					n++
+					if tx, _, err := taggedTx(m.Data()); err == nil {
+						inStream.add(tx)
+					}
+				}
+				if n == 0 {
+					break
+				}
+			}
+		}
+		cancel()
+		if missing, dup = inStream.wait(acked, 0); missing == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	m := setup.metrics(t)
+	t.Logf("nats-server stopped for %s: %d records acked meanwhile, %d in all; max lag %.0f; %d missing from the stream, %d duplicates; nats_err=%.0f fleet_forwarder_retries_total{nats}=%.0f",
+		to.Sub(from).Round(time.Millisecond), during, len(acked), lagMax, missing, dup, m["nats_err"], m[`fleet_forwarder_retries_total{forwarder="nats"}`])
+	if missing > 0 {
+		t.Fatalf("%d of %d acked records are not in the stream\n%s\nserver:\n%s", missing, len(acked), d.logText(), b.Log())
+	}
+	d.stop(t)
+}

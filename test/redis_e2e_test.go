@@ -1,0 +1,245 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/brokertest"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
+)
+
+func redisClient(t *testing.T, addr string) *goredis.Client {
+	t.Helper()
+	c := goredis.NewClient(&goredis.Options{Addr: addr})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// The real daemon with the reference integration config's "redis" section
+// (publish_vin_topics, subscriber_set_prefix "consumer"): every acked V
+// record reaches tesla_telemetry_V_{<VIN>} and the channels leased in
+// consumer_tesla_telemetry_V_{<VIN>}; an expired lease is removed (read
+// back with redis-cli) and gets nothing; connectivity records reach
+// tesla_telemetry_connectivity_{<VIN>}. Payloads are the dispatched
+// protobuf with the certificate's VIN.
+func TestRedisEndToEnd(t *testing.T) {
+	b := brokertest.Redis(t, false)
+	cli := brokertest.Require(t, "redis-cli", "redis-tools")
+	c := redisClient(t, b.Addr)
+	ctx := context.Background()
+	leased := "consumer_tesla_telemetry_V_{" + vins[0] + "}"
+	now := time.Now().Unix()
+	if err := c.ZAdd(ctx, leased, goredis.Z{Score: float64(now + 3600), Member: "dashboard-1"},
+		goredis.Z{Score: float64(now - 10), Member: "gone-1"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ps := c.PSubscribe(ctx, "tesla_telemetry_*")
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Close()
+	if err := ps.Subscribe(ctx, "dashboard-1", "gone-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	onVIN, onDashboard, onGone := newTxSet(), newTxSet(), newTxSet()
+	var mu sync.Mutex // connectivity and bad
+	connectivity := map[string]int{}
+	var bad []string
+	go func() {
+		for m := range ps.Channel() {
+			mu.Lock()
+			switch {
+			case strings.HasPrefix(m.Channel, "tesla_telemetry_connectivity_{"):
+				var p pb.VehicleConnectivity
+				if protoUnmarshal([]byte(m.Payload), &p) != nil || "tesla_telemetry_connectivity_{"+p.GetVin()+"}" != m.Channel {
+					bad = append(bad, m.Channel)
+				}
+				connectivity[p.GetVin()]++
+			default:
+				tx, vin, err := taggedTx([]byte(m.Payload))
+				switch {
+				case err != nil:
+					bad = append(bad, m.Channel)
+				case m.Channel == "dashboard-1":
+					onDashboard.add(tx)
+				case m.Channel == "gone-1":
+					onGone.add(tx)
+				case m.Channel == "tesla_telemetry_V_{"+vin+"}":
+					onVIN.add(tx)
+				default:
+					bad = append(bad, m.Channel+" for "+vin)
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+	setup := sinkConfig(t, map[string][]string{"V": {"redis", "logger"}, "connectivity": {"redis"}}, map[string]any{
+		"redis":                map[string]any{"addrs": []string{b.Addr}, "publish_vin_topics": true, "subscriber_set_prefix": "consumer"},
+		"reliable_ack_sources": map[string]string{"V": "redis"},
+	})
+	d := startDaemon(t, setup.ConfigPath)
+	want, wantLeased := map[string]bool{}, map[string]bool{}
+	for _, vin := range vins {
+		conn := dial(t, d.addr, setup.Certs, vin)
+		var ms []*envelope.StreamMessage
+		for i := range 10 {
+			tx := fmt.Sprintf("%s-V-%d", vin, i)
+			ms = append(ms, taggedRecord(vin, tx))
+			want[tx] = true
+			if vin == vins[0] {
+				wantLeased[tx] = true
+			}
+		}
+		sendAndAck(t, conn, ms)
+	}
+	if missing, dup := onVIN.wait(want, 30*time.Second); missing > 0 || dup > 0 {
+		t.Fatalf("VIN channels: %d of %d acked records missing, %d duplicates\n%s", missing, len(want), dup, d.logText())
+	}
+	if missing, _ := onDashboard.wait(wantLeased, 10*time.Second); missing > 0 {
+		t.Fatalf("leased channel: %d of %d records missing", missing, len(wantLeased))
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := len(onGone.snapshot()); n > 0 {
+		t.Errorf("the expired lease's channel got %d records", n)
+	}
+	out, err := exec.Command(cli, "-h", "127.0.0.1", "-p", strconv.Itoa(b.Port), "ZRANGE", leased, "0", "-1").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "dashboard-1" {
+		t.Errorf("redis-cli ZRANGE %s: %q (%v), want the live lease only", leased, out, err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		n := len(connectivity)
+		mu.Unlock()
+		if n >= len(vins) || time.Now().After(deadline) {
+			break
+		}
+	}
+	mu.Lock()
+	if len(connectivity) < len(vins) || len(bad) > 0 {
+		t.Errorf("connectivity records by VIN %v; unexpected messages %v", connectivity, bad)
+	}
+	mu.Unlock()
+	m := setup.metrics(t)
+	if got := m[`redis_publish_total{record_type="V"}`]; got != float64(len(want)+len(wantLeased)) {
+		t.Errorf("redis_publish_total{V} = %v, want %d (VIN channels + the leased one)", got, len(want)+len(wantLeased))
+	}
+	d.stop(t)
+}
+
+// TestRedisOutageStreamMode keeps three vehicles sending while a durable
+// redis-server (appendfsync always) is stopped for 4 s and started again.
+// In stream mode the sink passes a record only once Redis answered its
+// XADD, so every record acked to a vehicle is in the stream
+// tesla_telemetry_V afterwards.
+func TestRedisOutageStreamMode(t *testing.T) {
+	b := brokertest.Redis(t, true)
+	setup := sinkConfig(t, map[string][]string{"V": {"redis"}}, map[string]any{
+		"redis": map[string]any{"addrs": []string{b.Addr}, "publish_vin_topics": true, "publish_timeout": 1_000_000_000,
+			"stream": map[string]any{"max_len": 1_000_000}},
+	})
+	d := startDaemon(t, setup.ConfigPath)
+	load := startTaggedLoad(t, d.addr, setup.Certs, relVINs[:3], 10*time.Millisecond)
+	time.Sleep(2 * time.Second)
+	from := time.Now()
+	b.Stop()
+	lagMax := 0.0
+	for time.Since(from) < 4*time.Second {
+		lagMax = max(lagMax, setup.metrics(t)[`fleet_forwarder_lag_records{forwarder="redis"}`])
+		time.Sleep(250 * time.Millisecond)
+	}
+	to := time.Now()
+	b.Start()
+	time.Sleep(2 * time.Second)
+	load.halt()
+	acked, during, errs := load.snapshot(from, to)
+	for _, err := range errs {
+		t.Errorf("vehicle: %v", err)
+	}
+	if during == 0 {
+		t.Fatal("no record acked while Redis was down: the spool should absorb the outage")
+	}
+	c := redisClient(t, b.Addr)
+	inStream := newTxSet()
+	read := func() {
+		inStream = newTxSet()
+		msgs, err := c.XRange(context.Background(), "tesla_telemetry_V", "-", "+").Result()
+		if err != nil {
+			return
+		}
+		for _, m := range msgs {
+			p, _ := m.Values["payload"].(string)
+			if tx, _, err := taggedTx([]byte(p)); err == nil && m.Values["txid"] == tx {
+				inStream.add(tx)
+			}
+		}
+	}
+	var missing, dup int
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		read()
+		if missing, dup = inStream.wait(acked, 0); missing == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	m := setup.metrics(t)
+	t.Logf("redis-server stopped for %s: %d records acked meanwhile, %d in all; max lag %.0f; %d missing from the stream, %d duplicates; redis_err{V}=%.0f fleet_forwarder_retries_total{redis}=%.0f",
+		to.Sub(from).Round(time.Millisecond), during, len(acked), lagMax, missing, dup,
+		m[`redis_err{record_type="V"}`], m[`fleet_forwarder_retries_total{forwarder="redis"}`])
+	if missing > 0 {
+		t.Fatalf("%d of %d acked records are not in the stream\n%s", missing, len(acked), d.logText())
+	}
+	d.stop(t)
+}
+
+// The "redis.tls" keys: Redis speaking only TLS and requiring client
+// certificates. With ca_file and a client certificate the daemon starts
+// (its PING went over TLS) and publishes; without the client certificate
+// Redis refuses the handshake and the start stops, saying why.
+func TestRedisTLS(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := devca.WriteDir(dir, []string{vins[0]}); err != nil {
+		t.Fatal(err)
+	}
+	ca := devca.Dir{Path: dir}
+	b := brokertest.RedisTLS(t, ca.File(devca.ServerCertFile), ca.File(devca.ServerKeyFile), ca.File(devca.CACertFile))
+	tlsSection := map[string]any{"ca_file": ca.File(devca.CACertFile),
+		"server_cert": ca.VehicleCertFile(vins[0]), "server_key": ca.VehicleKeyFile(vins[0])}
+	setup := sinkConfig(t, map[string][]string{"V": {"redis"}}, map[string]any{
+		"redis": map[string]any{"addrs": []string{b.Addr}, "publish_vin_topics": true, "tls": tlsSection,
+			"override_tls_server_name": "localhost", "stream": map[string]any{}},
+	})
+	d := startDaemon(t, setup.ConfigPath)
+	c := dial(t, d.addr, setup.Certs, vins[0])
+	sendAndAck(t, c, []*envelope.StreamMessage{taggedRecord(vins[0], "tls-1")})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if setup.metrics(t)["fleet_redis_stream_added_total"] >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the record never reached Redis over TLS\n%s", d.logText())
+		}
+	}
+	d.stop(t)
+
+	delete(tlsSection, "server_cert")
+	delete(tlsSection, "server_key")
+	bad := sinkConfig(t, map[string][]string{"V": {"redis"}}, map[string]any{
+		"redis": map[string]any{"addrs": []string{b.Addr}, "publish_vin_topics": true, "tls": tlsSection},
+	})
+	out, err := exec.Command(binary, "-config", bad.ConfigPath).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "PING") {
+		t.Fatalf("without a client certificate: err %v\n%s", err, out)
+	}
+}
