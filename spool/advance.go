@@ -24,6 +24,7 @@ const CursorCommitDelay = 100 * time.Millisecond
 // reopen (a trim is recomputed instead).
 type staged struct {
 	cursors    map[string]uint64
+	forget     []string // cursors to delete
 	quarantine []quarantineOp
 	// trimFrom..trimTo (inclusive) is a staged range deletion (trimTo 0:
 	// none).
@@ -31,7 +32,7 @@ type staged struct {
 }
 
 func (st *staged) empty() bool {
-	return len(st.cursors) == 0 && len(st.quarantine) == 0 && st.trimTo == 0
+	return len(st.cursors) == 0 && len(st.forget) == 0 && len(st.quarantine) == 0 && st.trimTo == 0
 }
 
 // apply writes the staged operations into b.
@@ -40,6 +41,11 @@ func (st *staged) apply(b *pebble.Batch) error {
 	for name, seq := range st.cursors {
 		binary.BigEndian.PutUint64(v[:], seq)
 		if err := b.Set(cursorKey(name), v[:], nil); err != nil {
+			return err
+		}
+	}
+	for _, name := range st.forget {
+		if err := b.Delete(cursorKey(name), nil); err != nil {
 			return err
 		}
 	}
@@ -133,6 +139,31 @@ func (s *Spool) bookQuarantineLocked(op quarantineOp) {
 	s.quarantineRecords += recs
 }
 
+// ReplaceCursor replaces cursor old by the cursors in names, each of which
+// starts at old's position unless it is already past it, in one commit
+// (like Advance, without waiting for it). A consumer that splits its work
+// (a forwarder into lanes) keeps its place this way.
+func (s *Spool) ReplaceCursor(old string, names []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	at := max(s.cursors[old], s.staged.cursors[old])
+	delete(s.staged.cursors, old)
+	for _, n := range names {
+		if n == old {
+			return fmt.Errorf("spool: replace cursor %q by itself", old)
+		}
+		if at > max(s.cursors[n], s.staged.cursors[n]) {
+			s.staged.cursors[n] = at
+		}
+	}
+	s.staged.forget = append(s.staged.forget, old)
+	s.stageDueLocked()
+	return nil
+}
+
 // stageDueLocked makes sure the staged operations get committed within
 // CursorCommitDelay even if nothing is appended. Called with mu held.
 func (s *Spool) stageDueLocked() {
@@ -164,6 +195,9 @@ func (s *Spool) takeStaged(b *pebble.Batch) (staged, error) {
 // in-memory state and asks for a trim when a cursor moved. Called with mu
 // held.
 func (s *Spool) committedStaged(st staged) {
+	for _, name := range st.forget {
+		delete(s.cursors, name)
+	}
 	if len(st.cursors) == 0 {
 		return
 	}
@@ -187,6 +221,7 @@ func (s *Spool) restage(lost staged) {
 			s.staged.cursors[name] = seq
 		}
 	}
+	s.staged.forget = append(lost.forget, s.staged.forget...)
 	s.staged.quarantine = append(lost.quarantine, s.staged.quarantine...)
 	s.staged.trimFrom, s.staged.trimTo = 0, 0
 	for _, op := range s.staged.quarantine {

@@ -123,8 +123,10 @@ type Options struct {
 	// space is freed. 0 means 30 s.
 	CloseTimeout time.Duration
 
-	// fs replaces the file system in tests (error injection).
-	fs vfs.FS
+	// FS is the file system Pebble works on (nil: the operating system's).
+	// Tests use an in-memory one that can inject errors or show what a
+	// crash would leave (vfs.NewCrashableMem).
+	FS vfs.FS
 	// freeSpace replaces the free-space probe in tests.
 	freeSpace func(dir string) (int64, error)
 }
@@ -253,7 +255,7 @@ func Open(o Options) (*Spool, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if err := os.MkdirAll(o.Dir, 0o755); err != nil && o.fs == nil {
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil && o.FS == nil {
 		return nil, fmt.Errorf("spool: open %s: %w", o.Dir, err)
 	}
 	s := &Spool{
@@ -272,7 +274,7 @@ func Open(o Options) (*Spool, error) {
 		return nil, fmt.Errorf("spool: open %s: %w: %d bytes free, %d needed to replay the write-ahead logs",
 			o.Dir, ErrDiskFull, free, need)
 	}
-	s.fs = o.fs
+	s.fs = o.FS
 	if s.fs == nil {
 		s.fs = vfs.Default
 	}
