@@ -190,6 +190,7 @@ func (l *lane) run(ctx context.Context, drain bool, target uint64) error {
 		}
 		lastSend = time.Now()
 		l.setOldest(recs[0].ReceivedAtMs)
+		f.setLag() // before a send that may block for long (a broker outage)
 		quarantined, err := l.deliver(ctx, recs)
 		if err != nil {
 			// ctx ended: what was not confirmed is sent again after a

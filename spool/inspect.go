@@ -40,6 +40,10 @@ type Info struct {
 	LastSeq            uint64            `json:"last_seq"`              // seq high-water mark (may be trimmed)
 	Cursors            map[string]uint64 `json:"cursors"`               // every persisted cursor
 	Consumers          []string          `json:"consumers,omitempty"`   // the cursors the daemon trims by (live spool only)
+	// QuarantinedRecords and QuarantinedBytes are the records sinks refused
+	// for good, kept aside; Records and Bytes include them.
+	QuarantinedRecords int64 `json:"quarantined_records"`
+	QuarantinedBytes   int64 `json:"quarantined_bytes"`
 }
 
 // RawReader is what inspection needs from a spool; *Spool and *View
@@ -247,6 +251,7 @@ func (s *Spool) Info() (Info, error) {
 	in := Info{
 		Records: st.Records, Bytes: st.Bytes, LastSeq: st.LastSeq,
 		Cursors: st.Cursors, Consumers: slices.Clone(s.opts.Consumers),
+		QuarantinedRecords: st.QuarantinedRecords, QuarantinedBytes: st.QuarantinedBytes,
 	}
 	if err := edges(s, &in); err != nil {
 		return in, err
@@ -306,7 +311,8 @@ func (v *View) ReadRawBefore(before uint64, maxRecords int, dst []RawRecord) ([]
 func (v *View) Info() (Info, error) {
 	in := Info{
 		Records: int64(v.st.records), Bytes: int64(v.st.bytes), LastSeq: v.st.hwm,
-		Cursors: make(map[string]uint64, len(v.st.cursors)),
+		Cursors:            make(map[string]uint64, len(v.st.cursors)),
+		QuarantinedRecords: int64(v.st.qRecords), QuarantinedBytes: int64(v.st.qBytes),
 	}
 	for k, c := range v.st.cursors {
 		in.Cursors[k] = c
@@ -315,6 +321,12 @@ func (v *View) Info() (Info, error) {
 		return in, err
 	}
 	return in, nil
+}
+
+// Quarantine calls fn for each quarantined record of lane ("" for every
+// lane), in lane and seq order, until fn returns false.
+func (v *View) Quarantine(lane string, fn func(*Quarantined) bool) error {
+	return scanQuarantine(v.db, lane, fn)
 }
 
 // Close releases the spool (and its LOCK).

@@ -143,8 +143,10 @@ type Waiter interface {
 
 // Stats is a snapshot of the committed contents of the spool.
 type Stats struct {
-	Records            int64             // live committed records
-	Bytes              int64             // live committed record bytes (keys plus values)
+	Records            int64             // live committed records, quarantined ones included
+	Bytes              int64             // their bytes (keys plus values), against Options.MaxBytes
+	QuarantinedRecords int64             // records sinks refused for good, kept aside
+	QuarantinedBytes   int64             // their bytes
 	FirstSeq           uint64            // oldest live record, 0 if empty
 	LastSeq            uint64            // last committed seq
 	OldestReceivedAtMs int64             // ReceivedAtMs of FirstSeq, 0 if empty
@@ -195,6 +197,8 @@ type Spool struct {
 	quarantineRecords      int64 // part of liveRecords
 	statBytes              int64 // as of the last successful commit
 	statRecords            int64
+	statQBytes             int64 // quarantined, as of the last successful commit
+	statQRecords           int64
 	closed                 bool
 	degraded               bool // a commit failed and the DB is being reopened
 	// waitingForRoom is set while the reopen waits for free space.
@@ -450,6 +454,7 @@ func (s *Spool) install(st diskState) {
 	}
 	s.cursors = st.cursors
 	s.quarantineBytes, s.quarantineRecords = int64(st.qBytes), int64(st.qRecords)
+	s.statQBytes, s.statQRecords = int64(st.qBytes), int64(st.qRecords)
 	s.committedSeq.Store(max(s.committedSeq.Load(), st.hwm))
 	// A batch doubles as it grows, so a full one can have twice
 	// MaxPendingBytes of capacity; keep it rather than reallocate per fill.
@@ -573,6 +578,13 @@ func (s *Spool) run() {
 			}
 			s.mu.Lock()
 		}
+		if s.pending == nil {
+			// Closed while a reopen after a failed commit was retrying:
+			// there is no store to commit to. What is staged was never
+			// committed; its consumers pass those records again.
+			s.mu.Unlock()
+			return
+		}
 		b, ws, nrec := s.pending, s.pendingW, s.pendingRecs
 		hwm := s.nextSeq - 1
 		live, recs := s.liveBytes, s.liveRecords
@@ -607,6 +619,7 @@ func (s *Spool) run() {
 		s.committedSeq.Store(hwm)
 		s.mu.Lock()
 		s.statBytes, s.statRecords = live, recs
+		s.statQBytes, s.statQRecords = qBytes, qRecs
 		s.committedStaged(st)
 		s.mu.Unlock()
 		bytesGauge.Set(float64(live))
@@ -1002,10 +1015,12 @@ func (s *Spool) updateAgeGauge() {
 func (s *Spool) Stats() Stats {
 	s.mu.Lock()
 	st := Stats{
-		Records: s.statRecords,
-		Bytes:   s.statBytes,
-		LastSeq: s.LastSeq(),
-		Cursors: make(map[string]uint64, len(s.cursors)),
+		Records:            s.statRecords,
+		Bytes:              s.statBytes,
+		QuarantinedRecords: s.statQRecords,
+		QuarantinedBytes:   s.statQBytes,
+		LastSeq:            s.LastSeq(),
+		Cursors:            make(map[string]uint64, len(s.cursors)),
 	}
 	for k, v := range s.cursors {
 		st.Cursors[k] = v

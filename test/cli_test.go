@@ -82,6 +82,7 @@ func TestCLIHelp(t *testing.T) {
 		{"spool", "verify"},
 		{"spool", "export"},
 		{"spool", "replay"},
+		{"spool", "quarantine"},
 		{"version"},
 	}
 	dir := t.TempDir() // nothing is created by asking for help

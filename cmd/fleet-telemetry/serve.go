@@ -193,6 +193,9 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 		}
 		fwds = append(fwds, f)
 	}
+	if adminSrv != nil {
+		adminSrv.SetForwarders(fwds)
+	}
 	fwdCtx, stopFwds := context.WithCancel(context.Background())
 	var fwdWG sync.WaitGroup
 	fwdErrs := make(chan error, len(fwds))
