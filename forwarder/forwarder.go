@@ -202,7 +202,11 @@ func (f *Forwarder) start() error {
 		if err != nil {
 			return fmt.Errorf("forwarder %s: %w", f.opts.Name, err)
 		}
-		l.setCursor(max(c, legacy))
+		passed, err := f.spool.Passed(l.name)
+		if err != nil {
+			return fmt.Errorf("forwarder %s: %w", f.opts.Name, err)
+		}
+		l.setCursor(max(c, legacy), passed)
 	}
 	if legacy > 0 {
 		if err := f.spool.ReplaceCursor(f.opts.Name, LaneNames(f.opts.Name, f.opts.Topics)); err != nil {

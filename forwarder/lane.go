@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,10 @@ type lane struct {
 	recordType string
 
 	cursor atomic.Uint64 // every record up to it is delivered, quarantined or of another type
+	// passed are records beyond the cursor already delivered or
+	// quarantined by a run that stopped in the middle of their batch
+	// (spool.SetPassed): they are not sent again.
+	passed map[uint64]bool
 	buf    []spool.Record
 	errs   []error
 
@@ -61,7 +66,18 @@ func newLane(f *Forwarder, recordType string) *lane {
 	return l
 }
 
-func (l *lane) setCursor(c uint64) { l.cursor.Store(c) }
+func (l *lane) setCursor(c uint64, passed []uint64) {
+	l.cursor.Store(c)
+	l.passed = nil
+	for _, q := range passed {
+		if q > c {
+			if l.passed == nil {
+				l.passed = map[uint64]bool{}
+			}
+			l.passed[q] = true
+		}
+	}
+}
 
 func (l *lane) setLag(last uint64) float64 {
 	lag := 0.0
@@ -191,10 +207,11 @@ func (l *lane) run(ctx context.Context, drain bool, target uint64) error {
 		lastSend = time.Now()
 		l.setOldest(recs[0].ReceivedAtMs)
 		f.setLag() // before a send that may block for long (a broker outage)
-		quarantined, err := l.deliver(ctx, recs)
+		quarantined, resolved, err := l.deliver(ctx, recs)
 		if err != nil {
 			// ctx ended: what was not confirmed is sent again after a
-			// restart (the cursor stays before it).
+			// restart; what was, is not.
+			l.stopInBatch(recs, resolved, quarantined)
 			if drain {
 				return err
 			}
@@ -216,7 +233,57 @@ func (l *lane) advance(to uint64, q []spool.Quarantined) error {
 		return fmt.Errorf("forwarder %s: advance to %d: %w", l.name, to, err)
 	}
 	l.cursor.Store(to)
+	if l.passed != nil {
+		for q := range l.passed {
+			if q <= to {
+				delete(l.passed, q)
+			}
+		}
+		if len(l.passed) == 0 {
+			l.passed = nil
+			if err := l.f.spool.SetPassed(l.name, nil); err != nil {
+				return fmt.Errorf("forwarder %s: %w", l.name, err)
+			}
+		}
+	}
 	return nil
+}
+
+// stopInBatch saves what a lane stopped in the middle of recs had
+// resolved: the cursor moves past the leading records that were delivered
+// or quarantined, and the others that were are recorded as passed, so
+// that a restart sends none of them again.
+func (l *lane) stopInBatch(recs []spool.Record, resolved map[uint64]bool, quarantined []spool.Quarantined) {
+	to := l.cursor.Load()
+	var after []uint64
+	for _, r := range recs {
+		switch {
+		case !resolved[r.Seq] && !l.passed[r.Seq]:
+			if after == nil {
+				after = []uint64{}
+			}
+		case after == nil:
+			to = r.Seq
+		default:
+			after = append(after, r.Seq)
+		}
+	}
+	for q := range l.passed {
+		if q > to && !slices.Contains(after, q) {
+			after = append(after, q)
+		}
+	}
+	slices.Sort(after)
+	if err := l.advance(to, quarantined); err != nil {
+		return // the spool is closing: the restart sends them again
+	}
+	if len(after) > 0 {
+		l.passed = map[uint64]bool{}
+		for _, q := range after {
+			l.passed[q] = true
+		}
+		_ = l.f.spool.SetPassed(l.name, after)
+	}
 }
 
 // deliver sends recs until the sink confirmed or refused for good each of
@@ -227,9 +294,18 @@ func (l *lane) advance(to uint64, q []spool.Quarantined) error {
 // itself (a broker refusing a whole produce request for one record too
 // large): the records not confirmed are then sent one at a time, in
 // order, until each refused one was judged on its own.
-func (l *lane) deliver(ctx context.Context, recs []spool.Record) ([]spool.Quarantined, error) {
+func (l *lane) deliver(ctx context.Context, recs []spool.Record) ([]spool.Quarantined, map[uint64]bool, error) {
 	f := l.f
 	pending := recs
+	if l.passed != nil {
+		pending = make([]spool.Record, 0, len(recs))
+		for _, r := range recs {
+			if !l.passed[r.Seq] {
+				pending = append(pending, r)
+			}
+		}
+	}
+	resolved := make(map[uint64]bool, len(recs))
 	var quarantined []spool.Quarantined
 	var suspect uint64 // send one at a time until past this seq (0: no suspect)
 	backoff := f.opts.MinBackoff
@@ -243,15 +319,15 @@ func (l *lane) deliver(ctx context.Context, recs []spool.Record) ([]spool.Quaran
 			f.sent.Add(len(send))
 			f.batches.Inc()
 			l.delivered(send)
+			for _, r := range send {
+				resolved[r.Seq] = true
+			}
 			pending = pending[len(send):]
 			if suspect != 0 && send[0].Seq >= suspect {
 				suspect = 0
 			}
 			backoff = f.opts.MinBackoff
 			continue
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
 		}
 		f.failed.Inc()
 		l.errs = recordErrors(err, len(send), l.errs)
@@ -263,6 +339,7 @@ func (l *lane) deliver(ctx context.Context, recs []spool.Record) ([]spool.Quaran
 			e := l.errs[i]
 			if e == nil {
 				confirmed = append(confirmed, send[i])
+				resolved[send[i].Seq] = true
 				progress = true
 				continue
 			}
@@ -270,8 +347,9 @@ func (l *lane) deliver(ctx context.Context, recs []spool.Record) ([]spool.Quaran
 				firstErr = e
 			}
 			if reason, ok := IsPermanent(e); ok {
-				if len(send) == 1 {
+				if len(send) == 1 && ctx.Err() == nil {
 					quarantined = append(quarantined, l.quarantine(send[i], reason, e))
+					resolved[send[i].Seq] = true
 					progress = true
 					continue
 				}
@@ -282,6 +360,9 @@ func (l *lane) deliver(ctx context.Context, recs []spool.Record) ([]spool.Quaran
 		if len(confirmed) > 0 {
 			f.sent.Add(len(confirmed))
 			l.delivered(confirmed)
+		}
+		if ctx.Err() != nil {
+			return quarantined, resolved, ctx.Err()
 		}
 		pending = append(retry, pending[len(send):]...)
 		if suspect != 0 && len(send) == 1 && send[0].Seq >= suspect && progress {
@@ -300,12 +381,12 @@ func (l *lane) deliver(ctx context.Context, recs []spool.Record) ([]spool.Quaran
 			"first_seq", pending[0].Seq, "attempt", attempt+1, "backoff", wait, "err", firstErr)
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return quarantined, resolved, ctx.Err()
 		case <-time.After(wait):
 		}
 		backoff = f.nextBackoff(backoff)
 	}
-	return quarantined, nil
+	return quarantined, resolved, nil
 }
 
 // delivered reports records the sink confirmed.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -24,7 +25,8 @@ const CursorCommitDelay = 100 * time.Millisecond
 // reopen (a trim is recomputed instead).
 type staged struct {
 	cursors    map[string]uint64
-	forget     []string // cursors to delete
+	forget     []string            // cursors to delete
+	passed     map[string][]uint64 // SetPassed (nil: delete)
 	quarantine []quarantineOp
 	// trimFrom..trimTo (inclusive) is a staged range deletion (trimTo 0:
 	// none).
@@ -32,7 +34,7 @@ type staged struct {
 }
 
 func (st *staged) empty() bool {
-	return len(st.cursors) == 0 && len(st.forget) == 0 && len(st.quarantine) == 0 && st.trimTo == 0
+	return len(st.cursors) == 0 && len(st.forget) == 0 && len(st.passed) == 0 && len(st.quarantine) == 0 && st.trimTo == 0
 }
 
 // apply writes the staged operations into b.
@@ -46,6 +48,20 @@ func (st *staged) apply(b *pebble.Batch) error {
 	}
 	for _, name := range st.forget {
 		if err := b.Delete(cursorKey(name), nil); err != nil {
+			return err
+		}
+		if err := b.Delete(passedKey(name), nil); err != nil {
+			return err
+		}
+	}
+	for name, seqs := range st.passed {
+		var err error
+		if len(seqs) == 0 {
+			err = b.Delete(passedKey(name), nil)
+		} else {
+			err = b.Set(passedKey(name), encodeSeqs(seqs), nil)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -99,9 +115,6 @@ func (s *Spool) advance(name string, seq uint64, set bool, quarantine []Quaranti
 		q := &quarantine[i]
 		if q.Lane == "" {
 			q.Lane = name
-		}
-		if q.Record.Seq > seq {
-			return fmt.Errorf("spool: advance %q to %d: quarantined record %d lies beyond", name, seq, q.Record.Seq)
 		}
 		ops = append(ops, newQuarantineOp(q))
 	}
@@ -164,6 +177,76 @@ func (s *Spool) ReplaceCursor(old string, names []string) error {
 	return nil
 }
 
+// SetPassed records, with the next commit (like Advance), the records
+// beyond consumer name's cursor that it has already passed: a consumer
+// stopped in the middle of a batch, part of which was delivered, keeps
+// them from being delivered again after the restart. nil forgets them.
+func (s *Spool) SetPassed(name string, seqs []uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	s.staged.passed[name] = slices.Clone(seqs)
+	s.stageDueLocked()
+	return nil
+}
+
+// Passed returns what SetPassed last committed for consumer name.
+func (s *Spool) Passed(name string) ([]uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	return slices.Clone(s.passed[name]), nil
+}
+
+var passedPrefix = []byte("p/")
+
+func passedKey(name string) []byte {
+	return append(passedPrefix[:len(passedPrefix):len(passedPrefix)], name...)
+}
+
+// encodeSeqs writes seqs as uvarints.
+func encodeSeqs(seqs []uint64) []byte {
+	b := make([]byte, 0, len(seqs)*binary.MaxVarintLen64)
+	for _, q := range seqs {
+		b = binary.AppendUvarint(b, q)
+	}
+	return b
+}
+
+// loadPassed reads every p/ key into into.
+func loadPassed(db *pebble.DB, into map[string][]uint64) error {
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: passedPrefix, UpperBound: []byte("p0")})
+	if err != nil {
+		return fmt.Errorf("read passed records: %w", err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			_ = it.Close()
+			return fmt.Errorf("read passed records of %q: %w", it.Key()[2:], err)
+		}
+		var seqs []uint64
+		for len(v) > 0 {
+			q, n := binary.Uvarint(v)
+			if n <= 0 {
+				_ = it.Close()
+				return fmt.Errorf("corrupt passed records of %q", it.Key()[2:])
+			}
+			seqs = append(seqs, q)
+			v = v[n:]
+		}
+		into[string(it.Key()[2:])] = seqs
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("read passed records: %w", err)
+	}
+	return nil
+}
+
 // stageDueLocked makes sure the staged operations get committed within
 // CursorCommitDelay even if nothing is appended. Called with mu held.
 func (s *Spool) stageDueLocked() {
@@ -183,7 +266,7 @@ func (s *Spool) stageDueLocked() {
 // built and returns them. Called with mu held.
 func (s *Spool) takeStaged(b *pebble.Batch) (staged, error) {
 	st := s.staged
-	s.staged = staged{cursors: map[string]uint64{}}
+	s.staged = staged{cursors: map[string]uint64{}, passed: map[string][]uint64{}}
 	s.stagedDue, s.stagedTimer = false, false
 	if st.empty() {
 		return st, nil
@@ -197,6 +280,14 @@ func (s *Spool) takeStaged(b *pebble.Batch) (staged, error) {
 func (s *Spool) committedStaged(st staged) {
 	for _, name := range st.forget {
 		delete(s.cursors, name)
+		delete(s.passed, name)
+	}
+	for name, seqs := range st.passed {
+		if len(seqs) == 0 {
+			delete(s.passed, name)
+		} else {
+			s.passed[name] = seqs
+		}
 	}
 	if len(st.cursors) == 0 {
 		return
@@ -222,6 +313,11 @@ func (s *Spool) restage(lost staged) {
 		}
 	}
 	s.staged.forget = append(lost.forget, s.staged.forget...)
+	for name, seqs := range lost.passed {
+		if _, newer := s.staged.passed[name]; !newer {
+			s.staged.passed[name] = seqs
+		}
+	}
 	s.staged.quarantine = append(lost.quarantine, s.staged.quarantine...)
 	s.staged.trimFrom, s.staged.trimTo = 0, 0
 	for _, op := range s.staged.quarantine {

@@ -187,8 +187,9 @@ type Spool struct {
 	nextSeq      uint64
 	liveBytes    int64 // committed plus pending, for the budget
 	liveRecords  int64
-	trimmedTo    uint64            // every record with seq <= trimmedTo is deleted (or staged to be)
-	cursors      map[string]uint64 // as committed
+	trimmedTo    uint64              // every record with seq <= trimmedTo is deleted (or staged to be)
+	cursors      map[string]uint64   // as committed
+	passed       map[string][]uint64 // as committed (SetPassed)
 	// staged waits for the next commit; stagedTimer: a commit for it is
 	// scheduled (CursorCommitDelay), stagedDue: that time has come.
 	staged                 staged
@@ -234,6 +235,7 @@ type diskState struct {
 	hwm, bytes, records uint64
 	firstSeq            uint64 // 0 if no records
 	cursors             map[string]uint64
+	passed              map[string][]uint64
 	qBytes, qRecords    uint64 // quarantined, part of bytes and records
 }
 
@@ -268,7 +270,7 @@ func Open(o Options) (*Spool, error) {
 		maxPending:  o.MaxPendingBytes,
 		kick:        make(chan struct{}, 1),
 		trimKick:    make(chan struct{}, 1),
-		staged:      staged{cursors: map[string]uint64{}},
+		staged:      staged{cursors: map[string]uint64{}, passed: map[string][]uint64{}},
 		closing:     make(chan struct{}),
 		done:        make(chan struct{}),
 		freeAtProbe: math.MaxInt64 / 2,
@@ -349,7 +351,7 @@ func (s *Spool) openDB() (*pebble.DB, diskState, error) {
 }
 
 func loadState(db *pebble.DB) (diskState, error) {
-	st := diskState{cursors: map[string]uint64{}}
+	st := diskState{cursors: map[string]uint64{}, passed: map[string][]uint64{}}
 	v, closer, err := db.Get(metaKey)
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
@@ -398,6 +400,9 @@ func loadState(db *pebble.DB) (diskState, error) {
 	}
 	if err := it.Close(); err != nil {
 		return st, fmt.Errorf("read cursors: %w", err)
+	}
+	if err := loadPassed(db, st.passed); err != nil {
+		return st, err
 	}
 	first, last, err := recordBounds(db)
 	if err != nil {
@@ -453,6 +458,7 @@ func (s *Spool) install(st diskState) {
 		s.trimmedTo = st.hwm
 	}
 	s.cursors = st.cursors
+	s.passed = st.passed
 	s.quarantineBytes, s.quarantineRecords = int64(st.qBytes), int64(st.qRecords)
 	s.statQBytes, s.statQRecords = int64(st.qBytes), int64(st.qRecords)
 	s.committedSeq.Store(max(s.committedSeq.Load(), st.hwm))
