@@ -19,7 +19,7 @@ import (
 // every restart).
 func TestDamagedRecordIsSkippedNotBlocking(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "spool")
-	sp, err := spool.Open(spool.Options{Dir: dir, Consumers: []string{"x"}, Logger: quiet})
+	sp, err := spool.Open(spool.Options{Dir: dir, Consumers: []string{"x/V"}, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestDamagedRecordIsSkippedNotBlocking(t *testing.T) {
 	}
 	db.Close()
 
-	sp = openSpool(t, dir, "x")
+	sp = openSpool(t, dir, "x/V")
 	sink := &testSink{}
 	f := newForwarder(t, sp, sink, Options{Name: "x", Topics: []string{"V"}, BatchRecords: 3})
 	before := counter("damaged_records", "x").Get()
@@ -56,7 +56,7 @@ func TestDamagedRecordIsSkippedNotBlocking(t *testing.T) {
 	if n := counter("damaged_records", "x").Get() - before; n != 1 {
 		t.Fatalf("damaged counter moved by %d, want 1", n)
 	}
-	if c, _ := sp.Cursor("x"); c != seqs[9] {
+	if c, _ := sp.Cursor("x/V"); c != seqs[9] {
 		t.Fatalf("cursor %d, want %d", c, seqs[9])
 	}
 }

@@ -35,9 +35,22 @@ type commitWaiter chan error
 
 func (w commitWaiter) Committed(_, _ uint64, err error) { w <- err }
 
-// appendRecs appends one record per topic and waits until all are durable.
-// It returns their seqs.
+const testVIN = "5YJ3E1EA1KF000001"
+
+// appendRecs appends one record per topic (VIN testVIN) and waits until
+// all are durable. It returns their seqs.
 func appendRecs(t testing.TB, sp *spool.Spool, topics ...string) []uint64 {
+	t.Helper()
+	vins := make([]string, len(topics))
+	for i := range vins {
+		vins[i] = testVIN
+	}
+	return appendFor(t, sp, vins, topics)
+}
+
+// appendFor appends one record per (vin, topic) and waits until all are
+// durable. It returns their seqs.
+func appendFor(t testing.TB, sp *spool.Spool, vins, topics []string) []uint64 {
 	t.Helper()
 	w := make(commitWaiter, len(topics))
 	seqs := make([]uint64, 0, len(topics))
@@ -45,7 +58,7 @@ func appendRecs(t testing.TB, sp *spool.Spool, topics ...string) []uint64 {
 		r := spool.Record{
 			ReceivedAtMs: 1_700_000_000_000 + int64(i),
 			CreatedAtSec: 1_700_000_000,
-			VIN:          "5YJ3E1EA1KF000001",
+			VIN:          vins[i],
 			Topic:        []byte(topic),
 			TxID:         []byte(fmt.Sprintf("tx-%d", i)),
 			Payload:      bytes.Repeat([]byte{byte(i)}, 100),
@@ -71,56 +84,84 @@ func repeat(topic string, n int) []string {
 	return s
 }
 
-// testSink records the batches it confirmed. fail decides, per call (0-based),
-// whether Send fails; hook runs first on every call.
+// testSink confirms records and records what it got. result, when set,
+// decides each record's outcome per call (nil: confirmed); hook runs first
+// on every call. It is safe for the concurrent Sends of several lanes.
 type testSink struct {
-	mu      sync.Mutex
-	calls   int
-	batches [][]uint64 // seqs of confirmed batches
-	topics  []string   // topics of confirmed records, in order
-	fail    func(call int, batch []spool.Record) error
-	hook    func(call int, batch []spool.Record)
+	mu        sync.Mutex
+	calls     int
+	sends     [][]uint64 // every call's seqs
+	confirmed []uint64   // confirmed seqs, in order
+	topics    []string   // topics of confirmed records, in order
+	result    func(call int, batch []spool.Record) []error
+	hook      func(call int, batch []spool.Record)
+}
+
+// failAll is a result that fails every record of every call with err.
+func failAll(err error) func(int, []spool.Record) []error {
+	return func(_ int, batch []spool.Record) []error {
+		errs := make([]error, len(batch))
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
 }
 
 func (s *testSink) Send(_ context.Context, batch []spool.Record) error {
 	s.mu.Lock()
 	call := s.calls
 	s.calls++
-	hook, fail := s.hook, s.fail
+	seqs := make([]uint64, len(batch))
+	for i, r := range batch {
+		seqs[i] = r.Seq
+	}
+	s.sends = append(s.sends, seqs)
+	hook, result := s.hook, s.result
 	s.mu.Unlock()
 	if hook != nil {
 		hook(call, batch)
 	}
-	if fail != nil {
-		if err := fail(call, batch); err != nil {
-			return err
-		}
+	errs := make([]error, len(batch))
+	if result != nil {
+		errs = result(call, batch)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	seqs := make([]uint64, len(batch))
+	var be BatchError
 	for i, r := range batch {
-		seqs[i] = r.Seq
+		if errs[i] != nil {
+			be.Failed = append(be.Failed, RecordError{Index: i, Err: errs[i]})
+			continue
+		}
+		s.confirmed = append(s.confirmed, r.Seq)
 		s.topics = append(s.topics, string(r.Topic))
 	}
-	s.batches = append(s.batches, seqs)
-	return nil
+	switch {
+	case len(be.Failed) == 0:
+		return nil
+	case len(be.Failed) == len(batch):
+		return errs[0] // a plain error: nothing confirmed
+	}
+	return &be
 }
 
 func (s *testSink) delivered() []uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var all []uint64
-	for _, b := range s.batches {
-		all = append(all, b...)
-	}
-	return all
+	return slices.Clone(s.confirmed)
 }
 
 func (s *testSink) callCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.calls
+}
+
+func (s *testSink) sent() [][]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.sends)
 }
 
 func counter(kind, name string) *metrics.Counter {
@@ -137,6 +178,9 @@ func newForwarder(t *testing.T, sp *spool.Spool, sink Sink, o Options) *Forwarde
 	}
 	if o.Logger == nil {
 		o.Logger = quiet
+	}
+	if len(o.Topics) == 0 {
+		o.Topics = []string{"V"}
 	}
 	f, err := New(sp, sink, o)
 	if err != nil {
@@ -175,20 +219,47 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func TestNewRequiresName(t *testing.T) {
-	sp := openSpool(t, t.TempDir())
-	if _, err := New(sp, &testSink{}, Options{}); err == nil {
-		t.Fatal("New with no Name: want error")
+// run starts f.Run and returns a stop function that cancels it and checks
+// it returned nil.
+func run(t *testing.T, f *Forwarder) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	return func() {
+		t.Helper()
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Run did not return after cancel")
+		}
 	}
 }
 
-// Records of topics not routed to the forwarder never reach the sink, but the
-// cursor passes them, including when the last records are all unrouted.
-func TestUnroutedTopicsSkippedCursorPasses(t *testing.T) {
+func TestNewRequiresNameAndTypes(t *testing.T) {
+	sp := openSpool(t, t.TempDir())
+	if _, err := New(sp, &testSink{}, Options{Topics: []string{"V"}}); err == nil {
+		t.Fatal("New with no Name: want error")
+	}
+	if _, err := New(sp, &testSink{}, Options{Name: "x"}); err == nil {
+		t.Fatal("New with no record types: want error")
+	}
+	if _, err := New(sp, &testSink{}, Options{Name: "x", Topics: []string{"V", "V"}}); err == nil {
+		t.Fatal("New with a record type twice: want error")
+	}
+}
+
+// A lane reads its record type only; its cursor passes the others,
+// including when the last records are all of other types.
+func TestLaneTakesItsTypeAndPassesTheRest(t *testing.T) {
 	const name = "skip"
-	sp := openSpool(t, t.TempDir(), name)
+	lane := LaneName(name, "V")
+	sp := openSpool(t, t.TempDir(), lane)
 	seqs := appendRecs(t, sp, "V", "alerts", "V", "errors", "connectivity", "V", "alerts", "alerts")
-	skipped0 := counter("skipped", name).Get()
 	sink := &testSink{}
 	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 3})
 	drain(t, f)
@@ -202,81 +273,191 @@ func TestUnroutedTopicsSkippedCursorPasses(t *testing.T) {
 			t.Fatalf("sink got a %q record", topic)
 		}
 	}
-	if c, last := cursor(t, sp, name), sp.LastSeq(); c != last || c != seqs[len(seqs)-1] {
-		t.Fatalf("cursor %d, want LastSeq %d (= %d)", c, last, seqs[len(seqs)-1])
+	if c, last := cursor(t, sp, lane), sp.LastSeq(); c != last {
+		t.Fatalf("lane cursor %d, want LastSeq %d", c, last)
 	}
-	if d := counter("skipped", name).Get() - skipped0; d != 5 {
-		t.Fatalf("skipped counter grew by %d, want 5", d)
-	}
-	// A batch made only of unrouted records is not sent at all.
-	for _, b := range sink.batches {
+	for _, b := range sink.sent() {
 		if len(b) == 0 {
 			t.Fatal("empty batch sent")
 		}
 	}
 }
 
-// The cursor moves only after Send returned nil: while the sink fails the
-// cursor stays at (with CursorInterval < 0) the end of the previous batch, and every record is still
-// delivered exactly once (failed calls confirm nothing).
-func TestCursorAdvancesOnlyAfterSuccessfulSend(t *testing.T) {
-	const name = "retry"
-	sp := openSpool(t, t.TempDir(), name)
-	seqs := appendRecs(t, sp, repeat("V", 5)...)
-	retries0, failed0, sent0 := counter("retries", name).Get(), counter("failed_batches", name).Get(), counter("sent", name).Get()
-
+// Every lane of a forwarder delivers its own type; one whose records the
+// sink cannot take (a missing topic) waits and retries on its own while
+// the others keep flowing, and catches up once the sink takes its records.
+func TestStuckLaneDoesNotHoldBackTheOthers(t *testing.T) {
+	const name = "lanes"
+	types := []string{"V", "alerts", "connectivity"}
+	sp := openSpool(t, t.TempDir(), LaneNames(name, types)...)
 	var mu sync.Mutex
-	var cursorsSeen []string
-	sink := &testSink{}
-	sink.hook = func(call int, batch []spool.Record) {
-		c, err := sp.Cursor(name)
-		if err != nil {
-			t.Errorf("Cursor in Send: %v", err)
-		}
+	topicMissing := true
+	sink := &testSink{result: func(_ int, batch []spool.Record) []error {
 		mu.Lock()
 		defer mu.Unlock()
-		// The cursor must be exactly before the batch being sent.
-		if c != batch[0].Seq-1 {
-			cursorsSeen = append(cursorsSeen, fmt.Sprintf("call %d: cursor %d, batch starts at %d", call, c, batch[0].Seq))
+		errs := make([]error, len(batch))
+		for i, r := range batch {
+			if topicMissing && string(r.Topic) == "connectivity" {
+				errs[i] = errors.New("UNKNOWN_TOPIC_OR_PARTITION")
+			}
+		}
+		return errs
+	}}
+	f := newForwarder(t, sp, sink, Options{Name: name, Topics: types, BatchRecords: 4})
+	stop := run(t, f)
+	defer stop()
+	var seqs []uint64
+	for range 5 {
+		seqs = append(seqs, appendRecs(t, sp, "connectivity", "V", "alerts", "V")...)
+	}
+	waitFor(t, "every V and alerts record", func() bool { return len(sink.delivered()) == 15 })
+	for _, st := range f.Lanes() {
+		switch st.RecordType {
+		case "connectivity":
+			if st.Lag == 0 || st.OldestWaitingMs == 0 || st.LastError == "" {
+				t.Fatalf("stuck lane status %+v: want lag, oldest waiting and last error", st)
+			}
+		default:
+			if st.OldestWaitingMs != 0 {
+				t.Fatalf("lane %s has records waiting: %+v", st.RecordType, st)
+			}
 		}
 	}
-	// Batches: [1 2] [3 4] [5]. The first batch fails 3 times, the second
-	// twice, the third once.
-	failures := map[uint64]int{seqs[0]: 3, seqs[2]: 2, seqs[4]: 1}
-	sink.fail = func(call int, batch []spool.Record) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if failures[batch[0].Seq] > 0 {
-			failures[batch[0].Seq]--
-			return errors.New("sink down")
-		}
-		return nil
+	mu.Lock()
+	topicMissing = false
+	mu.Unlock()
+	waitFor(t, "the connectivity records", func() bool { return len(sink.delivered()) == len(seqs) })
+	got := slices.Sorted(slices.Values(sink.delivered()))
+	if !slices.Equal(got, seqs) {
+		t.Fatalf("delivered %v, want each of %v once", got, seqs)
 	}
-	// CursorInterval < 0: the cursor is written after every batch, so it
-	// must sit exactly before each batch sent.
-	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 2, CursorInterval: -1})
-	drain(t, f)
+}
 
-	if len(cursorsSeen) > 0 {
-		t.Fatalf("cursor not at the batch start while sending:\n%v", cursorsSeen)
+// A sink that confirms part of a batch gets only the rest again: no record
+// it took is ever sent twice.
+func TestOnlyUnconfirmedRecordsAreSentAgain(t *testing.T) {
+	const name = "partial"
+	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
+	seqs := appendRecs(t, sp, repeat("V", 10)...)
+	sent0 := counter("sent", name).Get()
+	// The first call fails every third record; later calls take all.
+	sink := &testSink{result: func(call int, batch []spool.Record) []error {
+		errs := make([]error, len(batch))
+		if call == 0 {
+			for i := range errs {
+				if i%3 == 1 {
+					errs[i] = errors.New("throttled")
+				}
+			}
+		}
+		return errs
+	}}
+	drain(t, newForwarder(t, sp, sink, Options{Name: name}))
+	sends := sink.sent()
+	if len(sends) != 2 {
+		t.Fatalf("sends %v, want 2", sends)
 	}
-	if got := sink.delivered(); !slices.Equal(got, seqs) {
-		t.Fatalf("delivered %v, want %v", got, seqs)
+	if want := []uint64{seqs[1], seqs[4], seqs[7]}; !slices.Equal(sends[1], want) {
+		t.Fatalf("second send %v, want only the records not confirmed, %v", sends[1], want)
 	}
-	if n := sink.callCount(); n != 3+6 {
-		t.Fatalf("%d Send calls, want 9 (3 batches + 6 failures)", n)
+	got := sink.delivered()
+	if !slices.Equal(slices.Sorted(slices.Values(got)), seqs) || len(got) != len(seqs) {
+		t.Fatalf("delivered %v, want each of %v once", got, seqs)
 	}
-	if d := counter("retries", name).Get() - retries0; d != 6 {
-		t.Fatalf("retries counter grew by %d, want 6", d)
+	if d := counter("sent", name).Get() - sent0; d != 10 {
+		t.Fatalf("sent counter grew by %d, want 10", d)
 	}
-	if d := counter("failed_batches", name).Get() - failed0; d != 6 {
-		t.Fatalf("failed_batches counter grew by %d, want 6", d)
+}
+
+// A record the sink refuses for good is judged alone before it is
+// quarantined: its batch-mates are delivered, it moves to the spool's
+// quarantine (counted, with its reason) in the commit that passes it, and
+// the lane goes on. Replay sends it again once the sink takes it.
+func TestRefusedRecordIsQuarantinedAlone(t *testing.T) {
+	const name = "poison"
+	lane := LaneName(name, "V")
+	sp := openSpool(t, t.TempDir(), lane)
+	seqs := appendRecs(t, sp, repeat("V", 6)...)
+	poison := seqs[2]
+	var mu sync.Mutex
+	limitRaised := false
+	tooLarge := Permanent("message_too_large", errors.New("MESSAGE_TOO_LARGE"))
+	// Like a broker refusing a whole request for one record: any send
+	// that holds the poison record fails whole.
+	sink := &testSink{result: func(_ int, batch []spool.Record) []error {
+		mu.Lock()
+		defer mu.Unlock()
+		errs := make([]error, len(batch))
+		for _, r := range batch {
+			if r.Seq == poison && !limitRaised {
+				for i := range errs {
+					errs[i] = tooLarge
+				}
+			}
+		}
+		return errs
+	}}
+	quarantined := metrics.GetOrCreateCounter(`fleet_forwarder_quarantined_total{dispatcher="poison",record_type="V",reason="message_too_large"}`)
+	before := quarantined.Get()
+	f := newForwarder(t, sp, sink, Options{Name: name, BatchRecords: 10})
+	drain(t, f)
+	want := slices.Delete(slices.Clone(seqs), 2, 3)
+	got := sink.delivered()
+	if !slices.Equal(got, want) {
+		t.Fatalf("delivered %v, want %v (all but the poison record %d, each once)", got, want, poison)
 	}
-	if d := counter("sent", name).Get() - sent0; d != 5 {
-		t.Fatalf("sent counter grew by %d, want 5", d)
+	if n := quarantined.Get() - before; n != 1 {
+		t.Fatalf("quarantined counter moved by %d, want 1", n)
 	}
-	if c := cursor(t, sp, name); c != seqs[4] {
-		t.Fatalf("cursor %d, want %d", c, seqs[4])
+	var q []spool.Quarantined
+	if err := sp.Quarantine(lane, func(e *spool.Quarantined) bool { q = append(q, *e); return true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(q) != 1 || q[0].Record.Seq != poison || q[0].Reason != "message_too_large" || q[0].Sink != name ||
+		string(q[0].Record.TxID) != "tx-2" || q[0].Error == "" {
+		t.Fatalf("quarantine holds %+v, want the poison record with its reason", q)
+	}
+	if c := cursor(t, sp, lane); c != sp.LastSeq() {
+		t.Fatalf("lane cursor %d, want %d", c, sp.LastSeq())
+	}
+	// Still refused: it stays.
+	if err := f.Replay(context.Background(), "V", poison); err == nil {
+		t.Fatal("replay of a record still refused succeeded")
+	}
+	if _, err := sp.QuarantinedRecord(lane, poison); err != nil {
+		t.Fatalf("after a failed replay: %v", err)
+	}
+	mu.Lock()
+	limitRaised = true
+	mu.Unlock()
+	if err := f.Replay(context.Background(), "V", poison); err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	if _, err := sp.QuarantinedRecord(lane, poison); !errors.Is(err, spool.ErrNotQuarantined) {
+		t.Fatalf("replayed record still quarantined: %v", err)
+	}
+	if got := sink.delivered(); got[len(got)-1] != poison {
+		t.Fatalf("replay did not deliver %d: %v", poison, got)
+	}
+}
+
+// A sink that confirms a record after an earlier one of the same VIN
+// failed breaks the order contract: counted.
+func TestOutOfOrderConfirmationIsCounted(t *testing.T) {
+	const name = "order"
+	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
+	appendFor(t, sp, []string{"A", "A", "B"}, repeat("V", 3))
+	before := counter("out_of_order", name).Get()
+	sink := &testSink{result: func(call int, batch []spool.Record) []error {
+		errs := make([]error, len(batch))
+		if call == 0 {
+			errs[0] = errors.New("throttled") // A's first fails, A's second is taken
+		}
+		return errs
+	}}
+	drain(t, newForwarder(t, sp, sink, Options{Name: name}))
+	if n := counter("out_of_order", name).Get() - before; n != 1 {
+		t.Fatalf("out_of_order counter moved by %d, want 1", n)
 	}
 }
 
@@ -295,28 +476,15 @@ func TestRunReturnsNilOnCancelWhileFailing(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name := "cancel-" + tc.name
-			sp := openSpool(t, t.TempDir(), name)
+			lane := LaneName(name, "V")
+			sp := openSpool(t, t.TempDir(), lane)
 			appendRecs(t, sp, "V", "V")
-			sink := &testSink{fail: func(int, []spool.Record) error { return errors.New("down") }}
-			f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, MinBackoff: tc.min, MaxBackoff: tc.max})
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			done := make(chan error, 1)
-			go func() { done <- f.Run(ctx) }()
+			sink := &testSink{result: failAll(errors.New("down"))}
+			f := newForwarder(t, sp, sink, Options{Name: name, MinBackoff: tc.min, MaxBackoff: tc.max})
+			stop := run(t, f)
 			waitFor(t, "failed sends", func() bool { return sink.callCount() >= tc.hits })
-			if c := cursor(t, sp, name); c != 0 {
-				t.Fatalf("cursor %d while the sink fails, want 0", c)
-			}
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatalf("Run after cancel: %v, want nil", err)
-				}
-			case <-time.After(2 * time.Second):
-				t.Fatal("Run did not return after cancel")
-			}
-			if c := cursor(t, sp, name); c != 0 {
+			stop()
+			if c := cursor(t, sp, lane); c != 0 {
 				t.Fatalf("cursor %d after cancel, want 0", c)
 			}
 			if got := sink.delivered(); len(got) != 0 {
@@ -327,10 +495,12 @@ func TestRunReturnsNilOnCancelWhileFailing(t *testing.T) {
 }
 
 // With a backlog and a healthy sink, Run stops at the next batch boundary
-// after ctx ends instead of draining the whole spool first.
+// after ctx ends instead of draining the whole spool first, and the lane's
+// last move is committed on the way out.
 func TestRunStopsOnCancelWithBacklog(t *testing.T) {
 	const name = "backlog"
-	sp := openSpool(t, t.TempDir(), name)
+	lane := LaneName(name, "V")
+	sp := openSpool(t, t.TempDir(), lane)
 	seqs := appendRecs(t, sp, repeat("V", 50)...)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -339,15 +509,14 @@ func TestRunStopsOnCancelWithBacklog(t *testing.T) {
 			cancel()
 		}
 	}}
-	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 1})
+	f := newForwarder(t, sp, sink, Options{Name: name, BatchRecords: 1})
 	if err := f.Run(ctx); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	if n := sink.callCount(); n != 1 {
 		t.Fatalf("%d Send calls after cancel in the first, want 1", n)
 	}
-	// The confirmed batch still moved the cursor.
-	if c := cursor(t, sp, name); c != seqs[0] {
+	if c := cursor(t, sp, lane); c != seqs[0] {
 		t.Fatalf("cursor %d, want %d", c, seqs[0])
 	}
 }
@@ -355,22 +524,18 @@ func TestRunStopsOnCancelWithBacklog(t *testing.T) {
 // Run delivers records appended while it is running.
 func TestRunFollowsAppends(t *testing.T) {
 	const name = "follow"
-	sp := openSpool(t, t.TempDir(), name)
+	lane := LaneName(name, "V")
+	sp := openSpool(t, t.TempDir(), lane)
 	sink := &testSink{}
-	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
+	f := newForwarder(t, sp, sink, Options{Name: name})
+	stop := run(t, f)
 	var want []uint64
 	for range 3 {
 		seqs := appendRecs(t, sp, "V", "alerts", "V")
 		want = append(want, seqs[0], seqs[2])
-		waitFor(t, "cursor to reach LastSeq", func() bool { return cursor(t, sp, name) == sp.LastSeq() })
+		waitFor(t, "the lane to pass LastSeq", func() bool { return cursor(t, sp, lane) == sp.LastSeq() })
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	stop()
 	if got := sink.delivered(); !slices.Equal(got, want) {
 		t.Fatalf("delivered %v, want %v", got, want)
 	}
@@ -380,10 +545,10 @@ func TestRunFollowsAppends(t *testing.T) {
 // spinning on the closed commit channel.
 func TestRunReturnsErrorWhenSpoolClosed(t *testing.T) {
 	const name = "closed"
-	sp := openSpool(t, t.TempDir(), name)
+	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
 	appendRecs(t, sp, "V")
 	sink := &testSink{}
-	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}})
+	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V", "alerts"}})
 	done := make(chan error, 1)
 	go func() { done <- f.Run(context.Background()) }()
 	waitFor(t, "first record", func() bool { return len(sink.delivered()) == 1 })
@@ -401,15 +566,17 @@ func TestRunReturnsErrorWhenSpoolClosed(t *testing.T) {
 }
 
 // After a clean run, a forwarder on the reopened spool resumes from the
-// persisted cursor: nothing is delivered twice and later appends are
-// delivered.
+// lanes' cursors: nothing is delivered twice, later appends are delivered,
+// and what every lane passed is trimmed.
 func TestResumeAfterReopen(t *testing.T) {
 	const name = "resume"
+	types := []string{"V", "errors"}
+	lanes := LaneNames(name, types)
 	dir := t.TempDir()
-	sp := openSpool(t, dir, name)
+	sp := openSpool(t, dir, lanes...)
 	first := appendRecs(t, sp, "V", "alerts", "V", "V")
 	sink1 := &testSink{}
-	drain(t, newForwarder(t, sp, sink1, Options{Name: name, Topics: []string{"V"}, BatchRecords: 2}))
+	drain(t, newForwarder(t, sp, sink1, Options{Name: name, Topics: types, BatchRecords: 2}))
 	if got, want := sink1.delivered(), []uint64{first[0], first[2], first[3]}; !slices.Equal(got, want) {
 		t.Fatalf("first run delivered %v, want %v", got, want)
 	}
@@ -417,76 +584,98 @@ func TestResumeAfterReopen(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 
-	sp = openSpool(t, dir, name)
-	if c := cursor(t, sp, name); c != first[3] {
-		t.Fatalf("cursor after reopen %d, want %d", c, first[3])
+	sp = openSpool(t, dir, lanes...)
+	for _, l := range lanes {
+		if c := cursor(t, sp, l); c != first[3] {
+			t.Fatalf("lane %s after reopen at %d, want %d", l, c, first[3])
+		}
 	}
 	sink2 := &testSink{}
-	f := newForwarder(t, sp, sink2, Options{Name: name, Topics: []string{"V"}, BatchRecords: 2})
-	drain(t, f) // nothing new: delivers nothing
+	f := newForwarder(t, sp, sink2, Options{Name: name, Topics: types, BatchRecords: 2})
+	drain(t, f)
 	if got := sink2.delivered(); len(got) != 0 {
 		t.Fatalf("second run redelivered %v", got)
 	}
 	later := appendRecs(t, sp, "V", "errors", "V")
-	if later[0] <= first[3] {
-		t.Fatalf("seq %d after reopen does not follow %d", later[0], first[3])
-	}
 	drain(t, f)
-	if got, want := sink2.delivered(), []uint64{later[0], later[2]}; !slices.Equal(got, want) {
+	if got, want := slices.Sorted(slices.Values(sink2.delivered())), later; !slices.Equal(got, want) {
 		t.Fatalf("second run delivered %v, want %v", got, want)
 	}
-	st := sp.Stats()
-	if st.Cursors[name] != later[2] || st.LastSeq != later[2] {
-		t.Fatalf("stats %+v: want cursor and LastSeq %d", st, later[2])
+	if err := sp.SetCursor(lanes[0], later[2]); err != nil { // a synchronous trim
+		t.Fatal(err)
 	}
-	if st.Records != 0 {
-		t.Fatalf("stats %+v: every record is delivered and should be trimmed", st)
+	if st := sp.Stats(); st.Records != 0 {
+		t.Fatalf("stats %+v: every record is passed by every lane and should be trimmed", st)
 	}
 }
 
-// A run interrupted while a batch was failing leaves the cursor before that
+// A run interrupted while a batch was failing leaves the lane before that
 // batch; the next forwarder (after a reopen) delivers it (at-least-once).
 func TestResumeAfterInterruptedRun(t *testing.T) {
 	const name = "interrupted"
+	lane := LaneName(name, "V")
 	dir := t.TempDir()
-	sp := openSpool(t, dir, name)
+	sp := openSpool(t, dir, lane)
 	seqs := appendRecs(t, sp, repeat("V", 4)...)
-	sink1 := &testSink{fail: func(call int, _ []spool.Record) error {
+	sink1 := &testSink{result: func(call int, batch []spool.Record) []error {
 		if call >= 1 {
-			return errors.New("down")
+			return failAll(errors.New("down"))(call, batch)
 		}
-		return nil
+		return make([]error, len(batch))
 	}}
-	f := newForwarder(t, sp, sink1, Options{Name: name, Topics: []string{"V"}, BatchRecords: 2})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
+	f := newForwarder(t, sp, sink1, Options{Name: name, BatchRecords: 2, Linger: -1})
+	stop := run(t, f)
 	waitFor(t, "failing retries", func() bool { return sink1.callCount() >= 3 })
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	stop()
 	if err := sp.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 
-	sp = openSpool(t, dir, name)
-	if c := cursor(t, sp, name); c != seqs[1] {
+	sp = openSpool(t, dir, lane)
+	if c := cursor(t, sp, lane); c != seqs[1] {
 		t.Fatalf("cursor after reopen %d, want %d", c, seqs[1])
 	}
 	sink2 := &testSink{}
-	drain(t, newForwarder(t, sp, sink2, Options{Name: name, Topics: []string{"V"}, BatchRecords: 2}))
+	drain(t, newForwarder(t, sp, sink2, Options{Name: name, BatchRecords: 2}))
 	if got := sink2.delivered(); !slices.Equal(got, seqs[2:]) {
 		t.Fatalf("resumed run delivered %v, want %v", got, seqs[2:])
 	}
 }
 
-// Drain stops once the cursor reaches the LastSeq of the moment it was
-// called: records appended during the drain are not waited for (beyond the
-// batch that happens to include them).
+// A spool written before lanes has one cursor per forwarder: its lanes
+// start there, and the old cursor is replaced by theirs.
+func TestForwarderCursorSplitIntoLanes(t *testing.T) {
+	const name = "legacy"
+	types := []string{"V", "alerts"}
+	lanes := LaneNames(name, types)
+	sp := openSpool(t, t.TempDir(), lanes...)
+	seqs := appendRecs(t, sp, "V", "alerts", "V", "alerts")
+	if err := sp.SetCursor(name, seqs[1]); err != nil {
+		t.Fatal(err)
+	}
+	sink := &testSink{}
+	drain(t, newForwarder(t, sp, sink, Options{Name: name, Topics: types}))
+	if got := slices.Sorted(slices.Values(sink.delivered())); !slices.Equal(got, seqs[2:]) {
+		t.Fatalf("delivered %v, want only those after the old cursor, %v", got, seqs[2:])
+	}
+	st := sp.Stats()
+	if _, ok := st.Cursors[name]; ok {
+		t.Fatalf("the old cursor is still there: %v", st.Cursors)
+	}
+	for _, l := range lanes {
+		if st.Cursors[l] != seqs[3] {
+			t.Fatalf("cursors %v, want every lane at %d", st.Cursors, seqs[3])
+		}
+	}
+}
+
+// Drain stops once every lane passed the LastSeq of the moment it was
+// called: records appended during the drain are not waited for (beyond
+// the batch that happens to include them).
 func TestDrainStopsAtLastSeqOfCall(t *testing.T) {
 	const name = "drain"
-	sp := openSpool(t, t.TempDir(), name)
+	lane := LaneName(name, "V")
+	sp := openSpool(t, t.TempDir(), lane)
 	seqs := appendRecs(t, sp, repeat("V", 5)...)
 	target := seqs[4]
 	var more []uint64
@@ -495,27 +684,23 @@ func TestDrainStopsAtLastSeqOfCall(t *testing.T) {
 			more = appendRecs(t, sp, repeat("V", 20)...)
 		}
 	}}
-	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 2})
+	f := newForwarder(t, sp, sink, Options{Name: name, BatchRecords: 2})
 	drain(t, f)
 	got := sink.delivered()
 	if !slices.Equal(got[:5], seqs) {
 		t.Fatalf("delivered %v, want it to start with %v", got, seqs)
 	}
-	c := cursor(t, sp, name)
-	if c < target || c >= more[len(more)-1] {
-		t.Fatalf("cursor %d: want >= %d (LastSeq at the call) and short of %d", c, target, more[len(more)-1])
-	}
 	// Batches of 2 from seq 1: the batch holding the target ends at 6.
-	if c != target+1 || len(got) != 6 {
+	if c := cursor(t, sp, lane); c != target+1 || len(got) != 6 || c >= more[len(more)-1] {
 		t.Fatalf("cursor %d after %d records, want %d after 6", c, len(got), target+1)
 	}
 }
 
 func TestDrainEmptyAndCaughtUp(t *testing.T) {
 	const name = "drain-empty"
-	sp := openSpool(t, t.TempDir(), name)
+	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
 	sink := &testSink{}
-	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}})
+	f := newForwarder(t, sp, sink, Options{Name: name})
 	drain(t, f) // empty spool
 	appendRecs(t, sp, "V")
 	drain(t, f)
@@ -534,10 +719,11 @@ func TestDrainEmptyAndCaughtUp(t *testing.T) {
 // Drain returns ctx's error when it cannot finish, and leaves the cursor.
 func TestDrainTimesOutWhileFailing(t *testing.T) {
 	const name = "drain-timeout"
-	sp := openSpool(t, t.TempDir(), name)
+	lane := LaneName(name, "V")
+	sp := openSpool(t, t.TempDir(), lane)
 	appendRecs(t, sp, "V", "V")
-	sink := &testSink{fail: func(int, []spool.Record) error { return errors.New("down") }}
-	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}})
+	sink := &testSink{result: failAll(errors.New("down"))}
+	f := newForwarder(t, sp, sink, Options{Name: name})
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -548,19 +734,19 @@ func TestDrainTimesOutWhileFailing(t *testing.T) {
 	if el := time.Since(start); el > 2*time.Second {
 		t.Fatalf("Drain took %v", el)
 	}
-	if c := cursor(t, sp, name); c != 0 {
+	if c := cursor(t, sp, lane); c != 0 {
 		t.Fatalf("cursor %d, want 0", c)
 	}
 }
 
 func TestBatchesRespectBatchRecords(t *testing.T) {
 	const name = "batch-records"
-	sp := openSpool(t, t.TempDir(), name)
+	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
 	seqs := appendRecs(t, sp, repeat("V", 23)...)
 	sink := &testSink{}
-	drain(t, newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 5}))
+	drain(t, newForwarder(t, sp, sink, Options{Name: name, BatchRecords: 5}))
 	var sizes []int
-	for _, b := range sink.batches {
+	for _, b := range sink.sent() {
 		sizes = append(sizes, len(b))
 	}
 	if want := []int{5, 5, 5, 5, 3}; !slices.Equal(sizes, want) {
@@ -573,14 +759,14 @@ func TestBatchesRespectBatchRecords(t *testing.T) {
 
 func TestBatchesRespectBatchBytes(t *testing.T) {
 	const name = "batch-bytes"
-	sp := openSpool(t, t.TempDir(), name)
+	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
 	seqs := appendRecs(t, sp, repeat("V", 10)...)
 	// Each encoded record is a little over 100 bytes (100-byte payload).
 	sink := &testSink{}
-	drain(t, newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchBytes: 350}))
-	for _, b := range sink.batches {
+	drain(t, newForwarder(t, sp, sink, Options{Name: name, BatchBytes: 350}))
+	for _, b := range sink.sent() {
 		if len(b) == 0 || len(b) > 3 {
-			t.Fatalf("batch of %d records with BatchBytes 350 (batches %v)", len(b), sink.batches)
+			t.Fatalf("batch of %d records with BatchBytes 350 (batches %v)", len(b), sink.sent())
 		}
 	}
 	if got := sink.delivered(); !slices.Equal(got, seqs) {
@@ -588,12 +774,12 @@ func TestBatchesRespectBatchBytes(t *testing.T) {
 	}
 	// A record larger than BatchBytes still goes out, alone.
 	const name2 = "batch-bytes-tiny"
-	sp2 := openSpool(t, t.TempDir(), name2)
+	sp2 := openSpool(t, t.TempDir(), LaneName(name2, "V"))
 	appendRecs(t, sp2, "V", "V")
 	sink2 := &testSink{}
-	drain(t, newForwarder(t, sp2, sink2, Options{Name: name2, Topics: []string{"V"}, BatchBytes: 10}))
-	if len(sink2.batches) != 2 || len(sink2.batches[0]) != 1 {
-		t.Fatalf("batches %v, want two single-record batches", sink2.batches)
+	drain(t, newForwarder(t, sp2, sink2, Options{Name: name2, BatchBytes: 10}))
+	if b := sink2.sent(); len(b) != 2 || len(b[0]) != 1 {
+		t.Fatalf("batches %v, want two single-record batches", b)
 	}
 }
 
@@ -643,67 +829,48 @@ func TestRetryWaitBounds(t *testing.T) {
 	}
 }
 
-// With CursorInterval the cursor is written at most that often while
-// records flow, never ahead of what the sink confirmed, and once more when
-// the forwarder goes idle or stops, so a clean stop sends nothing again.
-func TestCursorIsWrittenEveryIntervalAndAtStop(t *testing.T) {
-	const name = "interval"
-	sp := openSpool(t, t.TempDir(), name)
+// A lane's moves ride the spool's commits: with records flowing they are
+// committed along with the appends, alone within CursorCommitDelay, and
+// never ahead of what the sink confirmed.
+func TestLaneMovesRideTheCommits(t *testing.T) {
+	const name = "ride"
+	lane := LaneName(name, "V")
+	sp := openSpool(t, t.TempDir(), lane)
 	var mu sync.Mutex
 	var ahead []string
 	sink := &testSink{hook: func(call int, batch []spool.Record) {
-		if c := cursor(t, sp, name); c >= batch[0].Seq {
+		if c := cursor(t, sp, lane); c >= batch[0].Seq {
 			mu.Lock()
 			ahead = append(ahead, fmt.Sprintf("call %d: cursor %d, batch starts at %d", call, c, batch[0].Seq))
 			mu.Unlock()
 		}
 	}}
+	f := newForwarder(t, sp, sink, Options{Name: name, BatchRecords: 4})
+	stop := run(t, f)
+	defer stop()
 	seqs := appendRecs(t, sp, repeat("V", 40)...)
-	// An interval far longer than the test: only the stop writes it.
-	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 4, CursorInterval: time.Hour})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
 	waitFor(t, "all records sent", func() bool { return len(sink.delivered()) == len(seqs) })
-	if c := cursor(t, sp, name); c != 0 {
-		t.Fatalf("cursor written during a 1h interval: %d", c)
+	// Nothing else is appended: the last move is committed on its own.
+	start := time.Now()
+	waitFor(t, "the lane's last move committed", func() bool { return cursor(t, sp, lane) == seqs[len(seqs)-1] })
+	if el := time.Since(start); el > spool.CursorCommitDelay+time.Second {
+		t.Fatalf("last move committed after %s", el)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	if c := cursor(t, sp, name); c != seqs[len(seqs)-1] {
-		t.Fatalf("cursor after stop = %d, want %d", c, seqs[len(seqs)-1])
-	}
+	mu.Lock()
+	defer mu.Unlock()
 	if len(ahead) > 0 {
 		t.Fatalf("cursor ahead of unconfirmed records: %v", ahead)
 	}
-
-	// A short interval: an idle forwarder writes the cursor once it is due,
-	// without a stop.
-	more := appendRecs(t, sp, repeat("V", 10)...)
-	f = newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 4, CursorInterval: 20 * time.Millisecond})
-	ctx, cancel = context.WithCancel(context.Background())
-	defer cancel()
-	go func() { done <- f.Run(ctx) }()
-	waitFor(t, "cursor written while idle", func() bool { return cursor(t, sp, name) == more[len(more)-1] })
-	if got := sink.delivered(); len(got) != len(seqs)+len(more) {
-		t.Fatalf("delivered %d records, want %d (nothing twice)", len(got), len(seqs)+len(more))
-	}
-	cancel()
-	<-done
 }
 
 // After a send, fewer than BatchRecords waiting records wait for Linger;
 // a full batch goes at once; Drain does not linger.
 func TestLingerWaitsForAFullBatch(t *testing.T) {
 	const name = "linger"
-	sp := openSpool(t, t.TempDir(), name)
+	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
 	sink := &testSink{}
-	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 10, Linger: time.Hour})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
+	f := newForwarder(t, sp, sink, Options{Name: name, BatchRecords: 10, Linger: time.Hour})
+	stop := run(t, f)
 
 	// The first record after a quiet spell goes at once.
 	appendRecs(t, sp, "V")
@@ -717,10 +884,7 @@ func TestLingerWaitsForAFullBatch(t *testing.T) {
 	// ...and a full batch does not.
 	appendRecs(t, sp, repeat("V", 5)...)
 	waitFor(t, "the full batch", func() bool { return len(sink.delivered()) == 11 })
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	stop()
 
 	// A trickle is drained without lingering.
 	appendRecs(t, sp, repeat("V", 3)...)
@@ -731,5 +895,39 @@ func TestLingerWaitsForAFullBatch(t *testing.T) {
 	}
 	if n := len(sink.delivered()); n != 14 {
 		t.Fatalf("delivered %d records after the drain, want 14", n)
+	}
+}
+
+// Delivered hears of every record the sink confirmed or refused for good,
+// once, also when a batch is taken in part.
+func TestDeliveredHearsOfEveryRecordOnce(t *testing.T) {
+	const name = "delivered"
+	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
+	seqs := appendRecs(t, sp, repeat("V", 8)...)
+	var mu sync.Mutex
+	heard := map[uint64]int{}
+	sink := &testSink{result: func(call int, batch []spool.Record) []error {
+		errs := make([]error, len(batch))
+		for i, r := range batch {
+			switch {
+			case r.Seq == seqs[5]:
+				errs[i] = Permanent("invalid_record", errors.New("INVALID_RECORD"))
+			case call == 0 && i%2 == 0:
+				errs[i] = errors.New("throttled")
+			}
+		}
+		return errs
+	}}
+	drain(t, newForwarder(t, sp, sink, Options{Name: name, Delivered: func(b []spool.Record) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, r := range b {
+			heard[r.Seq]++
+		}
+	}}))
+	for _, s := range seqs {
+		if heard[s] != 1 {
+			t.Fatalf("Delivered heard of %d %d times (all: %v)", s, heard[s], heard)
+		}
 	}
 }

@@ -3,7 +3,9 @@ package forwarder
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"strconv"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -178,9 +180,10 @@ func createdAt(m proto.Message) *timestamppb.Timestamp {
 }
 
 // TopicNames gives each record type its topic name, "<namespace>_<record
-// type>", built once per type. Not safe for concurrent use.
+// type>", built once per type. Safe for concurrent use: lookups take no
+// lock.
 type TopicNames struct {
-	names map[string]string
+	names atomic.Pointer[map[string]string]
 }
 
 // maxTopicNames bounds the names kept (record types are a handful).
@@ -188,15 +191,27 @@ const maxTopicNames = 64
 
 // Of returns the topic name of recordType under e's namespace.
 func (t *TopicNames) Of(e Encoder, recordType []byte) string {
-	if n, ok := t.names[string(recordType)]; ok {
-		return n
+	cur := t.names.Load()
+	if cur != nil {
+		if n, ok := (*cur)[string(recordType)]; ok {
+			return n
+		}
 	}
 	n := e.Namespace + "_" + string(recordType)
-	if t.names == nil {
-		t.names = map[string]string{}
-	}
-	if len(t.names) < maxTopicNames {
-		t.names[string(recordType)] = n
+	if cur == nil || len(*cur) < maxTopicNames {
+		next := make(map[string]string, 1+lenOf(cur))
+		if cur != nil {
+			maps.Copy(next, *cur)
+		}
+		next[string(recordType)] = n
+		t.names.CompareAndSwap(cur, &next) // a lost race only costs a rebuild later
 	}
 	return n
+}
+
+func lenOf(m *map[string]string) int {
+	if m == nil {
+		return 0
+	}
+	return len(*m)
 }

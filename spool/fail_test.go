@@ -32,7 +32,7 @@ func TestCommitErrorKeepsGoing(t *testing.T) {
 	var armed atomic.Bool
 	fs := diskFullFS(&armed, ".log", errorfs.OpFileWrite, errorfs.OpFileSync)
 	dir := t.TempDir()
-	s := openT(t, Options{Dir: dir, fs: fs})
+	s := openT(t, Options{Dir: dir, FS: fs})
 	defer s.Close()
 	if err := s.Append(testRecord(1), nil, 0); err != nil {
 		t.Fatal(err)
@@ -89,7 +89,7 @@ func TestReadWhileWaitingForRoom(t *testing.T) {
 	var free atomic.Int64
 	free.Store(1 << 30)
 	fs := diskFullFS(&armed, ".log", errorfs.OpFileWrite, errorfs.OpFileSync)
-	s := openT(t, Options{Dir: t.TempDir(), fs: fs,
+	s := openT(t, Options{Dir: t.TempDir(), FS: fs,
 		freeSpace: func(string) (int64, error) { return free.Load(), nil }})
 	defer s.Close()
 	if err := s.Append(testRecord(1), nil, 0); err != nil {
@@ -142,7 +142,7 @@ func TestReadWhileWaitingForRoom(t *testing.T) {
 func TestSetCursorFailedCommitIsBusy(t *testing.T) {
 	var armed atomic.Bool
 	fs := diskFullFS(&armed, ".log", errorfs.OpFileWrite, errorfs.OpFileSync)
-	s := openT(t, Options{Dir: t.TempDir(), fs: fs, Consumers: []string{"sink"}})
+	s := openT(t, Options{Dir: t.TempDir(), FS: fs, Consumers: []string{"sink"}})
 	defer s.Close()
 	for i := uint64(1); i <= 3; i++ {
 		if err := s.Append(testRecord(i), nil, 0); err != nil {
@@ -243,7 +243,7 @@ func TestBackgroundErrorsThrottled(t *testing.T) {
 func TestFlushFailureStallsWithoutLoss(t *testing.T) {
 	var armed atomic.Bool
 	fs := diskFullFS(&armed, ".sst", errorfs.OpFileWrite)
-	s := openT(t, Options{Dir: t.TempDir(), fs: fs, MaxPendingBytes: 1 << 20, PreallocateLogs: true})
+	s := openT(t, Options{Dir: t.TempDir(), FS: fs, MaxPendingBytes: 1 << 20, PreallocateLogs: true})
 	defer s.Close()
 	armed.Store(true)
 	r := benchRecord() // ~600 bytes
@@ -398,7 +398,7 @@ func TestMinFreeBytesBurst(t *testing.T) {
 func TestCloseWhileFlushesFail(t *testing.T) {
 	var armed atomic.Bool
 	fs := diskFullFS(&armed, ".sst", errorfs.OpFileWrite)
-	s := openT(t, Options{Dir: t.TempDir(), fs: fs, MaxPendingBytes: 1 << 20, PreallocateLogs: true})
+	s := openT(t, Options{Dir: t.TempDir(), FS: fs, MaxPendingBytes: 1 << 20, PreallocateLogs: true})
 	armed.Store(true)
 	r := benchRecord()
 	errs0 := backgroundErrors.Get()
@@ -436,7 +436,7 @@ func TestCloseWhileFlushesFail(t *testing.T) {
 func TestCloseWhileCommitStalled(t *testing.T) {
 	var armed atomic.Bool
 	fs := diskFullFS(&armed, ".sst", errorfs.OpFileWrite)
-	s := openT(t, Options{Dir: t.TempDir(), fs: fs, MaxPendingBytes: 1 << 20, PreallocateLogs: true,
+	s := openT(t, Options{Dir: t.TempDir(), FS: fs, MaxPendingBytes: 1 << 20, PreallocateLogs: true,
 		CloseTimeout: 2 * time.Second})
 	armed.Store(true)
 	r := benchRecord()

@@ -40,6 +40,10 @@ type Info struct {
 	LastSeq            uint64            `json:"last_seq"`              // seq high-water mark (may be trimmed)
 	Cursors            map[string]uint64 `json:"cursors"`               // every persisted cursor
 	Consumers          []string          `json:"consumers,omitempty"`   // the cursors the daemon trims by (live spool only)
+	// QuarantinedRecords and QuarantinedBytes are the records sinks refused
+	// for good, kept aside; Records and Bytes include them.
+	QuarantinedRecords int64 `json:"quarantined_records"`
+	QuarantinedBytes   int64 `json:"quarantined_bytes"`
 }
 
 // RawReader is what inspection needs from a spool; *Spool and *View
@@ -61,55 +65,80 @@ func readRaw(db *pebble.DB, from, to, upper uint64, maxRecords, maxBytes int, ds
 	if to == 0 || to > upper {
 		to = upper
 	}
-	err := scanRecords(db, max(from, 1), to, maxRecords, maxBytes, func(seq uint64, v []byte) error {
+	_, err := scanRecords(db, scanLimits{from: max(from, 1), to: to, maxRecords: maxRecords, maxBytes: maxBytes}, func(seq uint64, v []byte) error {
 		dst = append(dst, RawRecord{Seq: seq, Value: slices.Clone(v)})
 		return nil
 	})
 	return dst, err
 }
 
-// scanRecords calls fn for each stored record with from <= seq <= to, in
-// seq order: at most maxRecords of them and maxBytes of values (<= 0: no
-// limit), but at least one if any. v is valid only during the call. A value
+// scanLimits bound a scanRecords call.
+type scanLimits struct {
+	from, to uint64 // seqs, inclusive
+	// maxRecords and maxBytes (of values) bound the records passed to fn
+	// (<= 0: no limit), but fn gets at least one if any.
+	maxRecords, maxBytes int
+	// maxScan bounds the records looked at, passed to fn or not (<= 0: no
+	// limit).
+	maxScan int
+	// keep, when set, picks the records fn gets; the others are passed
+	// over (a damaged one is not: keep sees only readable values).
+	keep func(v []byte) bool
+}
+
+// scanRecords calls fn for each stored record in l's range that l.keep
+// accepts, in seq order, within l's limits, and returns the last seq it
+// looked at (l.from-1 if none). v is valid only during the call. A value
 // that cannot be read ends the scan with a *CorruptRecordError, and an
 // error from fn ends it with that error.
-func scanRecords(db *pebble.DB, from, to uint64, maxRecords, maxBytes int, fn func(seq uint64, v []byte) error) error {
-	if from > to {
-		return nil
+func scanRecords(db *pebble.DB, l scanLimits, fn func(seq uint64, v []byte) error) (uint64, error) {
+	last := l.from - 1
+	if l.from > l.to {
+		return last, nil
 	}
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: recKey(from), UpperBound: recKeyAfter(to)})
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: recKey(l.from), UpperBound: recKeyAfter(l.to)})
 	if err != nil {
-		return fmt.Errorf("spool: read from %d: %w", from, err)
+		return last, fmt.Errorf("spool: read from %d: %w", l.from, err)
 	}
-	n, size := 0, 0
+	n, size, scanned := 0, 0, 0
 	for ok := it.First(); ok; ok = it.Next() {
+		if l.maxScan > 0 && scanned >= l.maxScan {
+			break
+		}
 		seq, err := parseRecKey(it.Key())
 		if err != nil {
 			_ = it.Close()
-			return err
+			return last, err
 		}
 		v, err := it.ValueAndErr()
 		if err != nil {
 			_ = it.Close()
-			return &CorruptRecordError{Seq: seq, Err: err}
+			return last, &CorruptRecordError{Seq: seq, Err: err}
 		}
-		if n > 0 && maxBytes > 0 && size+len(v) > maxBytes {
+		if l.keep != nil && !l.keep(v) {
+			last = seq
+			scanned++
+			continue
+		}
+		if n > 0 && l.maxBytes > 0 && size+len(v) > l.maxBytes {
 			break
 		}
 		if err := fn(seq, v); err != nil {
 			_ = it.Close()
-			return err
+			return last, err
 		}
+		last = seq
+		scanned++
 		n++
 		size += len(v)
-		if maxRecords > 0 && n >= maxRecords {
+		if l.maxRecords > 0 && n >= l.maxRecords {
 			break
 		}
 	}
 	if err := it.Close(); err != nil {
-		return fmt.Errorf("spool: read from %d: %w", from, err)
+		return last, fmt.Errorf("spool: read from %d: %w", l.from, err)
 	}
-	return nil
+	return last, nil
 }
 
 // readRawBefore is ReadRawBefore on db.
@@ -222,6 +251,7 @@ func (s *Spool) Info() (Info, error) {
 	in := Info{
 		Records: st.Records, Bytes: st.Bytes, LastSeq: st.LastSeq,
 		Cursors: st.Cursors, Consumers: slices.Clone(s.opts.Consumers),
+		QuarantinedRecords: st.QuarantinedRecords, QuarantinedBytes: st.QuarantinedBytes,
 	}
 	if err := edges(s, &in); err != nil {
 		return in, err
@@ -281,7 +311,8 @@ func (v *View) ReadRawBefore(before uint64, maxRecords int, dst []RawRecord) ([]
 func (v *View) Info() (Info, error) {
 	in := Info{
 		Records: int64(v.st.records), Bytes: int64(v.st.bytes), LastSeq: v.st.hwm,
-		Cursors: make(map[string]uint64, len(v.st.cursors)),
+		Cursors:            make(map[string]uint64, len(v.st.cursors)),
+		QuarantinedRecords: int64(v.st.qRecords), QuarantinedBytes: int64(v.st.qBytes),
 	}
 	for k, c := range v.st.cursors {
 		in.Cursors[k] = c
@@ -290,6 +321,12 @@ func (v *View) Info() (Info, error) {
 		return in, err
 	}
 	return in, nil
+}
+
+// Quarantine calls fn for each quarantined record of lane ("" for every
+// lane), in lane and seq order, until fn returns false.
+func (v *View) Quarantine(lane string, fn func(*Quarantined) bool) error {
+	return scanQuarantine(v.db, lane, fn)
 }
 
 // Close releases the spool (and its LOCK).

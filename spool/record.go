@@ -79,6 +79,31 @@ func EncodeRecord(dst []byte, r *Record) []byte {
 	return dst[:len(dst)+n]
 }
 
+// recordTopic returns the topic of an encoded record without decoding the
+// rest; it aliases b.
+func recordTopic(b []byte) ([]byte, error) {
+	if len(b) == 0 || b[0] != recordVersion {
+		return nil, fmt.Errorf("spool: record: unknown encoding")
+	}
+	d := decoder{b: b[1:]}
+	if _, n := binary.Varint(d.b); n <= 0 {
+		return nil, d.errf("bad received-at varint")
+	} else {
+		d.b = d.b[n:]
+	}
+	if _, n := binary.Uvarint(d.b); n <= 0 {
+		return nil, d.errf("bad created-at")
+	} else {
+		d.b = d.b[n:]
+	}
+	for _, name := range [...]string{"vin", "client version"} {
+		if _, err := d.field(name); err != nil {
+			return nil, err
+		}
+	}
+	return d.field("topic")
+}
+
 // DecodeRecord decodes b, as produced by EncodeRecord, into r and sets r.Seq
 // to seq. Topic, TxID and Payload alias b; VIN and ClientVersion are copies.
 //

@@ -123,8 +123,10 @@ type Options struct {
 	// space is freed. 0 means 30 s.
 	CloseTimeout time.Duration
 
-	// fs replaces the file system in tests (error injection).
-	fs vfs.FS
+	// FS is the file system Pebble works on (nil: the operating system's).
+	// Tests use an in-memory one that can inject errors or show what a
+	// crash would leave (vfs.NewCrashableMem).
+	FS vfs.FS
 	// freeSpace replaces the free-space probe in tests.
 	freeSpace func(dir string) (int64, error)
 }
@@ -141,8 +143,10 @@ type Waiter interface {
 
 // Stats is a snapshot of the committed contents of the spool.
 type Stats struct {
-	Records            int64             // live committed records
-	Bytes              int64             // live committed record bytes (keys plus values)
+	Records            int64             // live committed records, quarantined ones included
+	Bytes              int64             // their bytes (keys plus values), against Options.MaxBytes
+	QuarantinedRecords int64             // records sinks refused for good, kept aside
+	QuarantinedBytes   int64             // their bytes
 	FirstSeq           uint64            // oldest live record, 0 if empty
 	LastSeq            uint64            // last committed seq
 	OldestReceivedAtMs int64             // ReceivedAtMs of FirstSeq, 0 if empty
@@ -168,8 +172,9 @@ type Spool struct {
 	dbMu sync.RWMutex
 	db   *pebble.DB
 
-	// trimMu serializes SetCursor so that freed bytes are counted once.
-	trimMu sync.Mutex
+	// trimMu serializes trims so that freed bytes are counted once.
+	trimMu   sync.Mutex
+	trimKick chan struct{} // 1-buffered: a cursor moved, trim
 
 	// mu guards the append side and the state below.
 	mu           sync.Mutex
@@ -182,12 +187,21 @@ type Spool struct {
 	nextSeq      uint64
 	liveBytes    int64 // committed plus pending, for the budget
 	liveRecords  int64
-	trimmedTo    uint64 // every record with seq <= trimmedTo is deleted
-	cursors      map[string]uint64
-	statBytes    int64 // as of the last successful commit
-	statRecords  int64
-	closed       bool
-	degraded     bool // a commit failed and the DB is being reopened
+	trimmedTo    uint64              // every record with seq <= trimmedTo is deleted (or staged to be)
+	cursors      map[string]uint64   // as committed
+	passed       map[string][]uint64 // as committed (SetPassed)
+	// staged waits for the next commit; stagedTimer: a commit for it is
+	// scheduled (CursorCommitDelay), stagedDue: that time has come.
+	staged                 staged
+	stagedTimer, stagedDue bool
+	quarantineBytes        int64 // part of liveBytes
+	quarantineRecords      int64 // part of liveRecords
+	statBytes              int64 // as of the last successful commit
+	statRecords            int64
+	statQBytes             int64 // quarantined, as of the last successful commit
+	statQRecords           int64
+	closed                 bool
+	degraded               bool // a commit failed and the DB is being reopened
 	// waitingForRoom is set while the reopen waits for free space.
 	waitingForRoom atomic.Bool
 
@@ -221,6 +235,8 @@ type diskState struct {
 	hwm, bytes, records uint64
 	firstSeq            uint64 // 0 if no records
 	cursors             map[string]uint64
+	passed              map[string][]uint64
+	qBytes, qRecords    uint64 // quarantined, part of bytes and records
 }
 
 // Open opens or creates the spool in o.Dir and starts its committer.
@@ -245,7 +261,7 @@ func Open(o Options) (*Spool, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if err := os.MkdirAll(o.Dir, 0o755); err != nil && o.fs == nil {
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil && o.FS == nil {
 		return nil, fmt.Errorf("spool: open %s: %w", o.Dir, err)
 	}
 	s := &Spool{
@@ -253,6 +269,8 @@ func Open(o Options) (*Spool, error) {
 		log:         o.Logger.With("component", "spool", "dir", o.Dir),
 		maxPending:  o.MaxPendingBytes,
 		kick:        make(chan struct{}, 1),
+		trimKick:    make(chan struct{}, 1),
+		staged:      staged{cursors: map[string]uint64{}, passed: map[string][]uint64{}},
 		closing:     make(chan struct{}),
 		done:        make(chan struct{}),
 		freeAtProbe: math.MaxInt64 / 2,
@@ -262,7 +280,7 @@ func Open(o Options) (*Spool, error) {
 		return nil, fmt.Errorf("spool: open %s: %w: %d bytes free, %d needed to replay the write-ahead logs",
 			o.Dir, ErrDiskFull, free, need)
 	}
-	s.fs = o.fs
+	s.fs = o.FS
 	if s.fs == nil {
 		s.fs = vfs.Default
 	}
@@ -290,6 +308,7 @@ func Open(o Options) (*Spool, error) {
 	s.notify.Store(&ch)
 	s.log.Info("spool opened", "records", st.records, "bytes", st.bytes, "first_seq", st.firstSeq, "last_seq", st.hwm)
 	go s.run()
+	go s.trimLoop()
 	return s, nil
 }
 
@@ -332,7 +351,7 @@ func (s *Spool) openDB() (*pebble.DB, diskState, error) {
 }
 
 func loadState(db *pebble.DB) (diskState, error) {
-	st := diskState{cursors: map[string]uint64{}}
+	st := diskState{cursors: map[string]uint64{}, passed: map[string][]uint64{}}
 	v, closer, err := db.Get(metaKey)
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
@@ -348,6 +367,19 @@ func loadState(db *pebble.DB) (diskState, error) {
 		st.hwm = binary.BigEndian.Uint64(v[0:])
 		st.bytes = binary.BigEndian.Uint64(v[8:])
 		st.records = binary.BigEndian.Uint64(v[16:])
+		_ = closer.Close()
+	}
+	switch qv, closer, err := db.Get(quarantineMetaKey); {
+	case errors.Is(err, pebble.ErrNotFound):
+	case err != nil:
+		return st, fmt.Errorf("read quarantine meta: %w", err)
+	default:
+		if len(qv) != 16 {
+			_ = closer.Close()
+			return st, fmt.Errorf("corrupt quarantine meta: %d bytes, want 16", len(qv))
+		}
+		st.qBytes = binary.BigEndian.Uint64(qv[0:])
+		st.qRecords = binary.BigEndian.Uint64(qv[8:])
 		_ = closer.Close()
 	}
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: cursorPrefix, UpperBound: []byte("c0")})
@@ -368,6 +400,9 @@ func loadState(db *pebble.DB) (diskState, error) {
 	}
 	if err := it.Close(); err != nil {
 		return st, fmt.Errorf("read cursors: %w", err)
+	}
+	if err := loadPassed(db, st.passed); err != nil {
+		return st, err
 	}
 	first, last, err := recordBounds(db)
 	if err != nil {
@@ -423,6 +458,9 @@ func (s *Spool) install(st diskState) {
 		s.trimmedTo = st.hwm
 	}
 	s.cursors = st.cursors
+	s.passed = st.passed
+	s.quarantineBytes, s.quarantineRecords = int64(st.qBytes), int64(st.qRecords)
+	s.statQBytes, s.statQRecords = int64(st.qBytes), int64(st.qRecords)
 	s.committedSeq.Store(max(s.committedSeq.Load(), st.hwm))
 	// A batch doubles as it grows, so a full one can have twice
 	// MaxPendingBytes of capacity; keep it rather than reallocate per fill.
@@ -531,7 +569,9 @@ func (s *Spool) run() {
 	defer tick.Stop()
 	for {
 		s.mu.Lock()
-		for len(s.pendingW) == 0 {
+		// Staged cursor moves ride along with appended records; alone they
+		// wait until due (or until Close).
+		for len(s.pendingW) == 0 && (s.staged.empty() || !s.stagedDue && !s.closed) {
 			if s.closed {
 				s.mu.Unlock()
 				return
@@ -544,9 +584,18 @@ func (s *Spool) run() {
 			}
 			s.mu.Lock()
 		}
+		if s.pending == nil {
+			// Closed while a reopen after a failed commit was retrying:
+			// there is no store to commit to. What is staged was never
+			// committed; its consumers pass those records again.
+			s.mu.Unlock()
+			return
+		}
 		b, ws, nrec := s.pending, s.pendingW, s.pendingRecs
 		hwm := s.nextSeq - 1
 		live, recs := s.liveBytes, s.liveRecords
+		qBytes, qRecs := s.quarantineBytes, s.quarantineRecords
+		st, err := s.takeStaged(b)
 		s.pending, s.pendingW = s.spare, s.spareW
 		s.spare, s.spareW = nil, nil
 		s.pendingBytes, s.pendingRecs = 0, 0
@@ -556,7 +605,12 @@ func (s *Spool) run() {
 		binary.BigEndian.PutUint64(meta[0:], hwm)
 		binary.BigEndian.PutUint64(meta[8:], uint64(live))
 		binary.BigEndian.PutUint64(meta[16:], uint64(recs))
-		err := b.Set(metaKey, meta[:], nil)
+		if err == nil {
+			err = b.Set(metaKey, meta[:], nil)
+		}
+		if err == nil {
+			err = b.Set(quarantineMetaKey, quarantineMeta(qBytes, qRecs), nil)
+		}
 		start := time.Now()
 		if err == nil {
 			err = s.commit(b)
@@ -564,13 +618,15 @@ func (s *Spool) run() {
 		commitDuration.UpdateDuration(start)
 		commitRecords.Update(float64(nrec))
 		if err != nil {
-			s.fail(err, ws)
+			s.fail(err, ws, st)
 			continue
 		}
 		commitsTotal.Inc()
 		s.committedSeq.Store(hwm)
 		s.mu.Lock()
 		s.statBytes, s.statRecords = live, recs
+		s.statQBytes, s.statQRecords = qBytes, qRecs
+		s.committedStaged(st)
 		s.mu.Unlock()
 		bytesGauge.Set(float64(live))
 		recordsGauge.Set(float64(recs))
@@ -614,7 +670,7 @@ func (s *Spool) commit(b *pebble.Batch) (err error) {
 // what was appended meanwhile (it was bound to the broken DB) and reopens
 // Pebble, retrying with backoff until it opens or Close is called. Appends
 // get ErrBusy meanwhile.
-func (s *Spool) fail(err error, ws []waitEntry) {
+func (s *Spool) fail(err error, ws []waitEntry, lost staged) {
 	commitErrorsTotal.Inc()
 	s.log.Error("spool commit failed; reopening", "err", err, "waiters", len(ws))
 	// Degraded before anyone hears of the failure: an append made in
@@ -668,6 +724,7 @@ func (s *Spool) fail(err error, ws []waitEntry) {
 			s.dbMu.Unlock()
 			s.mu.Lock()
 			s.install(st)
+			s.restage(lost)
 			s.degraded = false
 			s.mu.Unlock()
 			s.log.Info("spool reopened after commit failure", "last_seq", st.hwm)
@@ -829,19 +886,39 @@ func (s *Spool) getDB() (*pebble.DB, error) {
 // of it). A damaged record ends the read with a *CorruptRecordError; the
 // records before it are returned with it.
 func (s *Spool) Read(from uint64, maxRecords, maxBytes int, dst []Record) ([]Record, error) {
+	dst, _, err := s.read(scanLimits{from: from, maxRecords: maxRecords, maxBytes: maxBytes}, dst)
+	return dst, err
+}
+
+// ReadTopic is Read for the records of one topic (record type): it passes
+// over the others, looking at no more than maxScan records in all (<= 0:
+// no limit), and also returns the last seq it looked at (from-1 if none),
+// up to which a consumer of that topic alone has seen everything. A
+// damaged record is returned as by Read, whatever its topic.
+func (s *Spool) ReadTopic(from uint64, topic string, maxRecords, maxBytes, maxScan int, dst []Record) ([]Record, uint64, error) {
+	return s.read(scanLimits{from: from, maxRecords: maxRecords, maxBytes: maxBytes, maxScan: maxScan,
+		keep: func(v []byte) bool {
+			t, err := recordTopic(v)
+			return err != nil || string(t) == topic // a damaged one is reported
+		}}, dst)
+}
+
+// read is Read and ReadTopic.
+func (s *Spool) read(l scanLimits, dst []Record) ([]Record, uint64, error) {
 	last := s.LastSeq()
-	if from > last {
-		return dst, nil
+	if l.from > last {
+		return dst, l.from - 1, nil
 	}
+	l.to = last
 	db, err := s.getDB()
 	if err != nil {
-		return dst, fmt.Errorf("spool: read from %d: %w", from, err)
+		return dst, l.from - 1, fmt.Errorf("spool: read from %d: %w", l.from, err)
 	}
 	defer s.dbMu.RUnlock()
 	// Values are copied into chunks of readChunkBytes rather than one
 	// allocation each (a forwarder reads thousands of records a second).
 	var chunk []byte
-	err = scanRecords(db, from, last, maxRecords, maxBytes, func(seq uint64, v []byte) error {
+	scanned, err := scanRecords(db, l, func(seq uint64, v []byte) error {
 		if cap(chunk)-len(chunk) < len(v) {
 			chunk = make([]byte, 0, max(len(v), readChunkBytes))
 		}
@@ -855,7 +932,7 @@ func (s *Spool) Read(from uint64, maxRecords, maxBytes int, dst []Record) ([]Rec
 		dst = append(dst, r)
 		return nil
 	})
-	return dst, err
+	return dst, scanned, err
 }
 
 // readChunkBytes is the size of the chunks Read copies values into: the
@@ -875,110 +952,6 @@ func (s *Spool) Cursor(name string) (uint64, error) {
 type chanWaiter chan error
 
 func (c chanWaiter) Committed(_, _ uint64, err error) { c <- err }
-
-// SetCursor durably records that consumer name has delivered every record
-// up to seq, then trims: records with seq <= the minimum cursor over
-// Options.Consumers are deleted with one range deletion, freeing budget.
-// The cursor write and the trim commit in one batch through the committer
-// (so it shares an fsync with appends). seq may not exceed LastSeq.
-// While the spool recovers from a failed commit, including a failure of
-// this very write, it returns an error matching ErrBusy.
-func (s *Spool) SetCursor(name string, seq uint64) error {
-	if name == "" {
-		return errors.New("spool: set cursor: empty consumer name")
-	}
-	if last := s.LastSeq(); seq > last {
-		return fmt.Errorf("spool: set cursor %q to %d: beyond last committed seq %d", name, seq, last)
-	}
-	s.trimMu.Lock()
-	defer s.trimMu.Unlock()
-
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return ErrClosed
-	}
-	trimmed := s.trimmedTo
-	cut := uint64(0)
-	if len(s.opts.Consumers) > 0 {
-		cut = math.MaxUint64
-		for _, c := range s.opts.Consumers {
-			v := s.cursors[c]
-			if c == name {
-				v = seq
-			}
-			cut = min(cut, v)
-		}
-	}
-	s.mu.Unlock()
-
-	var freedRecs, freedBytes int64
-	if cut > trimmed {
-		db, err := s.getDB()
-		if err != nil {
-			return fmt.Errorf("spool: set cursor %q: %w", name, err)
-		}
-		freedRecs, freedBytes, err = sizeRange(db, trimmed+1, cut)
-		s.dbMu.RUnlock()
-		if err != nil {
-			return fmt.Errorf("spool: set cursor %q: %w", name, err)
-		}
-	}
-
-	var v [8]byte
-	binary.BigEndian.PutUint64(v[:], seq)
-	key := append(cursorPrefix[:len(cursorPrefix):len(cursorPrefix)], name...)
-	w := make(chanWaiter, 1)
-	s.mu.Lock()
-	switch {
-	case s.closed:
-		s.mu.Unlock()
-		return ErrClosed
-	case s.degraded || s.trimmedTo != trimmed:
-		// A reopen reloaded the state under us; the caller retries.
-		s.mu.Unlock()
-		return fmt.Errorf("spool: set cursor %q: %w", name, ErrBusy)
-	}
-	err := s.pending.Set(key, v[:], nil)
-	if err == nil && cut > trimmed {
-		err = s.pending.DeleteRange(recKey(trimmed+1), recKeyAfter(cut), nil)
-	}
-	if err != nil {
-		// Not reachable with a non-indexed batch; the partial op would be
-		// committed with the next batch, which is still correct (a cursor
-		// set alone, or a range deletion of records below every cursor).
-		s.mu.Unlock()
-		return fmt.Errorf("spool: set cursor %q: %w", name, err)
-	}
-	if cut > trimmed {
-		s.liveBytes -= freedBytes
-		s.liveRecords -= freedRecs
-		s.trimmedTo = cut
-	}
-	wasEmpty := len(s.pendingW) == 0
-	s.pendingW = append(s.pendingW, waitEntry{w: w})
-	s.mu.Unlock()
-	if wasEmpty {
-		s.wake()
-	}
-	if err := <-w; err != nil {
-		// The commit failed (a full disk, say) and the committer is
-		// reopening Pebble: like an Append then, this is ErrBusy, and the
-		// caller keeps its cursor in memory and sets it again later.
-		// Returned as a plain failure it made a forwarder stop, and the
-		// daemon with it.
-		return fmt.Errorf("spool: set cursor %q to %d: %w: %w", name, seq, ErrBusy, err)
-	}
-	s.mu.Lock()
-	if s.cursors != nil {
-		s.cursors[name] = seq
-	}
-	s.mu.Unlock()
-	if cut > trimmed {
-		s.updateAgeGauge()
-	}
-	return nil
-}
 
 // sizeRange counts the records with from <= seq <= to and their bytes.
 func sizeRange(db *pebble.DB, from, to uint64) (n, size int64, err error) {
@@ -1048,10 +1021,12 @@ func (s *Spool) updateAgeGauge() {
 func (s *Spool) Stats() Stats {
 	s.mu.Lock()
 	st := Stats{
-		Records: s.statRecords,
-		Bytes:   s.statBytes,
-		LastSeq: s.LastSeq(),
-		Cursors: make(map[string]uint64, len(s.cursors)),
+		Records:            s.statRecords,
+		Bytes:              s.statBytes,
+		QuarantinedRecords: s.statQRecords,
+		QuarantinedBytes:   s.statQBytes,
+		LastSeq:            s.LastSeq(),
+		Cursors:            make(map[string]uint64, len(s.cursors)),
 	}
 	for k, v := range s.cursors {
 		st.Cursors[k] = v

@@ -82,6 +82,7 @@ func TestCLIHelp(t *testing.T) {
 		{"spool", "verify"},
 		{"spool", "export"},
 		{"spool", "replay"},
+		{"spool", "quarantine"},
 		{"vehicle-config"},
 		{"check-server"},
 		{"version"},

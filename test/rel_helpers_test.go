@@ -134,7 +134,7 @@ func relWriteConfig(t *testing.T, dir string, rc relConfig) relSetup {
 
 // metrics reads the daemon's /metrics page into name → value; a failed
 // scrape fails the test (an empty map would read 0 for every metric and
-// pass checks such as skipped_total == 0).
+// pass checks such as errors_total == 0).
 func (s relSetup) metrics(t testing.TB) map[string]float64 {
 	t.Helper()
 	url := fmt.Sprintf("http://127.0.0.1:%d/metrics", s.MetricsPort)

@@ -109,29 +109,39 @@ func cliDecodeJSON[T any](t *testing.T, s string) T {
 }
 
 type cliStats struct {
-	Source     string  `json:"source"`
-	Records    int64   `json:"records"`
-	Bytes      int64   `json:"bytes"`
-	FirstSeq   uint64  `json:"first_seq"`
-	NewestSeq  uint64  `json:"newest_seq"`
-	LastSeq    uint64  `json:"last_seq"`
-	OldestMs   int64   `json:"oldest_received_at_ms"`
-	NewestAge  float64 `json:"newest_age_seconds"`
-	Forwarders []struct {
-		Name   string `json:"name"`
-		Cursor uint64 `json:"cursor"`
-		Lag    int64  `json:"lag"`
-		Active bool   `json:"active"`
-	} `json:"forwarders"`
+	Source    string  `json:"source"`
+	Records   int64   `json:"records"`
+	Bytes     int64   `json:"bytes"`
+	FirstSeq  uint64  `json:"first_seq"`
+	NewestSeq uint64  `json:"newest_seq"`
+	LastSeq   uint64  `json:"last_seq"`
+	OldestMs  int64   `json:"oldest_received_at_ms"`
+	NewestAge float64 `json:"newest_age_seconds"`
+	Lanes     []struct {
+		Name      string `json:"name"`
+		Forwarder string `json:"forwarder"`
+		Cursor    uint64 `json:"cursor"`
+		Lag       int64  `json:"lag"`
+		Active    bool   `json:"active"`
+	} `json:"lanes"`
 }
 
+// forwarder sums up a forwarder's lanes: the slowest one's cursor and lag,
+// and whether every one is active.
 func (s cliStats) forwarder(name string) (cursor uint64, lag int64, ok bool) {
-	for _, f := range s.Forwarders {
-		if f.Name == name {
-			return f.Cursor, f.Lag, f.Active
+	first := true
+	for _, l := range s.Lanes {
+		if l.Forwarder != name {
+			continue
 		}
+		if first || l.Cursor < cursor {
+			cursor = l.Cursor
+		}
+		lag = max(lag, l.Lag)
+		ok = (first || ok) && l.Active
+		first = false
 	}
-	return 0, 0, false
+	return cursor, lag, ok
 }
 
 type cliRecord struct {
@@ -368,7 +378,7 @@ func TestSpoolCLI(t *testing.T) {
 		}
 		human := mustCLI(t, append(cfg, "stats")...).stdout
 		t.Logf("spool stats:\n%s", human)
-		for _, s := range []string{"running daemon", "FORWARDER", "kafka", "90"} {
+		for _, s := range []string{"running daemon", "LANE", "kafka/V", "90"} {
 			if !strings.Contains(human, s) {
 				t.Fatalf("stats table lacks %q:\n%s", s, human)
 			}

@@ -146,8 +146,13 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	// Each dispatcher reads the spool in lanes, one per record type.
+	var lanes []string
+	for _, n := range names {
+		lanes = append(lanes, forwarder.LaneNames(n, dispatchers[n])...)
+	}
 	sp, err := openSpool(spool.Options{Dir: cfg.Spool.Dir, MaxBytes: cfg.Spool.MaxBytes, MinFreeBytes: cfg.Spool.minFreeBytes(),
-		Consumers: names, Logger: log, PreallocateLogs: true,
+		Consumers: lanes, Logger: log, PreallocateLogs: true,
 		// A commit stalled on a full disk gives up the stop after this,
 		// still inside systemd's TimeoutStopSec (40 s) after the graceful
 		// part (shutdown_timeout, 25 s by default).
@@ -187,6 +192,9 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 			return err
 		}
 		fwds = append(fwds, f)
+	}
+	if adminSrv != nil {
+		adminSrv.SetForwarders(fwds)
 	}
 	fwdCtx, stopFwds := context.WithCancel(context.Background())
 	var fwdWG sync.WaitGroup

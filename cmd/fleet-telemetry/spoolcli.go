@@ -21,6 +21,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -36,11 +37,14 @@ const spoolUsage = `usage: fleet-telemetry spool [-config FILE | -dir DIR | -dev
 The spool is read through the running daemon's admin socket (default
 <spool dir>/admin.sock) when it answers, and otherwise opened read-only
 (a stopped daemon; the daemon cannot start while a command runs). Nothing
-here moves a cursor or deletes a record. -dev is the spool of make run (the
-embedded dev config's ./var/spool): run it from the same directory.
+here moves a cursor or deletes a record, except quarantine replay and drop.
+-dev is the spool of make run (the embedded dev config's ./var/spool): run
+it from the same directory.
 
 commands:
-  stats                            records, bytes, oldest/newest seq and age, per-forwarder cursor and lag
+  stats                            records, bytes, oldest/newest seq and age, quarantined records, and per
+                                   lane (forwarder and record type) its cursor, lag, oldest waiting record
+                                   and last error
   ls [-n 20] [-from SEQ] [-vin V] [-topic T]
                                    the newest N records (or N from SEQ): seq, time, VIN, topic, txid, size
   cat SEQ                          one record, decoded, as JSON
@@ -54,6 +58,11 @@ commands:
   replay -sink NAME [-from SEQ] [-to SEQ] [-vin V] [-topic T] [-batch 500]
                                    send a range again to a sink of -config (logger, kafka, kinesis,
                                    pubsub), only the record types the config routes to it
+  quarantine ls [-lane L]          the records a sink refused for good (too large, invalid), kept aside
+  quarantine cat LANE SEQ          one of them, decoded, with the sink's reason and error
+  quarantine replay LANE SEQ       send it again through the lane's sink (after the cause is fixed);
+                                   sent, it leaves the quarantine
+  quarantine drop -yes LANE SEQ    delete it for good
 
 Common flags may also follow COMMAND. -json prints JSON (an object for
 stats, verify and cat, an array for ls, one object per line for tail).
@@ -88,6 +97,8 @@ type cmdFlags struct {
 	out      string
 	sink     string
 	batch    int
+	lane     string
+	yes      bool
 }
 
 var spoolCommands = map[string]spoolCommand{
@@ -116,6 +127,10 @@ var spoolCommands = map[string]spoolCommand{
 		rangeFlags(fs, c)
 		filterFlags(fs, c)
 	}, run: spoolReplay},
+	"quarantine": {synopsis: "quarantine ls [-lane L] | cat LANE SEQ | replay LANE SEQ | drop -yes LANE SEQ", flags: func(fs *flag.FlagSet, c *cmdFlags) {
+		fs.StringVar(&c.lane, "lane", "", "ls: only this lane's records (e.g. kafka/V)")
+		fs.BoolVar(&c.yes, "yes", false, "drop: yes, delete the record for good")
+	}, run: spoolQuarantine, takesArgs: true},
 }
 
 func filterFlags(fs *flag.FlagSet, c *cmdFlags) {
@@ -276,20 +291,28 @@ func (o *spoolOpts) showProgress() bool {
 
 // --- stats
 
-type forwarderStat struct {
-	Name   string `json:"name"`
-	Cursor uint64 `json:"cursor"`
-	Lag    int64  `json:"lag"` // live records after the cursor
-	Active bool   `json:"active"`
+// laneStat is one forwarder lane (or a cursor no lane uses any more).
+type laneStat struct {
+	Name       string `json:"name"` // the spool cursor, <forwarder>/<record type>
+	Forwarder  string `json:"forwarder"`
+	RecordType string `json:"record_type,omitempty"`
+	Cursor     uint64 `json:"cursor"`
+	Lag        int64  `json:"lag"` // live records after the cursor
+	Active     bool   `json:"active"`
+	// From a running daemon: how long its oldest waiting record has
+	// waited, and the sink's last error for this lane.
+	OldestWaitingSeconds float64 `json:"oldest_waiting_seconds,omitempty"`
+	LastError            string  `json:"last_error,omitempty"`
+	LastErrorAgeSeconds  float64 `json:"last_error_age_seconds,omitempty"`
 }
 
 type statsOut struct {
 	Dir    string `json:"dir"`
 	Source string `json:"source"` // "admin" or "direct"
 	spool.Info
-	OldestAgeSeconds float64         `json:"oldest_age_seconds"`
-	NewestAgeSeconds float64         `json:"newest_age_seconds"`
-	Forwarders       []forwarderStat `json:"forwarders"`
+	OldestAgeSeconds float64    `json:"oldest_age_seconds"`
+	NewestAgeSeconds float64    `json:"newest_age_seconds"`
+	Lanes            []laneStat `json:"lanes"`
 }
 
 func spoolStats(ctx context.Context, o *spoolOpts, _ *cmdFlags, _ []string) error {
@@ -311,8 +334,20 @@ func spoolStats(ctx context.Context, o *spoolOpts, _ *cmdFlags, _ []string) erro
 		active[c] = true
 	}
 	if o.cfg != nil {
-		for d := range o.cfg.Dispatchers() {
-			active[d] = true
+		for d, types := range o.cfg.Dispatchers() {
+			for _, l := range forwarder.LaneNames(d, types) {
+				active[l] = true
+			}
+		}
+	}
+	live := map[string]forwarder.LaneStatus{}
+	if a, ok := src.(adminSource); ok {
+		statuses, err := a.c.Lanes(ctx)
+		if err != nil {
+			return err
+		}
+		for _, st := range statuses {
+			live[forwarder.LaneName(st.Forwarder, st.RecordType)] = st
 		}
 	}
 	names := map[string]bool{}
@@ -324,7 +359,20 @@ func spoolStats(ctx context.Context, o *spoolOpts, _ *cmdFlags, _ []string) erro
 	}
 	for _, n := range slices.Sorted(maps.Keys(names)) {
 		cur := in.Cursors[n]
-		out.Forwarders = append(out.Forwarders, forwarderStat{Name: n, Cursor: cur, Lag: lagAfter(in, cur), Active: active[n]})
+		ls := laneStat{Name: n, Cursor: cur, Lag: lagAfter(in, cur), Active: active[n]}
+		ls.Forwarder, ls.RecordType, _ = strings.Cut(n, "/")
+		if st, ok := live[n]; ok {
+			// The daemon's own position: newer than the last commit.
+			ls.Cursor, ls.Lag = st.Cursor, lagAfter(in, st.Cursor)
+			if st.OldestWaitingMs != 0 {
+				ls.OldestWaitingSeconds = max(0, now.Sub(time.UnixMilli(st.OldestWaitingMs)).Seconds())
+			}
+			if st.LastError != "" {
+				ls.LastError = st.LastError
+				ls.LastErrorAgeSeconds = max(0, now.Sub(time.UnixMilli(st.LastErrorMs)).Seconds())
+			}
+		}
+		out.Lanes = append(out.Lanes, ls)
 	}
 	if o.json {
 		return o.writeJSON(out, false)
@@ -338,17 +386,26 @@ func spoolStats(ctx context.Context, o *spoolOpts, _ *cmdFlags, _ []string) erro
 		fmt.Fprintf(w, "newest\tseq %d\treceived %s\t(%s)\n", in.NewestSeq, fmtTime(in.NewestReceivedAtMs), fmtAge(in.NewestReceivedAtMs, now))
 	}
 	fmt.Fprintf(w, "last seq\t%d\n", in.LastSeq)
+	if in.QuarantinedRecords > 0 {
+		fmt.Fprintf(w, "quarantined\t%s (%s)\tspool quarantine ls\n", fmtCount(in.QuarantinedRecords), fmtBytes(in.QuarantinedBytes))
+	}
 	w.Flush()
-	if len(out.Forwarders) > 0 {
+	if len(out.Lanes) > 0 {
 		fmt.Fprintln(o.stdout)
 		w = tabwriter.NewWriter(o.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "FORWARDER\tCURSOR\tLAG\t")
-		for _, f := range out.Forwarders {
-			note := ""
-			if !f.Active {
-				note = "(not a configured forwarder)"
+		fmt.Fprintln(w, "LANE\tCURSOR\tLAG\tWAITING\tLAST ERROR\t")
+		for _, l := range out.Lanes {
+			waiting, lastErr := "-", ""
+			if l.OldestWaitingSeconds > 0 {
+				waiting = (time.Duration(l.OldestWaitingSeconds * float64(time.Second))).Round(time.Millisecond).String()
 			}
-			fmt.Fprintf(w, "%s\t%d\t%s\t%s\n", f.Name, f.Cursor, fmtCount(f.Lag), note)
+			if l.LastError != "" {
+				lastErr = fmt.Sprintf("%s ago: %s", (time.Duration(l.LastErrorAgeSeconds * float64(time.Second))).Round(time.Second), l.LastError)
+			}
+			if !l.Active {
+				lastErr = "(not a configured lane)"
+			}
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\n", l.Name, l.Cursor, fmtCount(l.Lag), waiting, lastErr)
 		}
 		w.Flush()
 	}

@@ -2,7 +2,7 @@
 // "<namespace>_<record type>" with the reference server's key (the VIN),
 // value and headers, using franz-go (pure Go, no librdkafka). The producer
 // is idempotent and waits for every in-sync replica by default, and Send
-// returns nil only once the broker acknowledged every record of the batch.
+// reports each record the broker did not acknowledge.
 package kafka
 
 import (
@@ -28,24 +28,31 @@ var (
 	undecodableTotal  = metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="kafka"}`)
 )
 
-// Sink produces spool records to Kafka. Send is meant to be driven by one
-// forwarder; Close may be called once, after the last Send returned.
+// Sink produces spool records to Kafka. Send may be called from several
+// goroutines (the forwarder's lanes); Close may be called once, after the
+// last Send returned.
 type Sink struct {
 	client *kgo.Client
 	enc    forwarder.Encoder
 	log    *slog.Logger
-	topics forwarder.TopicNames // Send's goroutine only
-	// spare is the memory of the last batch whose every record the client
-	// has finished with (Send's goroutine only); the next batch reuses it.
-	spare batchMemory
+	topics forwarder.TopicNames
+	// spares is the memory of batches whose every record the client has
+	// finished with; a new batch reuses one.
+	sparesMu sync.Mutex
+	spares   []batchMemory
 }
 
-// batchMemory is what encodeBatch builds a batch in.
+// batchMemory is what encodeBatch builds a batch in; idx[i] is the batch
+// index of recs[i] (records that cannot be encoded are left out).
 type batchMemory struct {
 	recs []kgo.Record
 	hdrs []kgo.RecordHeader
 	buf  []byte
+	idx  []int
 }
+
+// maxSpares bounds the batch memories kept (one per lane in use).
+const maxSpares = 8
 
 // maxSpareBytes caps the value buffer kept between batches.
 const maxSpareBytes = 16 << 20
@@ -89,8 +96,16 @@ func (s *Sink) encodeBatch(batch []spool.Record) batchMemory {
 		r := &batch[i]
 		size += len(r.VIN) + 2*binary.MaxVarintLen64 + 2*20 + len(r.TxID) + len(r.Topic) + len(r.ClientVersion)
 	}
-	m := s.spare
-	s.spare = batchMemory{}
+	var m batchMemory
+	s.sparesMu.Lock()
+	if n := len(s.spares); n > 0 {
+		m = s.spares[n-1]
+		s.spares = s.spares[:n-1]
+	}
+	s.sparesMu.Unlock()
+	if cap(m.idx) < len(batch) {
+		m.idx = make([]int, 0, len(batch))
+	}
 	if cap(m.recs) < len(batch) {
 		m.recs = make([]kgo.Record, 0, len(batch))
 	}
@@ -100,7 +115,7 @@ func (s *Sink) encodeBatch(batch []spool.Record) batchMemory {
 	if cap(m.buf) < size {
 		m.buf = make([]byte, 0, size)
 	}
-	recs, hdrs, buf := m.recs[:0], m.hdrs[:0], m.buf[:0]
+	recs, hdrs, buf, idx := m.recs[:0], m.hdrs[:0], m.buf[:0], m.idx[:0]
 	// field appends b to buf and returns the bytes it occupies there. An
 	// append that outgrows buf moves on to a bigger array; slices taken
 	// before keep the old one.
@@ -140,25 +155,34 @@ func (s *Sink) encodeBatch(batch []spool.Record) batchMemory {
 			kgo.RecordHeader{Key: "device_client_version", Value: text(r.ClientVersion)},
 		)
 		recs = append(recs, kgo.Record{Topic: s.topics.Of(s.enc, r.Topic), Key: vin, Value: value, Headers: hdrs[h:len(hdrs):len(hdrs)]})
+		idx = append(idx, i)
 	}
-	return batchMemory{recs: recs, hdrs: hdrs, buf: buf}
+	return batchMemory{recs: recs, hdrs: hdrs, buf: buf, idx: idx}
 }
 
 // keepSpare keeps m for the next batch. Only for a batch whose every
 // promise has fired: franz-go no longer holds its records then.
 func (s *Sink) keepSpare(m batchMemory) {
-	if cap(m.buf) <= maxSpareBytes {
-		s.spare = m
+	if cap(m.buf) > maxSpareBytes {
+		return
 	}
+	s.sparesMu.Lock()
+	if len(s.spares) < maxSpares {
+		s.spares = append(s.spares, m)
+	}
+	s.sparesMu.Unlock()
 }
 
 // Send implements forwarder.Sink: it produces every record of the batch,
-// in order (per VIN, records keep their spool order within a partition),
-// and waits until each is acknowledged. It returns nil only when every
-// record was; otherwise an error describing the first failure, and the
-// forwarder sends the whole batch again (records may then be duplicated,
-// never lost). Records that cannot be decoded are skipped and counted, as
-// in every sink.
+// in order (per VIN, records keep their spool order within a partition:
+// when the broker fails one, franz-go fails every record after it in the
+// partition too), and waits until each is acknowledged. It returns nil
+// when every record was; otherwise a *forwarder.BatchError naming each
+// record that was not, and the forwarder sends only those again. A record
+// the broker refuses for its size or content (MESSAGE_TOO_LARGE,
+// INVALID_RECORD, ...) is marked permanent; a missing topic, a broker
+// down and every other error are retried. Records that cannot be decoded
+// are skipped and counted, as in every sink.
 //
 // When ctx ends first, Send returns ctx's error without waiting: records
 // still buffered are delivered or failed by the client later, and the
@@ -199,19 +223,46 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 			len(recs)-acked, len(recs), acked, failed, ctx.Err())
 	}
 	producedTotal.Add(w.acked)
-	if w.failed > 0 {
-		produceErrorTotal.Add(w.failed)
-		if errors.Is(w.firstErr, kerr.UnknownTopicID) {
-			// The topic was deleted and created again: it has a new ID the
-			// client will not learn on its own. Forget it so the retry
-			// looks it up afresh instead of failing for ever.
-			s.client.PurgeTopicsFromClient(w.firstRec.Topic)
-			s.log.Warn("kafka topic changed identity; refreshing it", "topic", w.firstRec.Topic)
-		}
-		return fmt.Errorf("kafka: %d of %d records not acknowledged; first: topic %s key %s: %w",
-			w.failed, len(recs), w.firstRec.Topic, w.firstRec.Key, w.firstErr)
+	if w.failed == 0 {
+		return nil
 	}
-	return nil
+	produceErrorTotal.Add(w.failed)
+	if errors.Is(w.firstErr, kerr.UnknownTopicID) {
+		// The topic was deleted and created again: it has a new ID the
+		// client will not learn on its own. Forget it so the retry looks
+		// it up afresh instead of failing for ever.
+		s.client.PurgeTopicsFromClient(w.firstRec.Topic)
+		s.log.Warn("kafka topic changed identity; refreshing it", "topic", w.firstRec.Topic)
+	}
+	be := &forwarder.BatchError{Failed: make([]forwarder.RecordError, 0, w.failed)}
+	for i := range recs {
+		if err, ok := w.errs[&recs[i]]; ok {
+			be.Failed = append(be.Failed, forwarder.RecordError{Index: m.idx[i],
+				Err: classify(fmt.Errorf("kafka: topic %s key %s: %w", recs[i].Topic, recs[i].Key, err))})
+		}
+	}
+	return be
+}
+
+// classify marks the errors that refuse a record for good: the broker
+// judged the record itself (its size, its content) and would judge it the
+// same way again until its configuration changes.
+func classify(err error) error {
+	for _, p := range []struct {
+		err    error
+		reason string
+	}{
+		{kerr.MessageTooLarge, "message_too_large"},
+		{kerr.RecordListTooLarge, "message_too_large"},
+		{kerr.InvalidRecord, "invalid_record"},
+		{kerr.InvalidTimestamp, "invalid_timestamp"},
+		{kerr.PolicyViolation, "policy_violation"},
+	} {
+		if errors.Is(err, p.err) {
+			return forwarder.Permanent(p.reason, err)
+		}
+	}
+	return err
 }
 
 // Flush waits until every buffered record is delivered or failed, or ctx
@@ -239,6 +290,7 @@ type waiter struct {
 	failed   int
 	firstErr error
 	firstRec *kgo.Record
+	errs     map[*kgo.Record]error // the failed records' errors
 	done     chan struct{}
 }
 
@@ -255,7 +307,9 @@ func (w *waiter) promise(r *kgo.Record, err error) {
 		w.failed++
 		if w.firstErr == nil {
 			w.firstErr, w.firstRec = err, r
+			w.errs = map[*kgo.Record]error{}
 		}
+		w.errs[r] = err
 	} else {
 		w.acked++
 	}

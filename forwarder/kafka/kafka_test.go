@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -283,8 +284,9 @@ func TestBrokerOutageAndGoroutines(t *testing.T) {
 	}
 }
 
-// TestSendReportsFailure checks that a record the client refuses fails the
-// whole Send with a description, and is counted.
+// TestSendReportsFailure checks that a record the broker refuses for its
+// size is reported alone, as a permanent refusal with a description, and
+// counted; the other record of the batch is confirmed.
 func TestSendReportsFailure(t *testing.T) {
 	broker := kfaketest.Start(t, brokerBin, kfaketest.Options{})
 	sink := newSink(t, broker.Addr, false, map[string]any{"message.max.bytes": 1000.0})
@@ -299,8 +301,13 @@ func TestSendReportsFailure(t *testing.T) {
 	if err == nil {
 		t.Fatal("Send succeeded with a record larger than message.max.bytes")
 	}
-	if !strings.Contains(err.Error(), "1 of 2 records not acknowledged") || !strings.Contains(err.Error(), "tesla_telemetry_V") {
-		t.Fatalf("error %q does not describe the failure", err)
+	var be *forwarder.BatchError
+	if !errors.As(err, &be) || len(be.Failed) != 1 || be.Failed[0].Index != 1 {
+		t.Fatalf("error %v: want the big record (index 1) alone reported", err)
+	}
+	if reason, ok := forwarder.IsPermanent(be.Failed[0].Err); !ok || reason != "message_too_large" ||
+		!strings.Contains(err.Error(), "tesla_telemetry_V") || !strings.Contains(err.Error(), "MESSAGE_TOO_LARGE") {
+		t.Fatalf("error %q: want a permanent message_too_large naming the topic", err)
 	}
 	if d := metrics.GetOrCreateCounter("fleet_kafka_produce_errors_total").Get() - errorsBefore; d != 1 {
 		t.Fatalf("fleet_kafka_produce_errors_total grew by %d, want 1", d)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -155,8 +156,10 @@ func (s *Sink) StreamName(recordType string) string {
 	return s.opts.Namespace + "_" + recordType
 }
 
-// entry is one record on its way to a stream.
+// entry is one record on its way to a stream; at is its index in the
+// batch Send got.
 type entry struct {
+	at   int
 	seq  uint64
 	key  string
 	data []byte
@@ -164,12 +167,14 @@ type entry struct {
 
 func (e *entry) size() int { return len(e.data) + len(e.key) }
 
-// streamBatch is the records of one Send bound for one stream, in batch
-// order.
-type streamBatch struct {
-	stream  string
-	entries []entry
-}
+// Limits of one record (Kinesis Data Streams quotas): a record over them
+// is refused by Kinesis every time.
+const (
+	// MaxRecordBytes bounds one record's data plus partition key.
+	MaxRecordBytes = 1 << 20
+	// MaxPartitionKeyLen bounds a partition key, in Unicode code points.
+	MaxPartitionKeyLen = 256
+)
 
 // streamMetrics are one stream's counters.
 type streamMetrics struct {
@@ -185,35 +190,73 @@ func metricsFor(stream string) streamMetrics {
 	}
 }
 
-// Send implements forwarder.Sink: it puts every record of batch and returns
-// nil once Kinesis accepted each of them. Records go out in PutRecords
-// calls of at most MaxCallRecords records and MaxCallBytes bytes; records
-// that a call's result marks failed (throttling, internal errors) are sent
-// again on their own, with capped exponential backoff, at most
-// Options.RecordAttempts times. A failed call (after the AWS client's own
-// retries) or a record still failing then makes Send return an error; the
-// forwarder sends the whole batch again later, so records that were
-// accepted before may arrive twice. Records whose payload cannot be decoded
-// are skipped and counted.
+// Send implements forwarder.Sink: it puts every record of batch and
+// returns nil once Kinesis accepted each of them, else a
+// *forwarder.BatchError naming those it did not. Records go out in waves
+// holding one record per VIN (forwarder.SendInWaves), so that a VIN's
+// records enter its shard in order even when Kinesis takes some records of
+// a call and rejects others; each wave goes out in PutRecords calls of at
+// most MaxCallRecords records and MaxCallBytes bytes. Records a call's
+// result marks failed (throttling, internal errors) are put again on
+// their own, with capped exponential backoff, at most
+// Options.RecordAttempts times, then reported. A record over Kinesis's
+// per-record limits is refused for good (forwarder.Permanent) without
+// being sent. Records whose payload cannot be decoded are skipped and
+// counted.
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
-	for _, g := range s.group(batch) {
-		m := metricsFor(g.stream)
-		for _, chunk := range split(g.entries) {
-			if err := s.put(ctx, g.stream, chunk, m); err != nil {
-				return err
+	entries := s.encode(batch)
+	return forwarder.SendInWaves(batch, func(wave []int) []error {
+		errs := make([]error, len(wave))
+		byStream := map[string][]entry{}
+		var streams []string
+		pos := make(map[int]int, len(wave)) // batch index -> index in wave
+		for j, i := range wave {
+			e, ok := entries[i]
+			if !ok {
+				continue // undecodable: skipped
+			}
+			if err := tooLarge(e); err != nil {
+				errs[j] = err
+				continue
+			}
+			st := s.StreamName(string(batch[i].Topic))
+			if _, seen := byStream[st]; !seen {
+				streams = append(streams, st)
+			}
+			byStream[st] = append(byStream[st], e)
+			pos[i] = j
+		}
+		for _, st := range streams {
+			m := metricsFor(st)
+			for _, chunk := range split(byStream[st]) {
+				for _, f := range s.put(ctx, st, chunk, m) {
+					errs[pos[f.entry.at]] = f.err
+				}
 			}
 		}
+		return errs
+	})
+}
+
+// tooLarge refuses, for good, a record Kinesis would refuse every time.
+func tooLarge(e entry) error {
+	if e.size() > MaxRecordBytes {
+		return forwarder.Permanent("message_too_large",
+			fmt.Errorf("kinesis sink: record of %d bytes (data and partition key) is over Kinesis's limit of %d", e.size(), MaxRecordBytes))
+	}
+	if n := utf8.RuneCountInString(e.key); n > MaxPartitionKeyLen {
+		return forwarder.Permanent("invalid_record",
+			fmt.Errorf("kinesis sink: partition key of %d characters is over Kinesis's limit of %d", n, MaxPartitionKeyLen))
 	}
 	return nil
 }
 
-// group encodes batch and groups its records by stream, in batch order.
-// Every record's data goes into one buffer for the whole batch (Kinesis
-// takes no headers, so Encode's would be built for nothing); the SDK has
-// let go of it when Send returns.
-func (s *Sink) group(batch []spool.Record) []*streamBatch {
-	var groups []*streamBatch
-	byType := map[string]*streamBatch{}
+// encode encodes batch's records by their index. Every record's data goes
+// into one buffer for the whole batch (Kinesis takes no headers, so
+// Encode's would be built for nothing); the SDK has let go of it when Send
+// returns.
+func (s *Sink) encode(batch []spool.Record) map[int]entry {
+	entries := make(map[int]entry, len(batch))
 	buf := make([]byte, 0, forwarder.ValuesSize(batch))
 	for i := range batch {
 		r := &batch[i]
@@ -225,21 +268,12 @@ func (s *Sink) group(batch []spool.Record) []*streamBatch {
 			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
 			continue
 		}
-		g := byType[string(r.Topic)]
-		if g == nil {
-			recordType := string(r.Topic)
-			g = &streamBatch{stream: s.StreamName(recordType)}
-			byType[recordType] = g
-			groups = append(groups, g)
-		}
-		g.entries = append(g.entries, entry{seq: r.Seq, key: r.VIN, data: data})
+		entries[i] = entry{at: i, seq: r.Seq, key: r.VIN, data: data}
 	}
-	return groups
+	return entries
 }
 
-// split cuts entries into PutRecords-sized chunks, keeping their order. A
-// record larger than MaxCallBytes on its own gets a call of its own (and
-// Kinesis's verdict).
+// split cuts entries into PutRecords-sized chunks, keeping their order.
 func split(entries []entry) [][]entry {
 	var chunks [][]entry
 	start, size := 0, 0
@@ -257,44 +291,46 @@ func split(entries []entry) [][]entry {
 	return chunks
 }
 
+// failure is a record Kinesis did not accept, and why.
+type failure struct {
+	entry entry
+	err   error
+}
+
 // put sends one chunk to stream, then again only the records a call's
-// result marks failed, until none is left or RecordAttempts calls were made.
-func (s *Sink) put(ctx context.Context, stream string, pending []entry, m streamMetrics) error {
+// result marks failed, until none is left or RecordAttempts calls were
+// made. It returns the records still not accepted.
+func (s *Sink) put(ctx context.Context, stream string, pending []entry, m streamMetrics) []failure {
 	backoff := s.opts.MinBackoff
-	var lastCode, lastMsg string
 	for attempt := 1; ; attempt++ {
 		failed, err := s.call(ctx, stream, pending, m)
 		if err != nil {
-			return err
+			out := make([]failure, len(pending))
+			for i, e := range pending {
+				out[i] = failure{entry: e, err: err}
+			}
+			return out
 		}
 		if len(failed) == 0 {
 			return nil
 		}
-		lastCode, lastMsg = failed[0].code, failed[0].msg
+		if attempt >= s.opts.RecordAttempts || ctx.Err() != nil {
+			return failed
+		}
 		pending = make([]entry, 0, len(failed))
 		for _, f := range failed {
 			pending = append(pending, f.entry)
 		}
-		if attempt >= s.opts.RecordAttempts {
-			return fmt.Errorf("kinesis sink: stream %s: %d records still failing after %d attempts (first seq %d): %s: %s",
-				stream, len(pending), attempt, pending[0].seq, lastCode, lastMsg)
-		}
 		wait := retryWait(backoff, s.opts.MinBackoff)
 		s.log.Warn("kinesis rejected records; retrying them", "stream", stream, "records", len(pending),
-			"first_seq", pending[0].seq, "attempt", attempt, "error_code", lastCode, "error", lastMsg, "backoff", wait)
+			"first_seq", pending[0].seq, "attempt", attempt, "error", failed[0].err, "backoff", wait)
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("kinesis sink: stream %s: %d records not confirmed: %w", stream, len(pending), ctx.Err())
+			return failed
 		case <-time.After(wait):
 		}
 		backoff = min(backoff*2, s.opts.MaxBackoff)
 	}
-}
-
-// failure is a record a PutRecords result marked failed.
-type failure struct {
-	entry     entry
-	code, msg string
 }
 
 // call makes one PutRecords call and returns the records its result marks
@@ -318,7 +354,8 @@ func (s *Sink) call(ctx context.Context, stream string, entries []entry, m strea
 	var failed []failure
 	for i, r := range out.Records {
 		if r.ErrorCode != nil && *r.ErrorCode != "" {
-			failed = append(failed, failure{entry: entries[i], code: *r.ErrorCode, msg: aws.ToString(r.ErrorMessage)})
+			failed = append(failed, failure{entry: entries[i],
+				err: fmt.Errorf("kinesis sink: stream %s seq %d: %s: %s", stream, entries[i].seq, *r.ErrorCode, aws.ToString(r.ErrorMessage))})
 		}
 	}
 	m.put.Add(len(entries) - len(failed))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -164,9 +166,14 @@ func TestStreamName(t *testing.T) {
 }
 
 func testRecords(n int, topic string, payload func(i int) []byte) []spool.Record {
+	return testRecordsOf(n, 7, topic, payload)
+}
+
+// testRecordsOf is testRecords with vins VINs taking turns.
+func testRecordsOf(n, vins int, topic string, payload func(i int) []byte) []spool.Record {
 	recs := make([]spool.Record, n)
 	for i := range recs {
-		vin := fmt.Sprintf("5YJ3E1EA1KF%06d", i%7)
+		vin := fmt.Sprintf("5YJ3E1EA1KF%06d", i%vins)
 		recs[i] = spool.Record{
 			Seq: uint64(i + 1), VIN: vin, Topic: []byte(topic), TxID: []byte(fmt.Sprintf("tx-%d", i)),
 			ReceivedAtMs: 1_700_000_000_000, CreatedAtSec: 1_700_000_000, Payload: payload(i),
@@ -464,9 +471,9 @@ func TestPartialFailureRetriesOnlyFailedRecords(t *testing.T) {
 	proxy.setFail(failures)
 	s := newSink(t, proxy.srv.URL, Options{MaxRetries: 0})
 
-	// 700 records: one call of 500 and one of 200, each followed by calls
-	// for its failed records.
-	recs := testRecords(700, "V", smallV)
+	// 700 records of 700 VINs (one wave): one call of 500 and one of 200,
+	// each followed by calls for its failed records.
+	recs := testRecordsOf(700, 700, "V", smallV)
 	putBefore, failBefore, callsBefore := counter("fleet_kinesis_put_records_total", stream),
 		counter("fleet_kinesis_record_failures_total", stream), counter("fleet_kinesis_calls_total", stream)
 	if err := s.Send(context.Background(), recs); err != nil {
@@ -570,29 +577,42 @@ func equalData(a, b [][]byte) bool {
 	return true
 }
 
-// A record that keeps failing makes Send give up after RecordAttempts calls
-// with an error; the forwarder then sends the batch again, and once Kinesis
-// takes the record the spool is drained: nothing is lost.
-func TestPersistentFailureReturnsErrorAndForwarderRetries(t *testing.T) {
+// A record that keeps failing is reported, after RecordAttempts calls,
+// together with the later records of its VIN (which are not sent, to keep
+// the VIN's order); the other VINs' records are stored. The forwarder then
+// sends only the reported records again, and once Kinesis takes the record
+// the spool is drained: nothing is lost, nothing stored twice.
+func TestPersistentFailureReportsRecordAndForwarderRetries(t *testing.T) {
 	srv := kinesistest.Start(t)
 	stream := namespace + "_V"
 	srv.CreateStream(t, stream, 1)
 	proxy := newFaultProxy(t, srv.Endpoint)
-	recs := testRecords(10, "V", smallV)
+	recs := testRecords(10, "V", smallV) // VINs 0..6, then 0..2
 	s := newSink(t, proxy.srv.URL, Options{MaxRetries: 0, RecordAttempts: 3})
-	poison, err := s.opts.Encoder.Encode(&recs[4])
+	poison, err := s.opts.Encoder.Encode(&recs[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	proxy.setFail(func(data []byte, _ int) bool { return bytes.Equal(data, poison.Value) })
 
 	err = s.Send(context.Background(), recs)
-	if err == nil || !strings.Contains(err.Error(), "ProvisionedThroughputExceededException") || !strings.Contains(err.Error(), "after 3 attempts") {
-		t.Fatalf("Send = %v, want an error naming the error code and the 3 attempts", err)
+	var be *forwarder.BatchError
+	if !errors.As(err, &be) || !strings.Contains(err.Error(), "ProvisionedThroughputExceededException") {
+		t.Fatalf("Send = %v, want a BatchError naming the error code", err)
+	}
+	var failed []int
+	for _, f := range be.Failed {
+		failed = append(failed, f.Index)
+	}
+	// Record 0 failed; record 7 has its VIN and was held back.
+	if !slices.Equal(failed, []int{0, 7}) || !errors.Is(be.Failed[1].Err, forwarder.ErrEarlierRecordFailed) {
+		t.Fatalf("failed records %v (%v), want [0 7], 7 held back", failed, be)
 	}
 	calls := proxy.takeCalls()
-	if len(calls) != 3 || len(calls[0].data) != 10 || len(calls[1].data) != 1 || len(calls[2].data) != 1 {
-		t.Fatalf("calls carried %v records, want [10 1 1]", callLens(calls))
+	// The first wave (7 VINs), the failing record twice more, the second
+	// wave without VIN 0.
+	if got := callLens(calls); !slices.Equal(got, []int{7, 1, 1, 2}) {
+		t.Fatalf("calls carried %v records, want [7 1 1 2]", got)
 	}
 
 	// Through a forwarder: the first Sends fail, then Kinesis heals.
@@ -610,12 +630,111 @@ func TestPersistentFailureReturnsErrorAndForwarderRetries(t *testing.T) {
 	}
 	for i := range recs {
 		m, _ := s.opts.Encoder.Encode(&recs[i])
+		// Stored by the first Send and again by the forwarder's: the
+		// records the first Send stored were not this spool's.
 		if seen[string(m.Value)] == 0 {
 			t.Errorf("record %d never stored", i)
 		}
 	}
 	if seen[string(poison.Value)] != 1 {
 		t.Errorf("the failing record was stored %d times, want once", seen[string(poison.Value)])
+	}
+}
+
+// Partial failures never reorder a VIN's records: records fail at random
+// on their first appearances, the forwarder sends again what was not
+// confirmed, and in the stream each VIN's records are in spool order,
+// each exactly once.
+func TestPartialFailuresKeepEachVINInOrder(t *testing.T) {
+	srv := kinesistest.Start(t)
+	stream := namespace + "_V"
+	srv.CreateStream(t, stream, 2)
+	proxy := newFaultProxy(t, srv.Endpoint)
+	proxy.setFail(failures)
+	s := newSink(t, proxy.srv.URL, Options{MaxRetries: 0, RecordAttempts: 1})
+	recs := testRecordsOf(300, 5, "V", smallV)
+	sp := sinktest.OpenSpool(t, "kinesis", quiet)
+	sinktest.Append(t, sp, recs)
+	o := drainOptions
+	o.BatchRecords = 64
+	sinktest.Drain(t, sp, s, o, 60*time.Second)
+	if totalFailed := countFailed(proxy.takeCalls()); totalFailed == 0 {
+		t.Fatal("the fault injection did not work")
+	}
+	order := map[string]int{}
+	for i := range recs {
+		m, _ := s.opts.Encoder.Encode(&recs[i])
+		order[string(m.Value)] = i
+	}
+	last := map[string]int{}
+	stored := 0
+	for _, r := range srv.ReadAll(t, stream) {
+		i, ok := order[string(r.Data)]
+		if !ok {
+			t.Fatalf("stream holds a record that was not sent")
+		}
+		vin := aws.ToString(r.PartitionKey)
+		if prev, seen := last[vin]; seen && prev >= i {
+			t.Fatalf("VIN %s: record %d stored after record %d", vin, i, prev)
+		}
+		last[vin] = i
+		stored++
+	}
+	if stored != len(recs) {
+		t.Fatalf("stream holds %d records, want %d", stored, len(recs))
+	}
+}
+
+func countFailed(calls []putCall) int {
+	n := 0
+	for _, c := range calls {
+		for _, f := range c.failed {
+			if f {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// A record over Kinesis's 1 MiB limit is refused for good without being
+// sent; through a forwarder it is quarantined and the records around it
+// are stored.
+func TestOversizeRecordQuarantined(t *testing.T) {
+	srv := kinesistest.Start(t)
+	stream := namespace + "_V"
+	srv.CreateStream(t, stream, 1)
+	s := newSink(t, srv.Endpoint, Options{MaxRetries: 0})
+	recs := testRecords(5, "V", func(i int) []byte {
+		if i == 2 {
+			return vehicle.PayloadWithString("SPOOFED0000000000", strings.Repeat("x", MaxRecordBytes))
+		}
+		return smallV(i)
+	})
+	err := s.Send(context.Background(), recs)
+	var be *forwarder.BatchError
+	if !errors.As(err, &be) || len(be.Failed) != 1 || be.Failed[0].Index != 2 {
+		t.Fatalf("Send = %v, want record 2 refused", err)
+	}
+	if reason, ok := forwarder.IsPermanent(be.Failed[0].Err); !ok || reason != "message_too_large" {
+		t.Fatalf("record 2's error %v is not a permanent message_too_large", be.Failed[0].Err)
+	}
+	if n := len(srv.ReadAll(t, stream)); n != 4 {
+		t.Fatalf("stream holds %d records, want the 4 others", n)
+	}
+
+	sp := sinktest.OpenSpool(t, "kinesis", quiet)
+	sinktest.Append(t, sp, recs)
+	sinktest.Drain(t, sp, s, drainOptions, 30*time.Second)
+	var q []spool.Quarantined
+	if err := sp.Quarantine("", func(e *spool.Quarantined) bool { q = append(q, *e); return true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(q) != 1 || string(q[0].Record.TxID) != "tx-2" || q[0].Reason != "message_too_large" {
+		t.Fatalf("quarantine %+v, want record tx-2 (message_too_large)", q)
+	}
+	if n := len(srv.ReadAll(t, stream)); n != 8 {
+		t.Fatalf("stream holds %d records, want the 4 others twice (Send, then the forwarder)", n)
 	}
 }
 
@@ -722,8 +841,8 @@ func BenchmarkGroup(b *testing.B) {
 		log: slog.New(slog.DiscardHandler), undecodable: metrics.GetOrCreateCounter(`bench_undecodable`)}
 	b.ReportAllocs()
 	for b.Loop() {
-		if g := s.group(batch); len(g) != 1 || len(g[0].entries) != len(batch) {
-			b.Fatal(len(g))
+		if e := s.encode(batch); len(e) != len(batch) {
+			b.Fatal(len(e))
 		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
@@ -162,9 +163,11 @@ func New(o Options) (*Sink, error) {
 	return s, nil
 }
 
-// pending is a publish awaiting its confirmation.
+// pending is a publish awaiting its confirmation; rec is its record's
+// index in the batch.
 type pending struct {
 	tok   paho.Token
+	rec   int
 	seq   uint64
 	topic string
 	size  int
@@ -172,29 +175,39 @@ type pending struct {
 }
 
 // Send implements forwarder.Sink. It publishes every message of every
-// record of batch, keeping at most MaxInFlight unconfirmed, and returns nil
-// once all are confirmed. It fails at once while the connection is down,
-// and when a confirmation fails or takes longer than PublishTimeout; the
-// forwarder then sends the batch again (messages may arrive twice).
-// Records that cannot be decoded are skipped and counted
-// (fleet_forwarder_undecodable_total{forwarder="mqtt"}); publishes Encode
-// refuses are left out and counted in mqtt_err.
+// record of batch, in order, keeping at most MaxInFlight unconfirmed, and
+// returns nil once all are confirmed. It stops at the first publish that
+// fails, is not confirmed within PublishTimeout, or finds the connection
+// down, and returns a *forwarder.BatchError naming that publish's record
+// and every one after it: the records before it were confirmed in full
+// and are not sent again. Records that cannot be decoded are skipped and
+// counted (fleet_forwarder_undecodable_total{forwarder="mqtt"});
+// publishes Encode refuses are left out and counted in mqtt_err. Send may
+// be called from several goroutines.
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 	var inFlight []pending
-	// wait waits for the oldest publishes until at most keep are left.
-	wait := func(keep int) error {
+	// wait waits for the oldest publishes until at most keep are left;
+	// on a failure it returns the failing publish's record.
+	wait := func(keep int) (int, error) {
 		for len(inFlight) > keep {
 			p := inFlight[0]
 			if err := s.await(ctx, p); err != nil {
 				// The rest are left to paho; their confirmations (or
-				// time-outs) do not matter once the batch is resent.
-				return err
+				// time-outs) do not matter: their records are sent again.
+				return p.rec, err
 			}
 			p.m.published.Inc()
 			p.m.bytes.Add(p.size)
 			inFlight = inFlight[1:]
 		}
-		return nil
+		return 0, nil
+	}
+	failFrom := func(rec int, err error) error {
+		be := &forwarder.BatchError{Failed: make([]forwarder.RecordError, 0, len(batch)-rec)}
+		for i := rec; i < len(batch); i++ {
+			be.Failed = append(be.Failed, forwarder.RecordError{Index: i, Err: err})
+		}
+		return be
 	}
 	for i := range batch {
 		r := &batch[i]
@@ -215,18 +228,25 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 			// publish made while it reconnects without sending it.
 			if !s.client.IsConnectionOpen() {
 				m.errs.Inc()
-				return fmt.Errorf("mqtt: not connected to %s (record %d)", s.opts.Broker, r.Seq)
+				err := fmt.Errorf("mqtt: not connected to %s (record %d)", s.opts.Broker, r.Seq)
+				if rec, werr := wait(0); werr != nil {
+					return failFrom(rec, werr)
+				}
+				return failFrom(i, err)
 			}
 			tok := s.client.Publish(msg.Topic, s.opts.QoS, s.opts.Retained, msg.Payload)
-			inFlight = append(inFlight, pending{tok: tok, seq: r.Seq, topic: msg.Topic, size: len(msg.Payload), m: m})
+			inFlight = append(inFlight, pending{tok: tok, rec: i, seq: r.Seq, topic: msg.Topic, size: len(msg.Payload), m: m})
 			if len(inFlight) >= s.opts.MaxInFlight {
-				if err := wait(s.opts.MaxInFlight / 2); err != nil {
-					return err
+				if rec, err := wait(s.opts.MaxInFlight / 2); err != nil {
+					return failFrom(rec, err)
 				}
 			}
 		}
 	}
-	return wait(0)
+	if rec, err := wait(0); err != nil {
+		return failFrom(rec, err)
+	}
+	return nil
 }
 
 // await waits for one publish's confirmation, at most PublishTimeout.

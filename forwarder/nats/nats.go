@@ -178,16 +178,23 @@ func checkToken(what, tok string) error {
 
 // Send implements forwarder.Sink: it publishes every record of batch and
 // returns nil once the server confirmed all of them (core NATS: a flush;
-// JetStream: every PubAck). On an error the forwarder sends the batch
-// again, so records may arrive twice. Records that cannot be decoded, and
-// records whose VIN cannot be a subject token, are skipped and counted.
+// JetStream: every PubAck), else a *forwarder.BatchError naming those it
+// did not (and, per VIN, those after them: forwarder.Results). Records
+// that cannot be decoded, and records whose VIN cannot be a subject token,
+// are skipped and counted. Send may be called from several goroutines.
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
+	errs := make([]error, len(batch))
 	if !s.nc.IsConnected() {
 		errorsTotal.Inc()
-		return fmt.Errorf("nats: not connected (%s)", s.nc.Status())
+		err := fmt.Errorf("nats: not connected (%s)", s.nc.Status())
+		for i := range errs {
+			errs[i] = err
+		}
+		return forwarder.Results(batch, errs)
 	}
 	buf := make([]byte, 0, forwarder.ValuesSize(batch))
 	type sent struct {
+		at   int
 		seq  uint64
 		subj string
 		size int
@@ -195,6 +202,7 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 		fut  jetstream.PubAckFuture
 	}
 	pubs := make([]sent, 0, len(batch))
+	stop := len(batch) // the first record not published
 	for i := range batch {
 		r := &batch[i]
 		if err := checkToken("VIN", r.VIN); err != nil {
@@ -208,7 +216,7 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
 			continue
 		}
-		p := sent{seq: r.Seq, subj: Subject(s.opts.Encoder.Namespace, r.VIN, string(r.Topic)), size: len(data), m: metricsOf(string(r.Topic))}
+		p := sent{at: i, seq: r.Seq, subj: Subject(s.opts.Encoder.Namespace, r.VIN, string(r.Topic)), size: len(data), m: metricsOf(string(r.Topic))}
 		if s.js != nil {
 			p.fut, err = s.js.PublishAsync(p.subj, data)
 		} else {
@@ -216,41 +224,57 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 		}
 		if err != nil {
 			errorsTotal.Inc()
-			return fmt.Errorf("nats: publish record %d to %s: %w", r.Seq, p.subj, err)
+			err = fmt.Errorf("nats: publish record %d to %s: %w", r.Seq, p.subj, err)
+			for j := i; j < len(batch); j++ {
+				errs[j] = err
+			}
+			stop = i
+			break
 		}
 		pubs = append(pubs, p)
 	}
 	if s.js == nil {
 		if err := s.nc.FlushTimeout(s.opts.PublishTimeout); err != nil {
 			errorsTotal.Inc()
-			return fmt.Errorf("nats: flush %d publishes: %w", len(pubs), err)
+			err = fmt.Errorf("nats: flush %d publishes: %w", len(pubs), err)
+			for j := range stop {
+				errs[j] = err
+			}
+			return forwarder.Results(batch, errs)
 		}
 		for _, p := range pubs {
 			p.m.produced.Inc()
 			p.m.bytes.Add(p.size)
 		}
-		return nil
+		return forwarder.Results(batch, errs)
 	}
 	// The client times out each PubAck after PublishTimeout; the timer
 	// is a guard on top.
 	timer := time.NewTimer(2 * s.opts.PublishTimeout)
 	defer timer.Stop()
+	var gaveUp error
 	for _, p := range pubs {
+		if gaveUp != nil {
+			errs[p.at] = gaveUp
+			continue
+		}
 		select {
 		case <-p.fut.Ok():
 			p.m.produced.Inc()
 			p.m.bytes.Add(p.size)
 		case err := <-p.fut.Err():
 			errorsTotal.Inc()
-			return fmt.Errorf("nats: jetstream publish record %d to %s: %w", p.seq, p.subj, err)
+			errs[p.at] = fmt.Errorf("nats: jetstream publish record %d to %s: %w", p.seq, p.subj, err)
 		case <-timer.C:
 			errorsTotal.Inc()
-			return fmt.Errorf("nats: jetstream publish record %d to %s: no PubAck within %s", p.seq, p.subj, 2*s.opts.PublishTimeout)
+			gaveUp = fmt.Errorf("nats: jetstream publish record %d to %s: no PubAck within %s", p.seq, p.subj, 2*s.opts.PublishTimeout)
+			errs[p.at] = gaveUp
 		case <-ctx.Done():
-			return ctx.Err()
+			gaveUp = ctx.Err()
+			errs[p.at] = gaveUp
 		}
 	}
-	return nil
+	return forwarder.Results(batch, errs)
 }
 
 // Close drains nothing (Send confirmed what counts) and closes the

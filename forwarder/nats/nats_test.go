@@ -57,7 +57,8 @@ func equalPayload(t *testing.T, topic string, a, b []byte) bool {
 
 // Core NATS: every reference vector goes through a forwarder to a real
 // nats-server and reaches a subscriber on <ns>.<VIN>.data (V) or
-// <ns>.<VIN>.<type>, as the Encoder's bytes, in order.
+// <ns>.<VIN>.<type>, as the Encoder's bytes, in order within each record
+// type.
 func TestCoreSubjectsAndPayloads(t *testing.T) {
 	b := brokertest.NATS(t, false)
 	sub := conn(t, b.Addr)
@@ -73,15 +74,33 @@ func TestCoreSubjectsAndPayloads(t *testing.T) {
 	sinktest.Append(t, sp, recs)
 	sinktest.Drain(t, sp, s, forwarder.Options{Name: "nats", Logger: quiet}, 30*time.Second)
 	enc := forwarder.Encoder{Namespace: ns}
-	nV := 0
+	var msgs []*natsgo.Msg
 	for i := range recs {
-		var m *natsgo.Msg
 		select {
-		case m = <-ch:
+		case m := <-ch:
+			msgs = append(msgs, m)
 		case <-time.After(5 * time.Second):
 			t.Fatalf("record %d never arrived", i)
 		}
+	}
+	// In order within each record type (the forwarder's lanes).
+	typeOf := func(m *natsgo.Msg) string {
+		parts := strings.Split(m.Subject, ".")
+		if last := parts[len(parts)-1]; last != "data" {
+			return last
+		}
+		return "V"
+	}
+	byType := sinktest.ByType(msgs, typeOf)
+	next := map[string]int{}
+	nV := 0
+	for i := range recs {
 		typ := string(recs[i].Topic)
+		if next[typ] >= len(byType[typ]) {
+			t.Fatalf("record %d: no %s message left", i, typ)
+		}
+		m := byType[typ][next[typ]]
+		next[typ]++
 		want := ns + "." + recs[i].VIN + "." + typ
 		if typ == "V" {
 			want = ns + "." + recs[i].VIN + ".data"

@@ -55,8 +55,9 @@ type Options struct {
 	StartTimeout time.Duration
 }
 
-// Sink publishes records to Pub/Sub. Send is meant to be driven by one
-// forwarder; Close may be called once Send no longer runs.
+// Sink publishes records to Pub/Sub. Send may be called from several
+// goroutines (the forwarder's lanes); Close may be called once Send no
+// longer runs.
 type Sink struct {
 	client *ps.Client
 	enc    forwarder.Encoder
@@ -166,26 +167,22 @@ func (s *Sink) publisher(ctx context.Context, recordType []byte) (*ps.Publisher,
 	return p, topic, nil
 }
 
-// pending is one published message awaiting its result.
-type pending struct {
-	seq   uint64
-	topic string
-	res   *ps.PublishResult
-}
-
 // Send implements forwarder.Sink: it publishes every record of batch and
-// waits for every result. It returns nil only when Pub/Sub confirmed every
-// message; otherwise it returns the first failure (in batch order) and the
-// forwarder sends the whole batch again, so messages may arrive twice.
-// Records whose stored payload cannot be decoded are skipped and counted
-// (fleet_forwarder_undecodable_total{forwarder="pubsub"}).
+// waits for every result. It returns nil when Pub/Sub confirmed every
+// message, else a *forwarder.BatchError naming those it did not. Messages
+// go out in waves holding one record per VIN (forwarder.SendInWaves), so
+// that a failed message is never followed by a published one of the same
+// VIN. A message Pub/Sub refuses for its content or size
+// (InvalidArgument, over the client's size limit) is refused for good
+// (forwarder.Permanent); a deleted topic, an outage and every other error
+// are retried. Records whose stored payload cannot be decoded are skipped
+// and counted (fleet_forwarder_undecodable_total{forwarder="pubsub"}).
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
-	results := make([]pending, 0, len(batch))
-	var firstErr error
 	// Every message's data goes into one buffer of this Send's own (the
 	// client holds it until a message is published, which may be after an
 	// abandoned Send returned).
 	buf := make([]byte, 0, forwarder.ValuesSize(batch))
+	msgs := make([]*ps.Message, len(batch))
 	for i := range batch {
 		r := &batch[i]
 		data, createdMs, err := s.enc.NextValue(&buf, r)
@@ -194,45 +191,58 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
 			continue
 		}
-		p, topic, err := s.publisher(ctx, r.Topic)
-		if err != nil {
-			// Count the message and stop publishing: the batch is sent again.
-			publishErrors.Inc()
-			firstErr = fmt.Errorf("pubsub sink: record %d: %w", r.Seq, err)
-			break
-		}
 		headers := forwarder.Headers(r, createdMs)
 		attrs := make(map[string]string, len(headers))
 		for _, h := range headers {
 			attrs[h.Key] = h.Value
 		}
-		results = append(results, pending{seq: r.Seq, topic: topic,
-			res: p.Publish(ctx, &ps.Message{Data: data, Attributes: attrs})})
+		msgs[i] = &ps.Message{Data: data, Attributes: attrs}
 	}
-	// Every started publish is awaited, also after a failure, so that no
-	// result is left behind and the counters stay exact.
-	var waitErr error
-	ok := 0
-	for _, pr := range results {
-		if _, err := pr.res.Get(ctx); err != nil {
-			publishErrors.Inc()
-			if waitErr == nil {
-				waitErr = fmt.Errorf("pubsub sink: publish record %d to topic %q: %w", pr.seq, pr.topic, err)
+	return forwarder.SendInWaves(batch, func(wave []int) []error {
+		errs := make([]error, len(wave))
+		results := make([]*ps.PublishResult, len(wave))
+		topics := make([]string, len(wave))
+		for j, i := range wave {
+			if msgs[i] == nil {
+				continue // undecodable: skipped
 			}
-			if ctx.Err() != nil {
-				// Get returns at once from now on; stop counting errors
-				// for results that may still succeed.
-				break
+			p, topic, err := s.publisher(ctx, batch[i].Topic)
+			if err != nil {
+				publishErrors.Inc()
+				errs[j] = fmt.Errorf("pubsub sink: record %d: %w", batch[i].Seq, err)
+				continue
 			}
-			continue
+			topics[j] = topic
+			results[j] = p.Publish(ctx, msgs[i])
 		}
-		ok++
+		// Every started publish is awaited, so that no result is left
+		// behind and the counters stay exact.
+		ok := 0
+		for j, res := range results {
+			if res == nil {
+				continue
+			}
+			if _, err := res.Get(ctx); err != nil {
+				publishErrors.Inc()
+				errs[j] = classify(fmt.Errorf("pubsub sink: publish record %d to topic %q: %w", batch[wave[j]].Seq, topics[j], err))
+				continue
+			}
+			ok++
+		}
+		published.Add(ok)
+		return errs
+	})
+}
+
+// classify marks the errors that refuse a message for good.
+func classify(err error) error {
+	switch {
+	case errors.Is(err, ps.ErrOversizedMessage):
+		return forwarder.Permanent("message_too_large", err)
+	case status.Code(err) == codes.InvalidArgument:
+		return forwarder.Permanent("invalid_argument", err)
 	}
-	published.Add(ok)
-	if waitErr != nil {
-		return waitErr
-	}
-	return firstErr
+	return err
 }
 
 // Close stops every publisher (sending what is still buffered) and closes

@@ -1,12 +1,15 @@
 package pubsub
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +26,7 @@ import (
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder/internal/sinktest"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
@@ -345,5 +349,168 @@ func TestSendFailsWhenTopicVanished(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), namespace+"_V") {
 		t.Errorf("error %q does not name the topic", err)
+	}
+}
+
+// failEvery fails every k-th Publish request (a request may carry several
+// messages): some messages of a batch are taken, others not.
+type failEvery struct {
+	k     int32
+	calls atomic.Int32
+}
+
+func (f *failEvery) React(any) (bool, any, error) {
+	if f.calls.Add(1)%f.k == 0 {
+		return true, nil, status.Error(codes.Unavailable, "injected publish failure")
+	}
+	return false, nil, nil
+}
+
+// vRecords are n V records of vins VINs taking turns, txids tx-0..
+func vRecords(n, vins int) []spool.Record {
+	now := time.Now()
+	recs := make([]spool.Record, n)
+	for i := range recs {
+		vin := fmt.Sprintf("5YJ3E1EA1KF%06d", i%vins)
+		recs[i] = spool.Record{Seq: uint64(i + 1), VIN: vin, Topic: []byte(record.TopicV), TxID: []byte(fmt.Sprintf("tx-%d", i)),
+			ReceivedAtMs: now.UnixMilli(), CreatedAtSec: uint32(now.Unix()),
+			Payload: vehicle.PayloadWithString(vin, fmt.Sprintf("record-%d", i))}
+	}
+	return recs
+}
+
+// Publishes that fail at random never put a VIN's messages out of order:
+// the forwarder sends again only what Pub/Sub did not confirm, and the
+// topic holds each VIN's records in spool order, each once.
+func TestPartialPublishFailuresKeepEachVINInOrder(t *testing.T) {
+	srv := fake(t, pstest.ServerReactorOption{FuncName: "Publish", Reactor: &failEvery{k: 3}})
+	sink, err := newSink(t, 10*time.Second)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	// Batches of 300: without waves the client would publish a batch in
+	// requests of 100 messages, of which some fail and later ones do not.
+	recs := vRecords(600, 4)
+	sp := sinktest.OpenSpool(t, "pubsub", quiet)
+	sinktest.Append(t, sp, recs)
+	o := drainOptions
+	o.BatchRecords = 300
+	sinktest.Drain(t, sp, sink, o, 60*time.Second)
+	msgs := srv.Messages()
+	// pstest numbers messages m1, m2, ... in the order it stored them.
+	id := func(m *pstest.Message) int { n, _ := strconv.Atoi(strings.TrimPrefix(m.ID, "m")); return n }
+	slices.SortFunc(msgs, func(a, b *pstest.Message) int { return cmp.Compare(id(a), id(b)) })
+	last := map[string]int{}
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		tx := m.Attributes["txid"]
+		var i int
+		if _, err := fmt.Sscanf(tx, "tx-%d", &i); err != nil {
+			t.Fatalf("message with txid %q", tx)
+		}
+		if seen[tx] {
+			t.Fatalf("%s published twice", tx)
+		}
+		seen[tx] = true
+		vin := m.Attributes["vin"]
+		if prev, ok := last[vin]; ok && prev >= i {
+			t.Fatalf("VIN %s: record %d published after record %d", vin, i, prev)
+		}
+		last[vin] = i
+	}
+	if len(seen) != len(recs) {
+		t.Fatalf("%d of %d records published", len(seen), len(recs))
+	}
+}
+
+// A topic deleted after start holds back only its own record type: V keeps
+// flowing while the alerts lane waits, and once the topic exists again the
+// alerts arrive.
+func TestDeletedTopicHoldsOnlyItsLane(t *testing.T) {
+	srv := fake(t)
+	admin := adminClient(t)
+	sink, err := newSink(t, 10*time.Second)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := admin.TopicAdminClient.DeleteTopic(context.Background(), &pubsubpb.DeleteTopicRequest{Topic: topicPath(namespace + "_alerts")}); err != nil {
+		t.Fatalf("DeleteTopic: %v", err)
+	}
+	recs := vRecords(10, 2)
+	now := time.Now()
+	for i := range 5 {
+		recs = append(recs, spool.Record{VIN: "5YJ3E1EA1KF000001", Topic: []byte(record.TopicAlerts), TxID: []byte(fmt.Sprintf("alert-%d", i)),
+			ReceivedAtMs: now.UnixMilli(), Payload: vehicle.PayloadAlerts("5YJ3E1EA1KF000001", now)})
+	}
+	sp := sinktest.OpenSpool(t, "pubsub", quiet)
+	sinktest.Append(t, sp, recs)
+	f, err := forwarder.New(sp, sink, forwarder.Options{Name: "pubsub", Topics: []string{"V", "alerts"},
+		MinBackoff: time.Millisecond, MaxBackoff: 50 * time.Millisecond, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	count := func(prefix string) int {
+		n := 0
+		for _, m := range srv.Messages() {
+			if strings.HasPrefix(m.Attributes["txid"], prefix) {
+				n++
+			}
+		}
+		return n
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for count("tx-") < 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 10 V records published while the alerts topic is gone", count("tx-"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, l := range f.Lanes() {
+		if l.RecordType == "alerts" && (l.Lag == 0 || l.LastError == "") {
+			t.Fatalf("alerts lane while its topic is gone: %+v", l)
+		}
+	}
+	if _, err := admin.TopicAdminClient.CreateTopic(context.Background(), &pubsubpb.Topic{Name: topicPath(namespace + "_alerts")}); err != nil {
+		t.Fatalf("CreateTopic: %v", err)
+	}
+	for count("alert-") < 5 {
+		if time.Now().After(deadline.Add(20 * time.Second)) {
+			t.Fatalf("%d of 5 alerts published after the topic came back", count("alert-"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := count("tx-"); n != 10 {
+		t.Fatalf("%d V messages, want 10 (none twice)", n)
+	}
+}
+
+// A message over the client's size limit is refused for good (it cannot
+// come from a vehicle through the spool, whose records are smaller: this
+// is Send's own verdict), and the records around it are published.
+func TestOversizeMessageRefusedForGood(t *testing.T) {
+	srv := fake(t)
+	sink, err := newSink(t, 10*time.Second)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	recs := vRecords(5, 5)
+	recs[2].Payload = vehicle.PayloadWithString(recs[2].VIN, strings.Repeat("x", 11<<20))
+	err = sink.Send(context.Background(), recs)
+	var be *forwarder.BatchError
+	if !errors.As(err, &be) || len(be.Failed) != 1 || be.Failed[0].Index != 2 {
+		t.Fatalf("Send = %v, want record 2 alone refused", err)
+	}
+	if reason, ok := forwarder.IsPermanent(be.Failed[0].Err); !ok || reason != "message_too_large" {
+		t.Fatalf("record 2's error %v is not a permanent message_too_large", be.Failed[0].Err)
+	}
+	if n := len(srv.Messages()); n != 4 {
+		t.Fatalf("%d messages published, want the 4 others", n)
 	}
 }

@@ -204,8 +204,10 @@ func New(o Options) (*Sink, error) {
 	return &Sink{client: client, opts: o, log: log}, nil
 }
 
-// entry is one record of a chunk on its way.
+// entry is one record of a chunk on its way; at is its index in the
+// batch.
 type entry struct {
+	at      int
 	rec     *spool.Record
 	payload []byte
 	typ     string // record type
@@ -216,9 +218,11 @@ type entry struct {
 
 // Send implements forwarder.Sink: it publishes every record of batch (and
 // appends it to its stream in stream mode) and returns nil once Redis
-// answered every command. On an error the forwarder sends the batch again,
-// so records may arrive twice. Records that cannot be decoded are skipped
-// and counted (fleet_forwarder_undecodable_total{forwarder="redis"}).
+// answered every command, else a *forwarder.BatchError naming the records
+// with a command Redis did not answer (and, per VIN, those after them:
+// forwarder.Results). Records that cannot be decoded are skipped and
+// counted (fleet_forwarder_undecodable_total{forwarder="redis"}). Send may
+// be called from several goroutines.
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 	buf := make([]byte, 0, forwarder.ValuesSize(batch))
 	entries := make([]entry, 0, len(batch))
@@ -231,32 +235,53 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 			continue
 		}
 		stream := s.topics.Of(s.opts.Encoder, r.Topic)
-		entries = append(entries, entry{rec: r, payload: payload, typ: string(r.Topic),
+		entries = append(entries, entry{at: i, rec: r, payload: payload, typ: string(r.Topic),
 			vinChan: stream + "_{" + r.VIN + "}", stream: stream, m: metricsOf(string(r.Topic))})
 	}
+	errs := make([]error, len(batch))
+	var down error // a chunk failed whole: the rest are not tried
 	for len(entries) > 0 {
 		n := min(len(entries), chunkRecords)
-		if err := s.sendChunk(ctx, entries[:n]); err != nil {
-			return err
-		}
+		chunk := entries[:n]
 		entries = entries[n:]
+		if down != nil {
+			for _, e := range chunk {
+				errs[e.at] = down
+			}
+			continue
+		}
+		ok := 0
+		for i, err := range s.sendChunk(ctx, chunk) {
+			errs[chunk[i].at] = err
+			if err == nil {
+				ok++
+			}
+		}
+		if ok == 0 {
+			down = errs[chunk[0].at]
+		}
 	}
-	return nil
+	return forwarder.Results(batch, errs)
 }
 
 // sendChunk is two pipelined round trips: the subscriber sets' upkeep and
-// reads, then every PUBLISH and XADD.
-func (s *Sink) sendChunk(ctx context.Context, chunk []entry) error {
+// reads, then every PUBLISH and XADD. It returns each entry's error (nil:
+// every command of it answered).
+func (s *Sink) sendChunk(ctx context.Context, chunk []entry) []error {
+	errs := make([]error, len(chunk))
 	members := map[string][]string{} // by set key
 	if s.opts.SubscriberSetPrefix != "" {
 		var err error
 		if members, err = s.subscribers(ctx, chunk); err != nil {
-			return err
+			for i := range errs {
+				errs[i] = err
+			}
+			return errs
 		}
 	}
 	type publish struct {
 		cmd *goredis.IntCmd
-		e   *entry
+		i   int // the entry
 	}
 	var pubs []publish
 	var adds []*goredis.StringCmd
@@ -267,11 +292,11 @@ func (s *Sink) sendChunk(ctx context.Context, chunk []entry) error {
 		e := &chunk[i]
 		if s.opts.SubscriberSetPrefix != "" {
 			for _, ch := range members[s.setKey(e)] {
-				pubs = append(pubs, publish{pipe.Publish(rctx, ch, e.payload), e})
+				pubs = append(pubs, publish{pipe.Publish(rctx, ch, e.payload), i})
 			}
 		}
 		if s.opts.PublishVINTopics {
-			pubs = append(pubs, publish{pipe.Publish(rctx, e.vinChan, e.payload), e})
+			pubs = append(pubs, publish{pipe.Publish(rctx, e.vinChan, e.payload), i})
 		}
 		if s.opts.Stream != nil {
 			adds = append(adds, pipe.XAdd(rctx, &goredis.XAddArgs{
@@ -281,32 +306,34 @@ func (s *Sink) sendChunk(ctx context.Context, chunk []entry) error {
 		}
 	}
 	_, pipeErr := pipe.Exec(rctx)
-	var firstErr error
 	for _, p := range pubs {
+		e := &chunk[p.i]
 		if err := p.cmd.Err(); err != nil {
-			p.e.m.errs.Inc()
-			if firstErr == nil {
-				firstErr = fmt.Errorf("redis: publish record %d (vin %s): %w", p.e.rec.Seq, p.e.rec.VIN, err)
+			e.m.errs.Inc()
+			if errs[p.i] == nil {
+				errs[p.i] = fmt.Errorf("redis: publish record %d (vin %s): %w", e.rec.Seq, e.rec.VIN, err)
 			}
 			continue
 		}
-		p.e.m.published.Inc()
-		p.e.m.bytes.Add(len(p.e.payload))
+		e.m.published.Inc()
+		e.m.bytes.Add(len(e.payload))
 	}
 	for i, a := range adds {
 		if err := a.Err(); err != nil {
 			chunk[i].m.errs.Inc()
-			if firstErr == nil {
-				firstErr = fmt.Errorf("redis: XADD record %d to %s: %w", chunk[i].rec.Seq, chunk[i].stream, err)
+			if errs[i] == nil {
+				errs[i] = fmt.Errorf("redis: XADD record %d to %s: %w", chunk[i].rec.Seq, chunk[i].stream, err)
 			}
 			continue
 		}
 		streamAdded.Inc()
 	}
-	if firstErr == nil && pipeErr != nil {
-		firstErr = fmt.Errorf("redis: pipeline: %w", pipeErr)
+	if pipeErr != nil && len(pubs) == 0 && len(adds) == 0 {
+		for i := range errs {
+			errs[i] = fmt.Errorf("redis: pipeline: %w", pipeErr)
+		}
 	}
-	return firstErr
+	return errs
 }
 
 // setKey is the subscriber set of a record: <prefix>_<namespace>_<type>_{<VIN>}.

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
@@ -26,15 +28,20 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Sink writes records as JSON lines. It is not safe for concurrent use (one
-// forwarder drives it).
+// Sink writes records as JSON lines. Send may be called from several
+// goroutines (the forwarder's lanes): one batch's lines are written at a
+// time.
 type Sink struct {
+	mu  sync.Mutex // the fields below
 	out io.Writer
 	log *slog.Logger
 	// js is the fast path's buffer for one record's JSON.
 	js []byte
 	// buf holds one batch's lines; it is written to out with one Write.
-	buf []byte
+	// ends[i] is where batch record i's line ends in buf (its start when
+	// it was skipped).
+	buf  []byte
+	ends []int
 	// tail is the rest of a line that a failed write cut short; the next
 	// Send writes it first so that the output stays one JSON object per
 	// line.
@@ -64,14 +71,13 @@ type Line struct {
 }
 
 // Send implements forwarder.Sink. The batch is confirmed once it is written
-// to Out. After a failed write Send can be called again: the line the
-// failure cut short is completed first, then the whole batch is written
-// again (records written before the failure then appear twice).
-//
-// (It used to write through a bufio.Writer, whose first write error is
-// sticky: one failed write made every later Send fail, wedging the
-// forwarder for good.)
+// to Out. After a failed write the records whose lines were written whole
+// are confirmed, the others reported in a *forwarder.BatchError; the next
+// Send first completes the line the failure cut short (its record is then
+// written twice), so that the output stays one JSON object per line.
 func (s *Sink) Send(_ context.Context, batch []spool.Record) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if len(s.tail) > 0 {
 		n, err := s.out.Write(s.tail)
 		if err == nil && n < len(s.tail) {
@@ -82,8 +88,9 @@ func (s *Sink) Send(_ context.Context, batch []spool.Record) error {
 			return fmt.Errorf("stdout sink: write: %w", err)
 		}
 	}
-	s.buf = s.buf[:0]
+	s.buf, s.ends = s.buf[:0], s.ends[:0]
 	for i := range batch {
+		s.ends = append(s.ends, len(s.buf))
 		r := &batch[i]
 		js, ok := []byte(nil), false
 		if string(r.Topic) == record.TopicV {
@@ -111,6 +118,7 @@ func (s *Sink) Send(_ context.Context, batch []spool.Record) error {
 		}
 		s.buf = append(s.buf, line...)
 		s.buf = append(s.buf, '\n')
+		s.ends[i] = len(s.buf)
 	}
 	if len(s.buf) == 0 {
 		return nil
@@ -124,7 +132,14 @@ func (s *Sink) Send(_ context.Context, batch []spool.Record) error {
 			end := n + bytes.IndexByte(s.buf[n:], '\n') + 1
 			s.tail = append(s.tail[:0], s.buf[n:end]...)
 		}
-		return fmt.Errorf("stdout sink: write: %w", err)
+		err = fmt.Errorf("stdout sink: write: %w", err)
+		be := &forwarder.BatchError{}
+		for i, end := range s.ends {
+			if end > n {
+				be.Failed = append(be.Failed, forwarder.RecordError{Index: i, Err: err})
+			}
+		}
+		return be
 	}
 	return nil
 }

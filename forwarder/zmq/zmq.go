@@ -84,6 +84,7 @@ func init() {
 
 // message is one record's two frames.
 type message struct {
+	at    int // index in the batch
 	seq   uint64
 	topic []byte
 	value []byte
@@ -93,7 +94,14 @@ type message struct {
 // request is a batch handed to the socket's goroutine.
 type request struct {
 	msgs []message
-	done chan error
+	done chan queued
+}
+
+// queued is the socket goroutine's answer: every message before msgs[at]
+// was queued; with err, msgs[at] and those after were not.
+type queued struct {
+	at  int
+	err error
 }
 
 // Sink publishes records on a bound PUB socket.
@@ -154,24 +162,26 @@ func (s *Sink) own(sock zmq4.Socket) {
 		case <-s.stop:
 			return
 		case r := <-s.reqs:
-			var err error
-			for _, m := range r.msgs {
+			res := queued{at: len(r.msgs)}
+			for i, m := range r.msgs {
 				if e := sock.Send(zmq4.NewMsgFrom(m.topic, m.value)); e != nil {
 					m.m.errs.Inc()
-					err = fmt.Errorf("zmq: send record %d: %w", m.seq, e)
+					res = queued{at: i, err: fmt.Errorf("zmq: send record %d: %w", m.seq, e)}
 					break
 				}
 				m.m.published.Inc()
 				m.m.bytes.Add(len(m.topic) + len(m.value))
 			}
-			r.done <- err
+			r.done <- res
 		}
 	}
 }
 
 // Send implements forwarder.Sink: the socket's goroutine queues every
-// record of batch; Send returns once it has. Records that cannot be
-// decoded are skipped and counted.
+// record of batch; Send returns once it has, or with a
+// *forwarder.BatchError naming the record it could not queue and those
+// after it. Records that cannot be decoded are skipped and counted. Send
+// may be called from several goroutines.
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 	// The socket keeps the frames after Send returns: a buffer of this
 	// Send's own.
@@ -185,12 +195,12 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
 			continue
 		}
-		msgs = append(msgs, message{seq: r.Seq, topic: []byte(s.topics.Of(s.opts.Encoder, r.Topic)), value: value, m: metricsOf(string(r.Topic))})
+		msgs = append(msgs, message{at: i, seq: r.Seq, topic: []byte(s.topics.Of(s.opts.Encoder, r.Topic)), value: value, m: metricsOf(string(r.Topic))})
 	}
 	if len(msgs) == 0 {
 		return nil
 	}
-	req := request{msgs: msgs, done: make(chan error, 1)}
+	req := request{msgs: msgs, done: make(chan queued, 1)}
 	select {
 	case s.reqs <- req:
 	case <-s.exited:
@@ -200,7 +210,15 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 	}
 	// The goroutine finishes the batch it took, whatever ctx says, so
 	// that the counters stay exact.
-	return <-req.done
+	res := <-req.done
+	if res.err == nil {
+		return nil
+	}
+	be := &forwarder.BatchError{}
+	for _, m := range msgs[res.at:] {
+		be.Failed = append(be.Failed, forwarder.RecordError{Index: m.at, Err: res.err})
+	}
+	return be
 }
 
 // Close closes the socket. Send must not run concurrently or afterwards.

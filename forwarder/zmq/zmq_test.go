@@ -55,7 +55,8 @@ func joined(t *testing.T, s *Sink, sub *brokertest.ZMQSubscriber, probe spool.Re
 
 // Every reference vector reaches an independent subscriber (pyzmq on
 // libzmq) as two frames: <namespace>_<type> and the Encoder's bytes
-// (protobuf, and JSON with transmit_decoded_records), in order.
+// (protobuf, and JSON with transmit_decoded_records), in order within each
+// record type.
 func TestFramesToLibzmqSubscriber(t *testing.T) {
 	for _, js := range []bool{false, true} {
 		t.Run(map[bool]string{false: "protobuf", true: "json"}[js], func(t *testing.T) {
@@ -77,6 +78,9 @@ func TestFramesToLibzmqSubscriber(t *testing.T) {
 			if len(got) != len(recs) {
 				t.Fatalf("subscriber got %d messages, want %d", len(got), len(recs))
 			}
+			// In order within each record type (the forwarder's lanes).
+			byTopic := sinktest.ByType(got, func(m [][]byte) string { return string(m[0]) })
+			next := map[string]int{}
 			nV := 0
 			for i := range recs {
 				typ := string(recs[i].Topic)
@@ -84,6 +88,13 @@ func TestFramesToLibzmqSubscriber(t *testing.T) {
 					nV++
 				}
 				want, _, _ := enc.AppendValue(nil, &recs[i])
+				k := next[ns+"_"+typ]
+				next[ns+"_"+typ]++
+				if k >= len(byTopic[ns+"_"+typ]) {
+					t.Fatalf("record %d: no message on %s_%s left", i, ns, typ)
+				}
+				got := byTopic[ns+"_"+typ]
+				i := k
 				if len(got[i]) != 2 || string(got[i][0]) != ns+"_"+typ {
 					t.Fatalf("message %d: %d frames, topic %q", i, len(got[i]), got[i][0])
 				}

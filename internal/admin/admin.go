@@ -1,8 +1,9 @@
 // Package admin is the daemon's local admin socket: a unix socket (mode
 // 0600, default <spool dir>/admin.sock) through which `fleet-telemetry
 // spool …` reads a running daemon's spool. Pebble allows one process per
-// store, so while the daemon runs this is the only way in; everything it
-// offers is read-only (no cursor moves, nothing is deleted).
+// store, so while the daemon runs this is the only way in. Everything it
+// offers is read-only (no cursor moves), except replaying or dropping a
+// quarantined record (see lanes.go).
 //
 // The protocol is HTTP/1.1 over the socket:
 //
@@ -44,10 +45,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
@@ -76,6 +79,7 @@ type Server struct {
 	hs    *http.Server
 	done  chan struct{}
 	close sync.Once
+	fwds  atomic.Pointer[[]*forwarder.Forwarder]
 }
 
 // Listen creates the socket at path (replacing a stale one), mode 0600, and
@@ -111,6 +115,10 @@ func Listen(path string, src Source, log *slog.Logger) (*Server, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/stats", s.stats)
 	mux.HandleFunc("GET /v1/records", s.records)
+	mux.HandleFunc("GET /v1/lanes", s.lanes)
+	mux.HandleFunc("GET /v1/quarantine", s.quarantineList)
+	mux.HandleFunc("POST /v1/quarantine/replay", s.quarantineReplay)
+	mux.HandleFunc("POST /v1/quarantine/drop", s.quarantineDrop)
 	s.hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	go func() {
 		defer close(s.done)

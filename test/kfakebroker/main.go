@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -21,23 +22,60 @@ func main() {
 	dataDir := flag.String("data-dir", "", "directory persisting the cluster's state with synced writes (empty: in memory only)")
 	partitions := flag.Int("partitions", 1, "partitions of auto-created topics")
 	verbose := flag.Bool("v", false, "log the cluster's warnings and errors on stderr")
+	noAutoCreate := flag.Bool("no-auto-create", false, "refuse to produce to topics that do not exist (auto.create.topics.enable=false)")
+	seed := flag.String("topics", "", "comma-separated topics to create at start")
+	brokerConfigs := flag.String("broker-config", "", "comma-separated broker configs, e.g. message.max.bytes=200000")
 	flag.Parse()
-	if err := run(*port, *dataDir, *partitions, *verbose); err != nil {
+	o := options{port: *port, dataDir: *dataDir, partitions: *partitions, verbose: *verbose, autoCreate: !*noAutoCreate}
+	if *seed != "" {
+		o.topics = strings.Split(*seed, ",")
+	}
+	if *brokerConfigs != "" {
+		o.brokerConfigs = map[string]string{}
+		for _, kv := range strings.Split(*brokerConfigs, ",") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				fmt.Fprintf(os.Stderr, "kfakebroker: -broker-config %q: want key=value\n", kv)
+				os.Exit(2)
+			}
+			o.brokerConfigs[k] = v
+		}
+	}
+	if err := run(o); err != nil {
 		fmt.Fprintf(os.Stderr, "kfakebroker: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(port int, dataDir string, partitions int, verbose bool) error {
-	if partitions < 1 {
-		return fmt.Errorf("-partitions %d: need at least 1", partitions)
+type options struct {
+	port          int
+	dataDir       string
+	partitions    int
+	verbose       bool
+	autoCreate    bool
+	topics        []string
+	brokerConfigs map[string]string
+}
+
+func run(o options) error {
+	if o.partitions < 1 {
+		return fmt.Errorf("-partitions %d: need at least 1", o.partitions)
 	}
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
-		kfake.Ports(port),
-		kfake.AllowAutoTopicCreation(),
-		kfake.DefaultNumPartitions(partitions),
+		kfake.Ports(o.port),
+		kfake.DefaultNumPartitions(o.partitions),
 	}
+	if o.autoCreate {
+		opts = append(opts, kfake.AllowAutoTopicCreation())
+	}
+	if len(o.topics) > 0 {
+		opts = append(opts, kfake.SeedTopics(int32(o.partitions), o.topics...))
+	}
+	if len(o.brokerConfigs) > 0 {
+		opts = append(opts, kfake.BrokerConfigs(o.brokerConfigs))
+	}
+	dataDir, verbose := o.dataDir, o.verbose
 	if dataDir != "" {
 		opts = append(opts, kfake.DataDir(dataDir), kfake.SyncWrites())
 	}

@@ -138,7 +138,7 @@ func (w commitWaiter) Committed(_, _ uint64, err error) { w <- err }
 // consumer, logging to log, and closes it when the test ends.
 func OpenSpool(t testing.TB, consumer string, log *slog.Logger) *spool.Spool {
 	t.Helper()
-	sp, err := spool.Open(spool.Options{Dir: t.TempDir(), Consumers: []string{consumer}, Logger: log})
+	sp, err := spool.Open(spool.Options{Dir: t.TempDir(), Consumers: forwarder.LaneNames(consumer, allTopics), Logger: log})
 	if err != nil {
 		t.Fatalf("spool.Open: %v", err)
 	}
@@ -182,11 +182,28 @@ func Forward(t testing.TB, sp *spool.Spool, sink forwarder.Sink, o forwarder.Opt
 	}
 }
 
-// Drain is Forward, then checks that the cursor o.Name reached sp.LastSeq.
+// Drain is Forward, then checks that every lane's cursor reached
+// sp.LastSeq.
 func Drain(t testing.TB, sp *spool.Spool, sink forwarder.Sink, o forwarder.Options, timeout time.Duration) {
 	t.Helper()
 	Forward(t, sp, sink, o, timeout)
-	if c, _ := sp.Cursor(o.Name); c != sp.LastSeq() {
-		t.Fatalf("cursor %d after Drain, want %d", c, sp.LastSeq())
+	if len(o.Topics) == 0 {
+		o.Topics = allTopics
 	}
+	for _, lane := range forwarder.LaneNames(o.Name, o.Topics) {
+		if c, _ := sp.Cursor(lane); c != sp.LastSeq() {
+			t.Fatalf("lane %s at %d after Drain, want %d", lane, c, sp.LastSeq())
+		}
+	}
+}
+
+// ByType groups items by their record type, keeping their order: a
+// forwarder delivers each record type in its own lane, so records keep
+// their spool order within a type but not across types.
+func ByType[T any](items []T, typeOf func(T) string) map[string][]T {
+	out := map[string][]T{}
+	for _, it := range items {
+		out[typeOf(it)] = append(out[typeOf(it)], it)
+	}
+	return out
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +45,12 @@ type Options struct {
 	DataDir string
 	// Partitions of auto-created topics (default 1).
 	Partitions int
+	// NoAutoCreate refuses produce requests to topics that do not exist.
+	NoAutoCreate bool
+	// Topics are created at start.
+	Topics []string
+	// BrokerConfigs are broker settings, e.g. message.max.bytes.
+	BrokerConfigs map[string]string
 }
 
 // Broker is one kfakebroker process (restartable).
@@ -83,6 +90,20 @@ func (b *Broker) start() error {
 	args := []string{"-port", strconv.Itoa(b.opts.Port), "-partitions", strconv.Itoa(b.opts.Partitions)}
 	if b.opts.DataDir != "" {
 		args = append(args, "-data-dir", b.opts.DataDir)
+	}
+	if b.opts.NoAutoCreate {
+		args = append(args, "-no-auto-create")
+	}
+	if len(b.opts.Topics) > 0 {
+		args = append(args, "-topics", strings.Join(b.opts.Topics, ","))
+	}
+	if len(b.opts.BrokerConfigs) > 0 {
+		var kvs []string
+		for k, v := range b.opts.BrokerConfigs {
+			kvs = append(kvs, k+"="+v)
+		}
+		sort.Strings(kvs)
+		args = append(args, "-broker-config", strings.Join(kvs, ","))
 	}
 	b.mu.Unlock()
 	cmd := exec.Command(b.bin, args...)
