@@ -2,7 +2,6 @@ package netloop
 
 import (
 	"crypto/tls"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -97,22 +96,15 @@ type conn struct {
 	charged int    // held() as last booked in srv.buffered
 	dec     *wsframe.Decoder
 
-	// replies holds encoded WebSocket frames (acks, error replies) in the
-	// order their records arrived; queue marks where each ends and whether
-	// it may leave. Token t is queue[t-headToken].
-	replies   []byte
-	queue     []pendingReply
-	headToken uint64
-
-	// The mailbox is written by the spool's committer goroutine.
-	mbMu       sync.Mutex
-	mailbox    []commitNote
-	mbSpare    []commitNote
-	wakeQueued bool
+	// acks holds the replies in the order their records arrived; mb brings
+	// it commits and deliveries from other goroutines.
+	acks ackQueue
+	mb   mailbox
 }
 
 func newConn(s *Server, gc gnet.Conn) *conn {
-	c := &conn{srv: s, gc: gc, mc: newMemConn(gc, s.hsSlots), accepted: time.Now(), hello: newHelloReader()}
+	c := &conn{srv: s, gc: gc, mc: newMemConn(gc, s.hsSlots), accepted: time.Now(), hello: newHelloReader(),
+		acks: newAckQueue(s.opts.MaxInFlight)}
 	c.deadline.Store(c.accepted.Add(s.opts.HandshakeTimeout).UnixNano())
 	return c
 }

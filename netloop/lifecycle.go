@@ -85,7 +85,7 @@ func (c *conn) finishForShutdown() gnet.Action {
 	if c.phase != phaseWebSocket {
 		return gnet.Close
 	}
-	if len(c.queue) > 0 {
+	if c.acks.len() > 0 {
 		return gnet.None // a later wake from the committer brings us back
 	}
 	return c.closeWith(ws.StatusGoingAway, "server shutting down")
@@ -107,8 +107,7 @@ func (c *conn) onClose(err error) {
 	c.rec, c.cipher = nil, nil
 	c.plain = nil
 	c.book(0)
-	c.replies = nil
-	c.queue = nil
+	c.acks.clear()
 	c.dec = nil
 }
 

@@ -43,7 +43,7 @@ func (c *conn) reserve(need int) gnet.Action {
 // what the socket does not take), and ciphertext of an incomplete record.
 // Loop only.
 func (c *conn) held() int {
-	n := cap(c.plain) + cap(c.replies) + cap(c.cipher) + c.partial + c.gc.OutboundBuffered()
+	n := cap(c.plain) + c.acks.held() + cap(c.cipher) + c.partial + c.gc.OutboundBuffered()
 	if c.dec != nil {
 		n += c.dec.Buffered()
 	}

@@ -94,20 +94,18 @@ func (c *conn) parseFrames(buf []byte, now time.Time) (int, gnet.Action) {
 		case wsframe.KindTooLarge:
 			recTooBig.Inc()
 			refRecordTooBig.Inc()
-			c.queueReply(nil, nil, nil, true, errorText)
+			c.replyError(nil, nil)
 		case wsframe.KindText:
 			refusedTextFrame.Inc()
 			c.srv.log.Info("text frame refused", "vin", c.id.DeviceID)
 			return len(buf), c.closeWith(ws.StatusUnsupportedData, "binary frames only")
 		case wsframe.KindPing:
-			if len(c.queue) >= c.srv.opts.MaxInFlight {
+			if c.acks.full() {
 				refusedInFlightFull.Inc()
 				return len(buf), c.shed("too many replies waiting", reasonInFlightFull)
 			}
 			pingsAnswered.Inc()
-			c.reserveReplies(len(msg.Payload))
-			c.replies = wsframe.AppendFrame(c.replies, ws.OpPong, true, msg.Payload)
-			c.queue = append(c.queue, pendingReply{end: len(c.replies), ready: true})
+			c.acks.pushPong(msg.Payload)
 		case wsframe.KindClose:
 			code := msg.CloseCode
 			if code == ws.StatusNoStatusRcvd {

@@ -33,14 +33,14 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 			return gnet.None
 		}
 	}
-	if len(c.queue) >= c.srv.opts.MaxInFlight {
+	if c.acks.full() {
 		refusedInFlightFull.Inc()
 		return c.shed("too many records waiting for acks", reasonInFlightFull)
 	}
 	var env envelope.Envelope
 	if err := envelope.Decode(msg, &env); err != nil {
 		recBadEnvelope.Inc()
-		c.queueReply(nil, nil, nil, true, errorText)
+		c.replyError(nil, nil)
 		return gnet.None
 	}
 	switch {
@@ -49,13 +49,13 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 		// txid echoed, the topic left empty.
 		recClientAck.Inc()
 		countUnknownMessageType(env.Type)
-		c.queueReply(env.TxID, nil, env.MessageID, false, "")
+		c.ackNow(env.TxID, nil, env.MessageID)
 		return gnet.None
 	case env.Type != envelope.TypeStream || !env.HasMessage:
 		// As the reference: one ack with neither txid nor topic.
 		recEmptyEnvelope.Inc()
 		countUnknownMessageType(env.Type)
-		c.queueReply(nil, nil, nil, false, "")
+		c.ackNow(nil, nil, nil)
 		return gnet.None
 	}
 	// A sender_id naming another vehicle is counted and never trusted:
@@ -72,7 +72,7 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 		if foreignSender {
 			// As the reference: an error reply, the txid echoed.
 			recSenderMismatch.Inc()
-			c.queueReply(env.TxID, nil, nil, true, errorText)
+			c.replyError(env.TxID, nil)
 			return gnet.None
 		}
 		// The reference counts and "dispatches" these to no sink.
@@ -80,29 +80,30 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 		tm.records.Inc()
 		tm.bytes.Add(len(env.Stream.Payload))
 		tm.dispatched.Inc()
-		c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
+		c.ackNow(env.TxID, env.Topic, env.MessageID)
 		return gnet.None
 	}
 	signals, err := record.Validate(env.Topic, env.Stream.Payload)
 	if err != nil {
 		recBadPayload.Inc()
 		// As the reference: the txid echoed, the topic left empty.
-		c.queueReply(env.TxID, nil, nil, true, errorText)
+		c.replyError(env.TxID, nil)
 		return gnet.None
 	}
 	tm.records.Inc()
 	tm.bytes.Add(len(env.Stream.Payload))
 	countSignals(tm, c.vinSignals, env.Topic, signals)
-	token := c.headToken + uint64(len(c.queue))
-	c.queueReply(env.TxID, env.Topic, env.MessageID, false, "")
+	wait := waitCommit
+	var reliable *reliableMetrics
 	onDelivery := c.srv.reliable[string(env.Topic)]
-	pr := &c.queue[len(c.queue)-1]
-	pr.ready = c.srv.opts.AckMode == AckOnReceipt && !onDelivery
-	pr.onDelivery = onDelivery
-	pr.receivedAt = now.UnixNano()
-	if onDelivery {
-		pr.reliable = c.srv.reliableMetrics[string(env.Topic)]
+	switch {
+	case onDelivery:
+		wait = waitDelivery
+		reliable = c.srv.reliableMetrics[string(env.Topic)]
+	case c.srv.opts.AckMode == AckOnReceipt:
+		wait = waitNothing
 	}
+	token := c.acks.pushRecordAck(env.TxID, env.Topic, env.MessageID, wait, now.UnixNano(), reliable)
 	r := spool.Record{
 		ReceivedAtMs:  now.UnixMilli(),
 		CreatedAtSec:  env.Stream.CreatedAt,
@@ -114,12 +115,7 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 	}
 	if err := c.srv.opts.Spool.Append(&r, c, token); err != nil {
 		// Not kept, so not acked: drop the reply we queued for it.
-		c.queue = c.queue[:len(c.queue)-1]
-		prevEnd := 0
-		if len(c.queue) > 0 {
-			prevEnd = c.queue[len(c.queue)-1].end
-		}
-		c.replies = c.replies[:prevEnd]
+		c.acks.dropLast()
 		switch {
 		case errors.Is(err, spool.ErrFull):
 			refusedSpoolFull.Inc()
@@ -133,7 +129,7 @@ func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 		}
 	}
 	if onDelivery {
-		c.srv.awaitDelivery(r.Seq, c, token)
+		c.srv.awaitDelivery(r.Seq, c, token, reliable)
 	}
 	recordsSpooled.Inc()
 	tm.dispatched.Inc()

@@ -610,17 +610,13 @@ func (s *Server) forgetDelivery(seq uint64) {
 	s.pdMu.Unlock()
 }
 
-// awaitDelivery registers conn c's reply token for seq.
-func (s *Server) awaitDelivery(seq uint64, c *conn, token uint64) {
+// awaitDelivery registers conn c's reply token for seq; m counts a miss.
+func (s *Server) awaitDelivery(seq uint64, c *conn, token uint64, m *reliableMetrics) {
 	s.pdMu.Lock()
 	_, early := s.pendingDelivery[seq]
 	if early {
 		delete(s.pendingDelivery, seq)
 	} else {
-		var m *reliableMetrics
-		if i := token - c.headToken; i < uint64(len(c.queue)) {
-			m = c.queue[i].reliable
-		}
 		s.pendingDelivery[seq] = deliveryWaiter{c: c, token: token, m: m}
 	}
 	s.pdMu.Unlock()
