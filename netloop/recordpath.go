@@ -2,6 +2,7 @@ package netloop
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -13,6 +14,12 @@ import (
 
 // errorText is what the reference replies to a record it cannot use.
 const errorText = "incorrect message format"
+
+// recordPool holds the records handed to the spool: Append is called
+// through an interface, so a record on the stack would escape to the heap
+// on every call; a field per connection would make every idle vehicle
+// bigger.
+var recordPool = sync.Pool{New: func() any { return new(spool.Record) }}
 
 // onRecord takes one binary message through three steps: admit (may the
 // connection take another record now), decode (is it a record to keep; any
@@ -138,7 +145,8 @@ func (c *conn) accept(env *envelope.Envelope, tm *topicMetrics, signals int, now
 		wait = waitNothing
 	}
 	token := c.acks.pushRecordAck(env.TxID, env.Topic, env.MessageID, wait, now.UnixNano(), reliable)
-	r := spool.Record{
+	r := recordPool.Get().(*spool.Record)
+	*r = spool.Record{
 		ReceivedAtMs:  now.UnixMilli(),
 		CreatedAtSec:  env.Stream.CreatedAt,
 		VIN:           c.id.DeviceID,
@@ -147,12 +155,16 @@ func (c *conn) accept(env *envelope.Envelope, tm *topicMetrics, signals int, now
 		TxID:          env.TxID,
 		Payload:       env.Stream.Payload,
 	}
-	if err := c.srv.opts.Spool.Append(&r, c, token); err != nil {
+	err := c.srv.opts.Spool.Append(r, c, token)
+	seq := r.Seq
+	*r = spool.Record{} // it points into the input buffers
+	recordPool.Put(r)
+	if err != nil {
 		c.acks.dropLast()
 		return c.spoolRefused(err)
 	}
 	if onDelivery {
-		c.srv.awaitDelivery(r.Seq, c, token, reliable)
+		c.srv.awaitDelivery(seq, c, token, reliable)
 	}
 	recordsSpooled.Inc()
 	tm.dispatched.Inc()

@@ -36,8 +36,9 @@ type Options struct {
 	// TLS is the server configuration; it must require and verify client
 	// certificates (NewTLSConfig builds one). SetTLSConfig replaces it.
 	TLS *tls.Config
-	// Spool receives every record that is acked once durable.
-	Spool *spool.Spool
+	// Spool receives every record that is acked once durable (a
+	// *spool.Spool).
+	Spool Spool
 	// RoutedTopics are the record types some sink takes. Records of other
 	// types are acked and not kept, as the reference does.
 	RoutedTopics []string
@@ -257,7 +258,7 @@ func New(o Options) (*Server, error) {
 	if o.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
 		return nil, errors.New("netloop: TLS configuration must require and verify client certificates")
 	}
-	if o.Spool == nil {
+	if sp, ok := o.Spool.(*spool.Spool); o.Spool == nil || ok && sp == nil {
 		return nil, errors.New("netloop: no spool")
 	}
 	s := &Server{
