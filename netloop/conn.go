@@ -109,6 +109,10 @@ func newConn(s *Server, gc gnet.Conn) *conn {
 	return c
 }
 
+// onTraffic runs on the connection's loop for every read event and every
+// wake: it feeds the handshake, or reads TLS records and parses what they
+// hold; then it applies commit notes, writes the replies that may leave,
+// books the memory held, and acts on a passed deadline or a shutdown.
 func (c *conn) onTraffic() gnet.Action {
 	var data []byte
 	if c.phase == phaseHandshake || c.rec == nil {
