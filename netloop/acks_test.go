@@ -359,6 +359,26 @@ func TestZeroAllocs(t *testing.T) {
 	}
 }
 
+// numberedRecords returns a record of vinA per topic, their txids
+// prefix-0, prefix-1, ...
+func numberedRecords(prefix string, topics ...string) []*envelope.StreamMessage {
+	ms := make([]*envelope.StreamMessage, len(topics))
+	for i, topic := range topics {
+		ms[i] = newRecord(vinA, topic, fmt.Sprintf("%s-%d", prefix, i))
+	}
+	return ms
+}
+
+// expectShed fails unless what the vehicle reads next is close 1013.
+func expectShed(t *testing.T, c *vehicle.Client) {
+	t.Helper()
+	r, err := c.ReadReply(5 * time.Second)
+	var ce *vehicle.CloseError
+	if !errors.As(err, &ce) || ce.Code != statusTryAgainLater {
+		t.Fatalf("got %+v, %v; want close 1013", r, err)
+	}
+}
+
 // TestAcksFollowArrivalNotDelivery: through a real server, acks of a
 // reliable topic's records and of records acked on commit leave in the
 // order the records were sent, whatever order the sink confirms them in.
@@ -366,11 +386,7 @@ func TestAcksFollowArrivalNotDelivery(t *testing.T) {
 	e := newTestEnv(t, allTopics, func(o *Options) { o.ReliableTopics = []string{"V"} })
 	c := e.dial(t, vinA)
 	topics := []string{"V", "alerts", "V", "V", "errors", "V"}
-	var ms []*envelope.StreamMessage
-	for i, topic := range topics {
-		ms = append(ms, newRecord(vinA, topic, fmt.Sprintf("order-%d", i)))
-	}
-	c.SendMany(ms)
+	c.SendMany(numberedRecords("order", topics...))
 	waitFor(t, func() bool { return len(spooled(t, e.sp)) == len(topics) })
 	var reliable []uint64
 	for _, r := range spooled(t, e.sp) {
@@ -398,16 +414,8 @@ func TestInFlightCapSheds(t *testing.T) {
 	})
 	before := refusedInFlightFull.Get()
 	c := e.dial(t, vinA)
-	var ms []*envelope.StreamMessage
-	for i := range 4 {
-		ms = append(ms, newRecord(vinA, "V", fmt.Sprintf("cap-%d", i)))
-	}
-	c.SendMany(ms)
-	r, err := c.ReadReply(5 * time.Second)
-	var ce *vehicle.CloseError
-	if !errors.As(err, &ce) || ce.Code != ws.StatusCode(1013) {
-		t.Fatalf("got %+v, %v; want close 1013 and no ack", r, err)
-	}
+	c.SendMany(numberedRecords("cap", "V", "V", "V", "V"))
+	expectShed(t, c)
 	if got := refusedInFlightFull.Get() - before; got != 1 {
 		t.Fatalf("in_flight_full counted %d, want 1", got)
 	}
