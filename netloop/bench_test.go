@@ -36,7 +36,7 @@ func BenchmarkRecordPath(b *testing.B) {
 	srv := &Server{opts: Options{Spool: sp, MaxInFlight: 1 << 30, Logger: quiet}, routed: map[string]bool{"V": true}}
 	srv.opts.setDefaults()
 	srv.log = srv.opts.Logger
-	c := &conn{srv: srv, gc: wakeOnly{}, phase: phaseWebSocket,
+	c := &conn{srv: srv, gc: wakeOnly{}, phase: phaseWebSocket, acks: newAckQueue(srv.opts.MaxInFlight),
 		id:  Identity{DeviceID: vinA, ClientType: "vehicle_device", SenderID: "vehicle_device." + vinA},
 		dec: wsframe.NewDecoder(wsframe.Options{Role: wsframe.RoleServer, MaxMessageSize: 1_000_000})}
 	m := newRecord(vinA, "V", "bench-txid-0001")
@@ -52,11 +52,11 @@ func BenchmarkRecordPath(b *testing.B) {
 		if _, act := c.parseFrames(buf, now); act != gnet.None {
 			b.Fatal("record refused")
 		}
-		if len(c.queue) > 4096 {
+		if c.acks.len() > 4096 {
 			c.drainMailbox()
-			c.queue = c.queue[:0]
-			c.replies = c.replies[:0]
-			c.headToken += 1 << 20 // commits for dropped replies land outside the queue
+			c.acks.slots = c.acks.slots[:0]
+			c.acks.frames = c.acks.frames[:0]
+			c.acks.head += 1 << 20 // commits for dropped replies land outside the queue
 		}
 	}
 	b.StopTimer()

@@ -49,9 +49,9 @@ func TestDeliveryReportedBeforeRegistration(t *testing.T) {
 	e := newTestEnv(t, allTopics, func(o *Options) { o.ReliableTopics = []string{"V"} })
 	c := &conn{srv: e.srv, gc: wakeOnly{}}
 	e.srv.Delivered(42) // the forwarder was faster than the loop
-	e.srv.awaitDelivery(42, c, 7)
-	if len(c.mailbox) != 1 || c.mailbox[0].token != 7 || !c.mailbox[0].delivered {
-		t.Fatalf("mailbox %+v, want the early delivery for token 7", c.mailbox)
+	e.srv.awaitDelivery(42, c, 7, nil)
+	if n := c.mb.notes; len(n) != 1 || n[0].token != 7 || !n[0].delivered {
+		t.Fatalf("mailbox %+v, want the early delivery for token 7", n)
 	}
 	if len(e.srv.pendingDelivery) != 0 {
 		t.Fatalf("registry keeps %d entries", len(e.srv.pendingDelivery))
@@ -214,7 +214,7 @@ func TestDeliveryRegistryDoesNotLeak(t *testing.T) {
 		t.Fatalf("registry holds %d entries, want the early delivery", n)
 	}
 	c := &conn{srv: e.srv, gc: wakeOnly{}}
-	e.srv.awaitDelivery(160, c, 7)
+	e.srv.awaitDelivery(160, c, 7, nil)
 	c.Committed(7, 160, errors.New("disk gone"))
 	if _, ok := e.srv.pendingDelivery[160]; ok {
 		t.Fatal("a failed commit's delivery wait stayed registered")

@@ -36,8 +36,9 @@ type Options struct {
 	// TLS is the server configuration; it must require and verify client
 	// certificates (NewTLSConfig builds one). SetTLSConfig replaces it.
 	TLS *tls.Config
-	// Spool receives every record that is acked once durable.
-	Spool *spool.Spool
+	// Spool receives every record that is acked once durable (a
+	// *spool.Spool).
+	Spool Spool
 	// RoutedTopics are the record types some sink takes. Records of other
 	// types are acked and not kept, as the reference does.
 	RoutedTopics []string
@@ -257,7 +258,7 @@ func New(o Options) (*Server, error) {
 	if o.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
 		return nil, errors.New("netloop: TLS configuration must require and verify client certificates")
 	}
-	if o.Spool == nil {
+	if sp, ok := o.Spool.(*spool.Spool); o.Spool == nil || ok && sp == nil {
 		return nil, errors.New("netloop: no spool")
 	}
 	s := &Server{
@@ -610,17 +611,13 @@ func (s *Server) forgetDelivery(seq uint64) {
 	s.pdMu.Unlock()
 }
 
-// awaitDelivery registers conn c's reply token for seq.
-func (s *Server) awaitDelivery(seq uint64, c *conn, token uint64) {
+// awaitDelivery registers conn c's reply token for seq; m counts a miss.
+func (s *Server) awaitDelivery(seq uint64, c *conn, token uint64, m *reliableMetrics) {
 	s.pdMu.Lock()
 	_, early := s.pendingDelivery[seq]
 	if early {
 		delete(s.pendingDelivery, seq)
 	} else {
-		var m *reliableMetrics
-		if i := token - c.headToken; i < uint64(len(c.queue)) {
-			m = c.queue[i].reliable
-		}
 		s.pendingDelivery[seq] = deliveryWaiter{c: c, token: token, m: m}
 	}
 	s.pdMu.Unlock()
