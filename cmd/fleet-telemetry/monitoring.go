@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/profiler"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/statsd"
 )
@@ -19,7 +20,7 @@ import (
 // /live_profiler on the profiler port, and pushes to StatsD as the
 // "monitoring" section asks. The returned function stops them (a live CPU
 // profile still running is finished, so its file is whole).
-func startMonitoring(m *MonitoringConfig, log *slog.Logger) (func(), error) {
+func startMonitoring(m *config.Monitoring, log *slog.Logger) (func(), error) {
 	var servers []*http.Server
 	var pusher *statsd.Pusher
 	var prof *profiler.Profiler
