@@ -95,7 +95,8 @@ func TestKinesisAndPubsubSections(t *testing.T) {
 		t.Fatal(err)
 	}
 	refusals(t, map[string]string{
-		`"records": {"V": ["pubsub"]}, "pubsub": {}`: `gcp_project_id`,
+		`"records": {"V": ["kinesis"]}, "kinesis": {"max_retries": -1}`: `kinesis.max_retries -1 is negative`,
+		`"records": {"V": ["pubsub"]}, "pubsub": {}`:                    `gcp_project_id`,
 	})
 }
 

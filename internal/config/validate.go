@@ -160,6 +160,9 @@ func (c *Config) sinkSectionErrors(ds map[string][]string, files bool) []error {
 	if _, ok := ds["zmq"]; ok {
 		add(c.ZMQ.Check())
 	}
+	if _, ok := ds["kinesis"]; ok {
+		add(c.Kinesis.Check())
+	}
 	return errs
 }
 
