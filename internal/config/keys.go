@@ -50,16 +50,10 @@ func objectKeys(path string, obj map[string]json.RawMessage, t reflect.Type) []s
 			warnings = append(warnings, fmt.Sprintf("config key %q is not supported by this version and is ignored", name))
 			continue
 		}
-		if path == "" && !sinkSections[k] {
-			continue
-		}
 		warnings = append(warnings, valueKeys(name, obj[k], f)...)
 	}
 	return warnings
 }
-
-// sinkSections are the sections whose keys are checked.
-var sinkSections = map[string]bool{"mqtt": true, "redis": true, "nats": true, "zmq": true}
 
 // valueKeys checks the objects inside one field's value.
 func valueKeys(path string, raw json.RawMessage, f reflect.StructField) []string {
