@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 )
 
@@ -190,14 +191,14 @@ func TestCheckConfig(t *testing.T) {
 	broken := filepath.Join(dir, "broken.json")
 	b, _ := os.ReadFile(configPath)
 	os.WriteFile(broken, b, 0o600)
-	editConfig(t, broken, map[string]any{
-		"tls": map[string]string{
-			"server_cert": d.File(devca.ServerCertFile),
-			"server_key":  devca.Dir{Path: other}.File(devca.ServerKeyFile), // another certificate's key
-			"ca_file":     badCA,
-		},
-		"vin_allowlist": filepath.Join(dir, "no-such-allowlist.txt"),
-		"spool":         map[string]any{"dir": filepath.Join(aFile, "spool")},
+	editConfig(t, broken, func(c *config.Config) {
+		c.TLS = config.TLS{
+			ServerCert: d.File(devca.ServerCertFile),
+			ServerKey:  devca.Dir{Path: other}.File(devca.ServerKeyFile), // another certificate's key
+			CAFile:     badCA,
+		}
+		c.VINAllowlist = config.AllowlistFile(filepath.Join(dir, "no-such-allowlist.txt"))
+		c.Spool = config.Spool{Dir: filepath.Join(aFile, "spool")}
 	})
 	out, errs, code := runBinary(t, dir, binary, "check-config", broken)
 	if code != 1 || out != "" {
@@ -216,9 +217,10 @@ func TestCheckConfig(t *testing.T) {
 	}
 	t.Logf("check-config on a broken config:\n%s", errs)
 	// Files that do not exist.
-	editConfig(t, broken, map[string]any{
-		"tls":           map[string]string{"server_cert": filepath.Join(dir, "missing.crt"), "server_key": filepath.Join(dir, "missing.key")},
-		"vin_allowlist": nil, "spool": map[string]any{"dir": filepath.Join(dir, "new", "spool")},
+	editConfig(t, broken, func(c *config.Config) {
+		c.TLS = config.TLS{ServerCert: filepath.Join(dir, "missing.crt"), ServerKey: filepath.Join(dir, "missing.key")}
+		c.VINAllowlist = nil
+		c.Spool = config.Spool{Dir: filepath.Join(dir, "new", "spool")}
 	})
 	_, errs, code = runBinary(t, dir, binary, "check-config", broken)
 	if code != 1 || !strings.Contains(errs, "2 problem(s)") || !strings.Contains(errs, "missing.crt: no such file") || !strings.Contains(errs, "missing.key: no such file") {
@@ -247,7 +249,7 @@ func checkSpoolNotWritable(t *testing.T) {
 	configPath, certs := writeConfig(t, dir)
 	ro := filepath.Join(dir, "ro")
 	os.Mkdir(ro, 0o755)
-	editConfig(t, configPath, map[string]any{"spool": map[string]any{"dir": filepath.Join(ro, "spool")}})
+	editConfig(t, configPath, func(c *config.Config) { c.Spool = config.Spool{Dir: filepath.Join(ro, "spool")} })
 	bin := filepath.Join(dir, "fleet-telemetry")
 	raw, err := os.ReadFile(binary)
 	if err != nil {

@@ -262,3 +262,16 @@ func readAllowlistFile(path string) ([]byte, error) {
 	}
 	return io.ReadAll(io.LimitReader(f, maxAllowlistBytes))
 }
+
+// AllowlistOf is a vin_allowlist of vins, for building a Config in code.
+func AllowlistOf(vins ...string) json.RawMessage {
+	b, _ := json.Marshal(append([]string{}, vins...)) // a list of strings always marshals
+	return b
+}
+
+// AllowlistFile is a vin_allowlist naming a file of VINs, for building a
+// Config in code.
+func AllowlistFile(path string) json.RawMessage {
+	b, _ := json.Marshal(path) // a string always marshals
+	return b
+}
