@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"net/http"
@@ -8,6 +9,10 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/metricsexport"
 )
 
 const page = `# HELP reliable_ack_total Acks.
@@ -149,5 +154,28 @@ func TestPickPortAvoids(t *testing.T) {
 		if err != nil || p == taken || p == 0 {
 			t.Fatalf("PickPort = %d, %v", p, err)
 		}
+	}
+}
+
+// The daemon's own page (metricsexport, VictoriaMetrics' vmrange
+// histograms turned into le buckets) is what the Prometheus parser reads.
+func TestParseMetricsReadsTheDaemonsPage(t *testing.T) {
+	metrics.GetOrCreateCounter(`e2etest_records_total{record_type="V",dispatcher="kafka"}`).Add(3)
+	h := metrics.GetOrCreateHistogram(`e2etest_latency_seconds{path="x"}`)
+	for _, v := range []float64{0.001, 0.002, 0.5} {
+		h.Update(v)
+	}
+	var b bytes.Buffer
+	if err := metricsexport.WriteExposition(&b, nil); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ParseMetrics(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s[`e2etest_records_total{record_type="V",dispatcher="kafka"}`] != 3 ||
+		s[`e2etest_latency_seconds_count{path="x"}`] != 3 || s[`e2etest_latency_seconds_bucket{path="x",le="+Inf"}`] != 3 ||
+		s[`e2etest_latency_seconds_sum{path="x"}`] != 0.503 {
+		t.Fatalf("parsed %v", s)
 	}
 }
