@@ -378,3 +378,42 @@ func devSpoolStats(t *testing.T, dir, source string) devStats {
 	}
 	return s
 }
+
+// A key no section has is named at any depth, by check-config (both modes)
+// and by the daemon's start, as a warning: the config still loads.
+func TestUnknownNestedKeysAreNamed(t *testing.T) {
+	dir := t.TempDir()
+	configPath, _ := writeConfig(t, dir)
+	raw, err := os.ReadFile(configPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Typos a typed config cannot hold, written into the file's text.
+	text := strings.Replace(string(raw), `"spool": {`, `"spool": {"max_byte": 5, `, 1)
+	text = strings.Replace(text, `"tls": {`, `"tls": {"kafka_servers": "x", `, 1)
+	if text == string(raw) || !json.Valid([]byte(text)) {
+		t.Fatalf("could not add the typos:\n%s", text)
+	}
+	if err := os.WriteFile(configPath, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`warning: config key "spool.max_byte" is unknown and is ignored`, `warning: config key "tls.kafka_servers" is unknown and is ignored`}
+	for _, args := range [][]string{{configPath}, {"-syntax-only", configPath}} {
+		out, errs, code := runBinary(t, dir, binary, append([]string{"check-config"}, args...)...)
+		if code != 0 || out != "configuration ok\n" {
+			t.Fatalf("check-config %v: exit %d, stdout %q, stderr %q", args, code, out, errs)
+		}
+		for _, w := range want {
+			if !strings.Contains(errs, w+"\n") {
+				t.Errorf("check-config %v does not say %q:\n%s", args, w, errs)
+			}
+		}
+	}
+	d := startDaemon(t, configPath)
+	for _, w := range []string{`config key \"spool.max_byte\" is unknown`, `config key \"tls.kafka_servers\" is unknown`} {
+		if !strings.Contains(d.logText(), w) {
+			t.Errorf("the start does not log %s:\n%s", w, d.logText())
+		}
+	}
+	d.stop(t)
+}

@@ -5,8 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strings"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder/zmq"
@@ -314,23 +312,5 @@ func (z *ZMQ) Check() error {
 // certificate, a key).
 const maxSinkFileBytes = 4 << 20
 
-// readSmallFile reads a small regular file: a device or a FIFO named by
-// mistake must not hang or exhaust the daemon (or check-config).
-func readSmallFile(path string) ([]byte, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", path)
-	}
-	if st.Size() > maxSinkFileBytes {
-		return nil, fmt.Errorf("%s is %d bytes; at most %d", path, st.Size(), maxSinkFileBytes)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, maxSinkFileBytes))
-}
+// readSmallFile reads a file a sink section names.
+func readSmallFile(path string) ([]byte, error) { return readRegularFile(path, maxSinkFileBytes) }

@@ -241,9 +241,13 @@ func uniq(list []string) map[string]bool {
 // maxAllowlistBytes bounds the allowlist file (tens of millions of VINs).
 const maxAllowlistBytes = 256 << 20
 
-// readAllowlistFile reads a regular file of bounded size: a device or a
-// FIFO named by mistake must not hang or exhaust the daemon at start.
-func readAllowlistFile(path string) ([]byte, error) {
+// readAllowlistFile reads the vin_allowlist file.
+func readAllowlistFile(path string) ([]byte, error) { return readRegularFile(path, maxAllowlistBytes) }
+
+// readRegularFile reads a regular file of at most max bytes: a device or
+// a FIFO named by mistake must not hang or exhaust the daemon at start (or
+// check-config).
+func readRegularFile(path string, max int64) ([]byte, error) {
 	// Checked before opening: opening a FIFO blocks until a writer comes.
 	st, err := os.Stat(path)
 	if err != nil {
@@ -252,15 +256,15 @@ func readAllowlistFile(path string) ([]byte, error) {
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
+	if st.Size() > max {
+		return nil, fmt.Errorf("%s is %d bytes; at most %d", path, st.Size(), max)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	if st.Size() > maxAllowlistBytes {
-		return nil, fmt.Errorf("%s is %d bytes; at most %d", path, st.Size(), maxAllowlistBytes)
-	}
-	return io.ReadAll(io.LimitReader(f, maxAllowlistBytes))
+	return io.ReadAll(io.LimitReader(f, max))
 }
 
 // AllowlistOf is a vin_allowlist of vins, for building a Config in code.
