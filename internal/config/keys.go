@@ -31,8 +31,8 @@ var (
 // no field of Config takes, at every depth, and the reference's keys this
 // build does not act on. Values of the wrong type are not its business:
 // decoding reports them.
-func unknownKeys(path string, raw map[string]json.RawMessage) []string {
-	return objectKeys(path, raw, configType)
+func unknownKeys(raw map[string]json.RawMessage) []string {
+	return objectKeys("", raw, configType)
 }
 
 // objectKeys checks the keys of one JSON object against struct type t.

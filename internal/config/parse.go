@@ -61,7 +61,7 @@ func Parse(data []byte) (*Config, []string, error) {
 	if err := json.NewDecoder(bytes.NewReader(data)).Decode(c); err != nil {
 		return nil, nil, fmt.Errorf("config: %w", describeJSONError(data, err))
 	}
-	warnings := unknownKeys("", raw)
+	warnings := unknownKeys(raw)
 	if c.ReliableAck && len(c.ReliableAckSources) == 0 {
 		warnings = append(warnings, `config key "reliable_ack" is ignored: name the sink per record type in "reliable_ack_sources"`)
 	}
