@@ -58,7 +58,7 @@ FUZZ_TARGETS := \
 	./spool:FuzzDecodeRecord \
 	./netloop:FuzzParseRequestLine \
 	./netloop:FuzzHelloReader \
-	./cmd/fleet-telemetry:FuzzParseConfig \
+	./internal/config:FuzzParseConfig \
 	./forwarder/mqtt:FuzzEncode \
 	./internal/vehicleconfig:FuzzCheck
 

@@ -23,6 +23,7 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/bench/internal/sim"
 	"github.com/fleet-telemetry/fleet-telemetry/bench/internal/spawn"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 )
 
 type bench struct {
@@ -214,7 +215,7 @@ func (b *bench) start(name string) (*target, error) {
 	t := &target{metricsPort: b.o.serverMetricsPort}
 	if t.metricsPort == 0 {
 		// The forwarding figures come from the daemon's /metrics.
-		p, err := spawn.FreePort(b.o.serverPprofPort)
+		p, err := e2e.PickPort(b.o.serverPprofPort)
 		if err != nil {
 			return nil, err
 		}

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 )
 
@@ -191,14 +192,14 @@ func TestCheckConfig(t *testing.T) {
 	broken := filepath.Join(dir, "broken.json")
 	b, _ := os.ReadFile(configPath)
 	os.WriteFile(broken, b, 0o600)
-	editConfig(t, broken, map[string]any{
-		"tls": map[string]string{
-			"server_cert": d.File(devca.ServerCertFile),
-			"server_key":  devca.Dir{Path: other}.File(devca.ServerKeyFile), // another certificate's key
-			"ca_file":     badCA,
-		},
-		"vin_allowlist": filepath.Join(dir, "no-such-allowlist.txt"),
-		"spool":         map[string]any{"dir": filepath.Join(aFile, "spool")},
+	editConfig(t, broken, func(c *config.Config) {
+		c.TLS = config.TLS{
+			ServerCert: d.File(devca.ServerCertFile),
+			ServerKey:  devca.Dir{Path: other}.File(devca.ServerKeyFile), // another certificate's key
+			CAFile:     badCA,
+		}
+		c.VINAllowlist = config.AllowlistFile(filepath.Join(dir, "no-such-allowlist.txt"))
+		c.Spool = config.Spool{Dir: filepath.Join(aFile, "spool")}
 	})
 	out, errs, code := runBinary(t, dir, binary, "check-config", broken)
 	if code != 1 || out != "" {
@@ -217,9 +218,10 @@ func TestCheckConfig(t *testing.T) {
 	}
 	t.Logf("check-config on a broken config:\n%s", errs)
 	// Files that do not exist.
-	editConfig(t, broken, map[string]any{
-		"tls":           map[string]string{"server_cert": filepath.Join(dir, "missing.crt"), "server_key": filepath.Join(dir, "missing.key")},
-		"vin_allowlist": nil, "spool": map[string]any{"dir": filepath.Join(dir, "new", "spool")},
+	editConfig(t, broken, func(c *config.Config) {
+		c.TLS = config.TLS{ServerCert: filepath.Join(dir, "missing.crt"), ServerKey: filepath.Join(dir, "missing.key")}
+		c.VINAllowlist = nil
+		c.Spool = config.Spool{Dir: filepath.Join(dir, "new", "spool")}
 	})
 	_, errs, code = runBinary(t, dir, binary, "check-config", broken)
 	if code != 1 || !strings.Contains(errs, "2 problem(s)") || !strings.Contains(errs, "missing.crt: no such file") || !strings.Contains(errs, "missing.key: no such file") {
@@ -248,7 +250,7 @@ func checkSpoolNotWritable(t *testing.T) {
 	configPath, certs := writeConfig(t, dir)
 	ro := filepath.Join(dir, "ro")
 	os.Mkdir(ro, 0o755)
-	editConfig(t, configPath, map[string]any{"spool": map[string]any{"dir": filepath.Join(ro, "spool")}})
+	editConfig(t, configPath, func(c *config.Config) { c.Spool = config.Spool{Dir: filepath.Join(ro, "spool")} })
 	bin := filepath.Join(dir, "fleet-telemetry")
 	raw, err := os.ReadFile(binary)
 	if err != nil {
@@ -376,4 +378,43 @@ func devSpoolStats(t *testing.T, dir, source string) devStats {
 		t.Fatalf("spool -dev stats -json: exit %d, want source %s and dir var/spool\n%s%s", code, source, out, errs)
 	}
 	return s
+}
+
+// A key no section has is named at any depth, by check-config (both modes)
+// and by the daemon's start, as a warning: the config still loads.
+func TestUnknownNestedKeysAreNamed(t *testing.T) {
+	dir := t.TempDir()
+	configPath, _ := writeConfig(t, dir)
+	raw, err := os.ReadFile(configPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Typos a typed config cannot hold, written into the file's text.
+	text := strings.Replace(string(raw), `"spool": {`, `"spool": {"max_byte": 5, `, 1)
+	text = strings.Replace(text, `"tls": {`, `"tls": {"kafka_servers": "x", `, 1)
+	if text == string(raw) || !json.Valid([]byte(text)) {
+		t.Fatalf("could not add the typos:\n%s", text)
+	}
+	if err := os.WriteFile(configPath, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`warning: config key "spool.max_byte" is unknown and is ignored`, `warning: config key "tls.kafka_servers" is unknown and is ignored`}
+	for _, args := range [][]string{{configPath}, {"-syntax-only", configPath}} {
+		out, errs, code := runBinary(t, dir, binary, append([]string{"check-config"}, args...)...)
+		if code != 0 || out != "configuration ok\n" {
+			t.Fatalf("check-config %v: exit %d, stdout %q, stderr %q", args, code, out, errs)
+		}
+		for _, w := range want {
+			if !strings.Contains(errs, w+"\n") {
+				t.Errorf("check-config %v does not say %q:\n%s", args, w, errs)
+			}
+		}
+	}
+	d := startDaemon(t, configPath)
+	for _, w := range []string{`config key \"spool.max_byte\" is unknown`, `config key \"tls.kafka_servers\" is unknown`} {
+		if !strings.Contains(d.logText(), w) {
+			t.Errorf("the start does not log %s:\n%s", w, d.logText())
+		}
+	}
+	d.stop(t)
 }

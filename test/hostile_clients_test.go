@@ -16,7 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 )
@@ -28,7 +30,7 @@ type hostileEnv struct {
 	setup        relSetup
 	d            *daemon
 	other, tesla *devca.CA
-	good         *goodVehicle
+	good         *e2e.Load
 	goodTLS      *tls.Config
 	rssAtStartKB int
 }
@@ -45,7 +47,9 @@ func newHostileEnv(t *testing.T) *hostileEnv {
 	}
 	setup := relWriteConfig(t, t.TempDir(), relConfig{
 		ExtraCAs: [][]byte{other.CertPEM, tesla.CertPEM},
-		Extra:    map[string]any{"handshake_timeout": "1s", "idle_timeout": "2s"},
+		Edit: func(c *config.Config) {
+			c.HandshakeTimeout, c.IdleTimeout = config.NewDuration(time.Second), config.NewDuration(2*time.Second)
+		},
 	})
 	d := startDaemon(t, setup.ConfigPath)
 	goodTLS, err := vehicle.TLSFromDir(setup.Certs, relVINs[0])
@@ -62,7 +66,7 @@ func newHostileEnv(t *testing.T) *hostileEnv {
 // were printed with its own VIN.
 func (e *hostileEnv) finish(t *testing.T) {
 	t.Helper()
-	acked, maxWait, errs := e.good.halt()
+	acked, maxWait, errs := e.good.Stop()
 	for _, err := range errs {
 		t.Errorf("the well-behaved vehicle was disturbed: %v", err)
 	}
@@ -327,7 +331,7 @@ func TestHostileFrames(t *testing.T) {
 	e := newHostileEnv(t)
 	before := e.setup.metrics(t)
 
-	c := dial(t, e.d.addr, e.setup.Certs, relVINs[1])
+	c := e2e.Dial(t, e.d.addr, e.setup.Certs, relVINs[1])
 	if _, err := c.Conn().Write(rawFrameHeader(1 << 63)); err != nil {
 		t.Fatal(err)
 	}
@@ -339,7 +343,7 @@ func TestHostileFrames(t *testing.T) {
 	}
 	e.delta(t, before, refused("websocket_protocol_error"), 1)
 
-	c = dial(t, e.d.addr, e.setup.Certs, relVINs[2])
+	c = e2e.Dial(t, e.d.addr, e.setup.Certs, relVINs[2])
 	c.Conn().Write(rawFrameHeader(1<<63 - 1))
 	c.Conn().Write(make([]byte, 64<<10))
 	r, err := c.ReadReply(5 * time.Second)
@@ -353,7 +357,7 @@ func TestHostileFrames(t *testing.T) {
 	}
 
 	// VIN spoofing.
-	spoof := dial(t, e.d.addr, e.setup.Certs, relVINs[3])
+	spoof := e2e.Dial(t, e.d.addr, e.setup.Certs, relVINs[3])
 	inPayload := newRecord(relVINs[3], "V", "spoof-payload-vin") // payload says SPOOFED0000000000
 	foreign := newRecord(relVINs[3], "V", "spoof-sender-id")
 	foreign.SenderID = []byte("vehicle_device." + relVINs[4])

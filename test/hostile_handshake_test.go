@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 )
 
@@ -41,7 +42,9 @@ func firstFlight(t *testing.T, cfg *tls.Config) []byte {
 // measures a real vehicle's full dial (TCP, TLS, WebSocket upgrade)
 // meanwhile: it must stay fast.
 func TestHostileStalledHandshakes(t *testing.T) {
-	setup := relWriteConfig(t, t.TempDir(), relConfig{Extra: map[string]any{"handshake_timeout": "20s"}})
+	setup := relWriteConfig(t, t.TempDir(), relConfig{Edit: func(c *config.Config) {
+		c.HandshakeTimeout = config.NewDuration(20 * time.Second)
+	}})
 	d := startDaemon(t, setup.ConfigPath)
 	m := setup.metrics(t)
 	slots := int(m["fleet_tls_handshake_slots"])

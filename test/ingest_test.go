@@ -1,24 +1,21 @@
 package test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 )
@@ -36,44 +33,14 @@ func writeConfig(t *testing.T, dir string) (configPath, certs string) {
 	if _, err := devca.WriteDir(certs, vins); err != nil {
 		t.Fatal(err)
 	}
-	d := devca.Dir{Path: certs}
-	cfg := map[string]any{
-		"host": "127.0.0.1", "port": 0, "log_level": "info", "json_log_enable": true,
-		"namespace": "tesla_telemetry",
-		"records": map[string][]string{
-			"V": {"logger"}, "alerts": {"logger"}, "errors": {"logger"}, "connectivity": {"logger"},
-		},
-		"tls": map[string]string{
-			"server_cert": d.File(devca.ServerCertFile), "server_key": d.File(devca.ServerKeyFile),
-			"ca_file": d.File(devca.CACertFile),
-		},
-		"rate_limit": map[string]any{"enabled": true, "message_interval_time": 30, "message_limit": 1_000_000},
-		"airbrake":   map[string]any{"project_id": 1},
-		"monitoring": map[string]any{"prometheus_metrics_port": freePort(t)},
-		"spool":      map[string]any{"dir": filepath.Join(dir, "spool")},
-	}
-	b, _ := json.MarshalIndent(cfg, "", "  ")
+	c := baseConfig(certs, filepath.Join(dir, "spool"))
+	c.Records = allTypes("logger")
+	c.RateLimit = &config.RateLimit{Enabled: true, MessageIntervalTime: 30, MessageLimit: 1_000_000}
+	c.Airbrake = json.RawMessage(`{"project_id": 1}`)
+	c.Monitoring = &config.Monitoring{PrometheusMetricsPort: e2e.FreePort(t)}
 	configPath = filepath.Join(dir, "config.json")
-	if err := os.WriteFile(configPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeConfigFile(t, configPath, c)
 	return configPath, certs
-}
-
-func dial(t *testing.T, addr, certs, vin string) *vehicle.Client {
-	t.Helper()
-	tlsCfg, err := vehicle.TLSFromDir(certs, vin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := vehicle.Dial(ctx, vehicle.Config{Addr: addr, TLS: tlsCfg, Header: http.Header{"Version": []string{"e2e"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
 }
 
 var (
@@ -94,24 +61,6 @@ func newRecord(vin, topic, txid string) *envelope.StreamMessage {
 	}
 }
 
-// sendAndAck pipelines records on one connection and checks every ack's
-// txid and topic, in order.
-func sendAndAck(t *testing.T, c *vehicle.Client, ms []*envelope.StreamMessage) {
-	t.Helper()
-	if err := c.SendMany(ms); err != nil {
-		t.Fatal(err)
-	}
-	for i, m := range ms {
-		r, err := c.ReadReply(10 * time.Second)
-		if err != nil {
-			t.Fatalf("record %d: %v", i, err)
-		}
-		if !r.Ack || r.TxID != string(m.TxID) || r.Topic != string(m.Topic) {
-			t.Fatalf("record %d: got %+v, want ack txid=%s topic=%s", i, r, m.TxID, m.Topic)
-		}
-	}
-}
-
 func TestIngestEveryTopicToStdoutAndSurviveSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	configPath, certs := writeConfig(t, dir)
@@ -124,7 +73,7 @@ func TestIngestEveryTopicToStdoutAndSurviveSIGKILL(t *testing.T) {
 	want := map[string]string{} // txid → vin
 	wantTopic := map[string]string{}
 	for _, vin := range vins {
-		c := dial(t, d.addr, certs, vin)
+		c := e2e.Dial(t, d.addr, certs, vin)
 		var ms []*envelope.StreamMessage
 		for i := range 5 {
 			for _, topic := range topics {
@@ -133,7 +82,7 @@ func TestIngestEveryTopicToStdoutAndSurviveSIGKILL(t *testing.T) {
 				want[tx], wantTopic[tx] = vin, topic
 			}
 		}
-		sendAndAck(t, c, ms)
+		e2e.SendAndAck(t, c, ms)
 	}
 	set := map[string]bool{}
 	for tx := range want {
@@ -173,7 +122,7 @@ func TestIngestEveryTopicToStdoutAndSurviveSIGKILL(t *testing.T) {
 	// sink blocks once the pipe is full and most of the burst is acked but
 	// only in the spool), SIGKILL right after the last ack, restart on the
 	// same spool: every acked record is printed.
-	c := dial(t, d.addr, certs, vins[0])
+	c := e2e.Dial(t, d.addr, certs, vins[0])
 	var burst []*envelope.StreamMessage
 	acked := map[string]bool{}
 	for i := range 2000 {
@@ -183,7 +132,7 @@ func TestIngestEveryTopicToStdoutAndSurviveSIGKILL(t *testing.T) {
 	}
 	release := d.holdStdout()
 	defer release()
-	sendAndAck(t, c, burst)
+	e2e.SendAndAck(t, c, burst)
 	d.cmd.Process.Signal(syscall.SIGKILL)
 	release() // read what the pipe holds; the process is gone
 	d.kill()
@@ -278,20 +227,9 @@ func TestUnknownDispatcherIsAStartupError(t *testing.T) {
 	}
 }
 
-// freePort returns a port that was free a moment ago on 127.0.0.1.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// scrape reads the daemon's /metrics (its address is in the "serving
-// metrics" log line) into name → value.
-func scrape(t *testing.T, logs string) map[string]float64 {
+// metricsAddr is the daemon's /metrics address, from its "serving
+// metrics" log line.
+func metricsAddr(t *testing.T, logs string) string {
 	t.Helper()
 	var addr string
 	for _, line := range strings.Split(logs, "\n") {
@@ -303,25 +241,11 @@ func scrape(t *testing.T, logs string) map[string]float64 {
 	if addr == "" {
 		t.Fatalf("no metrics address in the logs:\n%s", logs)
 	}
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	out := map[string]float64{}
-	for _, line := range strings.Split(string(body), "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out
+	return addr
+}
+
+// scrape reads the daemon's /metrics (its address is in the logs).
+func scrape(t *testing.T, logs string) e2e.Samples {
+	t.Helper()
+	return e2e.MustScrape(t, "http://"+metricsAddr(t, logs)+"/metrics")
 }

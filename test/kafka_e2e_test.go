@@ -1,21 +1,19 @@
 package test
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/test/kfakebroker/kfaketest"
 )
@@ -29,31 +27,17 @@ func kafkaDaemonConfig(t *testing.T, dir, brokerAddr string, dispatchers []strin
 	if _, err := devca.WriteDir(certs, vins); err != nil {
 		t.Fatal(err)
 	}
-	d := devca.Dir{Path: certs}
-	metricsPort, pprofPort = freePort(t), freePort(t)
-	cfg := map[string]any{
-		"host": "127.0.0.1", "port": 0, "log_level": "info", "json_log_enable": true,
-		"namespace": "tesla_telemetry",
-		"records": map[string][]string{
-			"V": dispatchers, "alerts": dispatchers, "errors": dispatchers, "connectivity": dispatchers,
-		},
-		"tls": map[string]string{
-			"server_cert": d.File(devca.ServerCertFile), "server_key": d.File(devca.ServerKeyFile),
-			"ca_file": d.File(devca.CACertFile),
-		},
-		"kafka": map[string]any{
-			"bootstrap.servers":      brokerAddr,
-			"queue.buffering.max.ms": 5,
-			"compression.type":       "gzip",
-		},
-		"monitoring": map[string]any{"prometheus_metrics_port": metricsPort, "profiler_port": pprofPort},
-		"spool":      map[string]any{"dir": filepath.Join(dir, "spool")},
+	metricsPort, pprofPort = e2e.FreePort(t), e2e.FreePort(t)
+	c := baseConfig(certs, filepath.Join(dir, "spool"))
+	c.Records = allTypes(dispatchers...)
+	c.Kafka = config.Kafka{
+		"bootstrap.servers":      brokerAddr,
+		"queue.buffering.max.ms": 5,
+		"compression.type":       "gzip",
 	}
-	b, _ := json.MarshalIndent(cfg, "", "  ")
+	c.Monitoring = &config.Monitoring{PrometheusMetricsPort: metricsPort, ProfilerPort: pprofPort}
 	configPath = filepath.Join(dir, "config.json")
-	if err := os.WriteFile(configPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeConfigFile(t, configPath, c)
 	return configPath, certs, metricsPort, pprofPort
 }
 
@@ -95,7 +79,7 @@ func TestKafkaEndToEnd(t *testing.T) {
 	want := map[string]string{} // txid → vin
 	wantType := map[string]string{}
 	for _, vin := range vins {
-		c := dial(t, d.addr, certs, vin)
+		c := e2e.Dial(t, d.addr, certs, vin)
 		var ms []*envelope.StreamMessage
 		for i := range 10 {
 			for _, topic := range []string{"V", "alerts"} {
@@ -104,7 +88,7 @@ func TestKafkaEndToEnd(t *testing.T) {
 				want[tx], wantType[tx] = vin, topic
 			}
 		}
-		sendAndAck(t, c, ms)
+		e2e.SendAndAck(t, c, ms)
 	}
 
 	deadline := time.Now().Add(30 * time.Second)
@@ -153,82 +137,18 @@ func TestKafkaEndToEnd(t *testing.T) {
 	d.stop(t)
 }
 
-// loadGen keeps vehicles sending records, one at a time each, waiting for
-// every ack, and records what was acked and when.
-type loadGen struct {
-	mu      sync.Mutex
-	acked   map[string]time.Time
-	errs    []error
-	stop    chan struct{}
-	stopped sync.WaitGroup
-}
-
-func startLoad(t *testing.T, addr, certs string, interval time.Duration) *loadGen {
+// startLoad keeps the vehicles of vins sending V records (every fifth an
+// alerts record), one at a time each, waiting for every ack.
+func startLoad(t *testing.T, addr, certs string, interval time.Duration) *e2e.Load {
 	t.Helper()
-	g := &loadGen{acked: map[string]time.Time{}, stop: make(chan struct{})}
-	for _, vin := range vins {
-		c := dial(t, addr, certs, vin)
-		g.stopped.Add(1)
-		go func() {
-			defer g.stopped.Done()
-			tick := time.NewTicker(interval)
-			defer tick.Stop()
-			for i := 0; ; i++ {
-				select {
-				case <-g.stop:
-					return
-				case <-tick.C:
-				}
-				topic := "V"
-				if i%5 == 4 {
-					topic = "alerts"
-				}
-				tx := fmt.Sprintf("load-%s-%06d", vin, i)
-				if err := c.Send(newRecord(vin, topic, tx)); err != nil {
-					g.fail(fmt.Errorf("%s: send %s: %w", vin, tx, err))
-					return
-				}
-				r, err := c.ReadReply(10 * time.Second)
-				if err != nil {
-					g.fail(fmt.Errorf("%s: reply for %s: %w", vin, tx, err))
-					return
-				}
-				if !r.Ack || r.TxID != tx {
-					g.fail(fmt.Errorf("%s: got %+v, want the ack of %s", vin, r, tx))
-					return
-				}
-				g.mu.Lock()
-				g.acked[tx] = time.Now()
-				g.mu.Unlock()
+	return e2e.StartLoad(t, addr, certs, vins, e2e.LoadOptions{Interval: interval,
+		Record: func(vin string, i int) *envelope.StreamMessage {
+			topic := "V"
+			if i%5 == 4 {
+				topic = "alerts"
 			}
-		}()
-	}
-	return g
-}
-
-func (g *loadGen) fail(err error) {
-	g.mu.Lock()
-	g.errs = append(g.errs, err)
-	g.mu.Unlock()
-}
-
-func (g *loadGen) halt() {
-	close(g.stop)
-	g.stopped.Wait()
-}
-
-// snapshot returns the acked txids and how many were acked in [from, to).
-func (g *loadGen) snapshot(from, to time.Time) (all map[string]bool, inWindow int, errs []error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	all = make(map[string]bool, len(g.acked))
-	for tx, at := range g.acked {
-		all[tx] = true
-		if !at.Before(from) && at.Before(to) {
-			inWindow++
-		}
-	}
-	return all, inWindow, append([]error(nil), g.errs...)
+			return newRecord(vin, topic, fmt.Sprintf("load-%s-%06d", vin, i))
+		}})
 }
 
 // httpGet fetches a local URL's body.
@@ -241,21 +161,6 @@ func httpGet(url string) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
-}
-
-// metricValue reads one sample from a Prometheus text page (-1 if absent).
-func metricValue(page, name string) float64 {
-	sc := bufio.NewScanner(strings.NewReader(page))
-	for sc.Scan() {
-		line := sc.Text()
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err == nil {
-				return f
-			}
-		}
-	}
-	return -1
 }
 
 // goroutines reads the daemon's goroutine count from /debug/pprof.
@@ -287,13 +192,7 @@ func TestKafkaOutage(t *testing.T) {
 	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
 
 	load := startLoad(t, d.addr, certs, 20*time.Millisecond) // ~150 records/s from 3 vehicles
-	defer func() {
-		select {
-		case <-load.stop:
-		default:
-			load.halt()
-		}
-	}()
+	defer load.Halt()
 
 	type sample struct {
 		at             time.Duration
@@ -310,7 +209,7 @@ func TestKafkaOutage(t *testing.T) {
 	// yet (read right after; while the broker is down, what it held when it
 	// went away), and the forwarder's lag gauge.
 	take := func(note string) {
-		acked, _, _ := load.snapshot(time.Time{}, time.Now())
+		acked, _, _ := load.Snapshot(time.Time{}, time.Now())
 		if brokerUp {
 			if got, _, err := readKafka(broker.Addr, "V", "alerts"); err == nil {
 				lastInKafka = got
@@ -323,8 +222,10 @@ func TestKafkaOutage(t *testing.T) {
 			}
 		}
 		gauge := -1.0
-		if page, err := httpGet(metricsURL); err == nil {
-			gauge = metricValue(page, `fleet_forwarder_lag_records{forwarder="kafka"}`)
+		if m, err := e2e.Scrape(metricsURL); err == nil {
+			if v, ok := m[`fleet_forwarder_lag_records{forwarder="kafka"}`]; ok {
+				gauge = v
+			}
 		}
 		s := sample{at: time.Since(start).Round(100 * time.Millisecond), acked: len(acked), waiting: waiting, lagGauge: gauge, brokerUp: brokerUp, note: note}
 		samples = append(samples, s)
@@ -359,8 +260,8 @@ func TestKafkaOutage(t *testing.T) {
 	for range 2 {
 		tick("broker back, load on")
 	}
-	load.halt()
-	acked, ackedDuringOutage, errs := load.snapshot(outageStart, outageEnd)
+	load.Halt()
+	acked, ackedDuringOutage, errs := load.Snapshot(outageStart, outageEnd)
 	for _, err := range errs {
 		t.Errorf("vehicle: %v", err)
 	}
@@ -399,12 +300,12 @@ func TestKafkaOutage(t *testing.T) {
 	// every pass of the loop, which is idle now).
 	gaugeDeadline := time.Now().Add(10 * time.Second)
 	for {
-		page, err := httpGet(metricsURL)
-		if err == nil && metricValue(page, `fleet_forwarder_lag_records{forwarder="kafka"}`) == 0 {
+		m, err := e2e.Scrape(metricsURL)
+		if v, ok := m[`fleet_forwarder_lag_records{forwarder="kafka"}`]; err == nil && ok && v == 0 {
 			break
 		}
 		if time.Now().After(gaugeDeadline) {
-			t.Errorf("fleet_forwarder_lag_records{forwarder=\"kafka\"} not back to 0:\n%s", page)
+			t.Errorf("fleet_forwarder_lag_records{forwarder=\"kafka\"} not back to 0: %v (%v)", m[`fleet_forwarder_lag_records{forwarder="kafka"}`], err)
 			break
 		}
 		time.Sleep(200 * time.Millisecond)

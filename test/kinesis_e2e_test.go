@@ -1,10 +1,8 @@
 package test
 
 import (
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -13,7 +11,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder/kinesis/kinesistest"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
@@ -29,29 +29,12 @@ func writeKinesisConfig(t *testing.T, dir, endpoint string) (configPath, certs s
 	if _, err := devca.WriteDir(certs, vins); err != nil {
 		t.Fatal(err)
 	}
-	d := devca.Dir{Path: certs}
-	cfg := map[string]any{
-		"host": "127.0.0.1", "port": 0, "log_level": "info", "json_log_enable": true,
-		"namespace": "tesla_telemetry",
-		"records": map[string][]string{
-			"V": {"kinesis", "logger"}, "connectivity": {"kinesis", "logger"},
-		},
-		"kinesis": map[string]any{
-			"override_host": endpoint,
-			"max_retries":   3,
-			"streams":       map[string]string{"V": "test_V"},
-		},
-		"tls": map[string]string{
-			"server_cert": d.File(devca.ServerCertFile), "server_key": d.File(devca.ServerKeyFile),
-			"ca_file": d.File(devca.CACertFile),
-		},
-		"spool": map[string]any{"dir": filepath.Join(dir, "spool")},
-	}
-	b, _ := json.MarshalIndent(cfg, "", "  ")
+	c := baseConfig(certs, filepath.Join(dir, "spool"))
+	c.Records = map[string][]string{"V": {"kinesis", "logger"}, "connectivity": {"kinesis", "logger"}}
+	retries := 3
+	c.Kinesis = &config.Kinesis{OverrideHost: endpoint, MaxRetries: &retries, Streams: map[string]string{"V": "test_V"}}
 	configPath = filepath.Join(dir, "config.json")
-	if err := os.WriteFile(configPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeConfigFile(t, configPath, c)
 	return configPath, certs
 }
 
@@ -93,7 +76,7 @@ func TestKinesisEndToEnd(t *testing.T) {
 	wantConn := map[string]kinesisExpect{} // the same for vehicle-sent connectivity
 	var clients []*vehicle.Client
 	for _, vin := range vins {
-		c := dial(t, d.addr, certs, vin)
+		c := e2e.Dial(t, d.addr, certs, vin)
 		clients = append(clients, c)
 		var ms []*envelope.StreamMessage
 		for i := range 20 {
@@ -119,7 +102,7 @@ func TestKinesisEndToEnd(t *testing.T) {
 			}
 			want[canonical(t, m)] = kinesisExpect{txid: tx, vin: vin}
 		}
-		sendAndAck(t, c, ms)
+		e2e.SendAndAck(t, c, ms)
 	}
 
 	deadline := time.Now().Add(30 * time.Second)

@@ -10,6 +10,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/test/kfakebroker/kfaketest"
@@ -96,7 +98,7 @@ func TestLanesKafkaMissingTopicAndRefusedRecord(t *testing.T) {
 	setup := relWriteConfig(t, dir, relConfig{
 		Records: map[string][]string{"V": {"kafka"}, "alerts": {"kafka"}, "connectivity": {"kafka"}},
 		Kafka:   broker.Addr,
-		Extra:   map[string]any{"transmit_decoded_records": true},
+		Edit:    func(c *config.Config) { c.TransmitDecodedRecords = true },
 	})
 	d := startDaemon(t, setup.ConfigPath)
 	cli := func(args ...string) cliResult {
@@ -106,13 +108,13 @@ func TestLanesKafkaMissingTopicAndRefusedRecord(t *testing.T) {
 	// Three short connections: 6 connectivity records, and V and alerts.
 	acked := map[string]bool{}
 	for i := range 3 {
-		c := dial(t, d.addr, setup.Certs, relVINs[i])
+		c := e2e.Dial(t, d.addr, setup.Certs, relVINs[i])
 		var ms []*envelope.StreamMessage
 		for j := range 5 {
 			ms = append(ms, newRecord(relVINs[i], "V", fmt.Sprintf("v-%d-%d", i, j)))
 		}
 		ms = append(ms, newRecord(relVINs[i], "alerts", fmt.Sprintf("alerts-%d", i)))
-		sendAndAck(t, c, ms)
+		e2e.SendAndAck(t, c, ms)
 		for _, m := range ms {
 			acked[string(m.TxID)] = true
 		}
@@ -173,7 +175,7 @@ func TestLanesKafkaMissingTopicAndRefusedRecord(t *testing.T) {
 	}
 
 	// A V record whose JSON is over message.max.bytes, between others.
-	c := dial(t, d.addr, setup.Certs, relVINs[0])
+	c := e2e.Dial(t, d.addr, setup.Certs, relVINs[0])
 	defer c.Close()
 	around := map[string]bool{}
 	var ms []*envelope.StreamMessage
@@ -186,7 +188,7 @@ func TestLanesKafkaMissingTopicAndRefusedRecord(t *testing.T) {
 	for j := range 5 {
 		ms = append(ms, newRecord(relVINs[0], "V", fmt.Sprintf("after-%d", j)))
 	}
-	sendAndAck(t, c, ms)
+	e2e.SendAndAck(t, c, ms)
 	for _, m := range ms {
 		if m != big {
 			around[string(m.TxID)] = true

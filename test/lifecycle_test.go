@@ -14,6 +14,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 )
@@ -32,7 +33,7 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	closes := map[ws.StatusCode]int{}
 	var wg sync.WaitGroup
 	for k, vin := range vins {
-		c := dial(t, d.addr, certs, vin)
+		c := e2e.Dial(t, d.addr, certs, vin)
 		wg.Add(2)
 		stop := make(chan struct{})
 		go func() { // writer: keeps records in flight until the server closes
@@ -130,7 +131,7 @@ func TestSIGHUPReloadsCertificates(t *testing.T) {
 		defer c.Close()
 		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
 	}
-	established := dial(t, d.addr, certs, vins[0])
+	established := e2e.Dial(t, d.addr, certs, vins[0])
 	before := serverSerial()
 
 	ca, err := devca.Load(dd.File(devca.CACertFile), dd.File(devca.CAKeyFile))
@@ -149,7 +150,7 @@ func TestSIGHUPReloadsCertificates(t *testing.T) {
 	if after == before {
 		t.Fatal("new handshakes still get the old certificate after SIGHUP")
 	}
-	sendAndAck(t, established, []*envelope.StreamMessage{newRecord(vins[0], "V", "still-open")})
+	e2e.SendAndAck(t, established, []*envelope.StreamMessage{newRecord(vins[0], "V", "still-open")})
 
 	// A broken certificate file: the reload is refused, the old one stays.
 	os.WriteFile(dd.File(devca.ServerCertFile), []byte("not a certificate"), 0o644)
@@ -158,7 +159,7 @@ func TestSIGHUPReloadsCertificates(t *testing.T) {
 	if got := serverSerial(); got != after {
 		t.Fatalf("after a failed reload the server presents %s, want the previous %s", got, after)
 	}
-	sendAndAck(t, established, []*envelope.StreamMessage{newRecord(vins[0], "V", "still-open-2")})
+	e2e.SendAndAck(t, established, []*envelope.StreamMessage{newRecord(vins[0], "V", "still-open-2")})
 }
 
 func waitLog(t *testing.T, d *daemon, msg string) {

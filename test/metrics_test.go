@@ -1,34 +1,24 @@
 package test
 
 import (
-	"encoding/json"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 )
 
 // metricsBody fetches the daemon's /metrics text as served.
 func metricsBody(t *testing.T, logs string) string {
 	t.Helper()
-	var addr string
-	for _, line := range strings.Split(logs, "\n") {
-		var e struct{ Msg, Addr string }
-		if json.Unmarshal([]byte(line), &e) == nil && e.Msg == "serving metrics" {
-			addr = e.Addr
-		}
-	}
-	if addr == "" {
-		t.Fatalf("no metrics address in the logs:\n%s", logs)
-	}
-	resp, err := http.Get("http://" + addr + "/metrics")
+	resp, err := http.Get("http://" + metricsAddr(t, logs) + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,13 +35,7 @@ func metricsBody(t *testing.T, logs string) string {
 // a valid record and a spoofed one, and checks the reference's metric
 // names on both, and `promtool check metrics` on the scrape.
 func TestMetricsScrapePassesPromtoolAndStatsdGetsThem(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("promtool not found: CI must install Debian's prometheus package (apt-get install prometheus)")
-		}
-		t.Skip("promtool not found (Debian package prometheus); skipped outside CI")
-	}
+	promtool := e2e.NeedTool(t, "promtool", "prometheus")
 	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -60,28 +44,17 @@ func TestMetricsScrapePassesPromtoolAndStatsdGetsThem(t *testing.T) {
 
 	dir := t.TempDir()
 	configPath, certs := writeConfig(t, dir)
-	raw, err := os.ReadFile(configPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(raw, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	mon := cfg["monitoring"].(map[string]any)
-	mon["statsd"] = map[string]any{"host": udp.LocalAddr().String(), "prefix": "ft.", "flush_period": 100}
-	raw, _ = json.Marshal(cfg)
-	if err := os.WriteFile(configPath, raw, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	editConfig(t, configPath, func(c *config.Config) {
+		c.Monitoring.Statsd = &config.Statsd{Host: udp.LocalAddr().String(), Prefix: "ft.", FlushPeriod: 100}
+	})
 	d := startDaemon(t, configPath)
 	defer d.stop(t)
 
-	c := dial(t, d.addr, certs, vins[0])
-	sendAndAck(t, c, []*envelope.StreamMessage{newRecord(vins[0], "V", "m-ok")})
+	c := e2e.Dial(t, d.addr, certs, vins[0])
+	e2e.SendAndAck(t, c, []*envelope.StreamMessage{newRecord(vins[0], "V", "m-ok")})
 	spoof := newRecord(vins[0], "V", "m-spoof")
 	spoof.SenderID = []byte("vehicle_device." + vins[1])
-	sendAndAck(t, c, []*envelope.StreamMessage{spoof})
+	e2e.SendAndAck(t, c, []*envelope.StreamMessage{spoof})
 
 	body := metricsBody(t, d.logText())
 	for _, want := range []string{
@@ -96,6 +69,16 @@ func TestMetricsScrapePassesPromtoolAndStatsdGetsThem(t *testing.T) {
 		if !strings.Contains(body, want+"\n") {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+	// Prometheus' own parser reads the whole page (what every end-to-end
+	// test's scrape relies on), histograms included.
+	m, err := e2e.ParseMetrics(strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m[`record_total{record_type="V"}`] != 2 || m["fleet_ack_latency_seconds_count"] < 2 || m[`fleet_ack_latency_seconds_bucket{le="+Inf"}`] != m["fleet_ack_latency_seconds_count"] {
+		t.Errorf("parsed page: record_total %v, ack latency count %v, +Inf bucket %v", m[`record_total{record_type="V"}`],
+			m["fleet_ack_latency_seconds_count"], m[`fleet_ack_latency_seconds_bucket{le="+Inf"}`])
 	}
 	cmd := exec.Command(promtool, "check", "metrics")
 	cmd.Stdin = strings.NewReader(body)

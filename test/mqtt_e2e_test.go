@@ -14,6 +14,8 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/brokertest"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 )
@@ -108,19 +110,19 @@ func TestMQTTEndToEnd(t *testing.T) {
 	reader := mosquittoSub(t, b, "telemetry/#")
 	setup := sinkConfig(t, map[string][]string{
 		"V": {"mqtt", "logger"}, "alerts": {"mqtt"}, "errors": {"mqtt"}, "connectivity": {"mqtt"},
-	}, map[string]any{
-		"mqtt": map[string]any{
-			"broker": b.Addr, "client_id": "client-1", "topic_base": "telemetry", "qos": 1,
-			"retained": false, "connect_timeout_ms": 30000, "publish_timeout_ms": 1000,
-		},
-		"reliable_ack_sources": map[string]string{"V": "mqtt"},
+	}, func(c *config.Config) {
+		c.MQTT = &config.MQTT{
+			Broker: b.Addr, ClientID: "client-1", TopicBase: "telemetry", QoS: 1,
+			Retained: false, ConnectTimeoutMs: 30000, PublishTimeoutMs: 1000,
+		}
+		c.ReliableAckSources = map[string]string{"V": "mqtt"}
 	})
 	d := startDaemon(t, setup.ConfigPath)
 
 	want := map[string]bool{}
 	lastV := map[string]*pb.Payload{}
 	for _, vin := range vins {
-		c := dial(t, d.addr, setup.Certs, vin)
+		c := e2e.Dial(t, d.addr, setup.Certs, vin)
 		var ms []*envelope.StreamMessage
 		for i := range 10 {
 			tx := fmt.Sprintf("%s-V-%d", vin, i)
@@ -134,7 +136,7 @@ func TestMQTTEndToEnd(t *testing.T) {
 			lastV[vin] = &p
 		}
 		ms = append(ms, newRecord(vin, "alerts", vin+"-alerts"), newRecord(vin, "errors", vin+"-errors"))
-		sendAndAck(t, c, ms)
+		e2e.SendAndAck(t, c, ms)
 	}
 	if missing, _ := reader.txs.wait(want, 30*time.Second); missing > 0 {
 		t.Fatalf("%d of %d acked V records never reached the MQTT subscriber\n%s", missing, len(want), d.logText())
@@ -237,9 +239,9 @@ func TestMQTTBrokerOutage(t *testing.T) {
 	if tok := sub.Subscribe("telemetry/+/v/VehicleName", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
-	setup := sinkConfig(t, map[string][]string{"V": {"mqtt"}}, map[string]any{
-		"mqtt": map[string]any{"broker": b.Addr, "client_id": "daemon", "topic_base": "telemetry", "qos": 1,
-			"publish_timeout_ms": 1000, "connect_retry_interval_ms": 500},
+	setup := sinkConfig(t, map[string][]string{"V": {"mqtt"}}, func(c *config.Config) {
+		c.MQTT = &config.MQTT{Broker: b.Addr, ClientID: "daemon", TopicBase: "telemetry", QoS: 1,
+			PublishTimeoutMs: 1000, ConnectRetryIntervalMs: 500}
 	})
 	d := startDaemon(t, setup.ConfigPath)
 	load := startTaggedLoad(t, d.addr, setup.Certs, relVINs[:3], 10*time.Millisecond)
@@ -254,8 +256,8 @@ func TestMQTTBrokerOutage(t *testing.T) {
 	to := time.Now()
 	b.Start()
 	time.Sleep(2 * time.Second)
-	load.halt()
-	acked, during, errs := load.snapshot(from, to)
+	load.Halt()
+	acked, during, errs := load.Snapshot(from, to)
 	for _, err := range errs {
 		t.Errorf("vehicle: %v", err)
 	}

@@ -12,6 +12,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/brokertest"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 )
@@ -67,21 +69,21 @@ func TestNATSEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	sub.Flush()
-	setup := sinkConfig(t, map[string][]string{"V": {"nats", "logger"}, "connectivity": {"nats"}}, map[string]any{
-		"nats":                 map[string]any{"url": "nats://" + b.Addr, "name": "fleet-telemetry"},
-		"reliable_ack_sources": map[string]string{"V": "nats"},
+	setup := sinkConfig(t, map[string][]string{"V": {"nats", "logger"}, "connectivity": {"nats"}}, func(c *config.Config) {
+		c.NATS = &config.NATS{URL: "nats://" + b.Addr, Name: "fleet-telemetry"}
+		c.ReliableAckSources = map[string]string{"V": "nats"}
 	})
 	d := startDaemon(t, setup.ConfigPath)
 	want := map[string]bool{}
 	for _, vin := range vins {
-		conn := dial(t, d.addr, setup.Certs, vin)
+		conn := e2e.Dial(t, d.addr, setup.Certs, vin)
 		var ms []*envelope.StreamMessage
 		for i := range 10 {
 			tx := fmt.Sprintf("%s-V-%d", vin, i)
 			ms = append(ms, taggedRecord(vin, tx))
 			want[tx] = true
 		}
-		sendAndAck(t, conn, ms)
+		e2e.SendAndAck(t, conn, ms)
 	}
 	if missing, dup := onData.wait(want, 30*time.Second); missing > 0 || dup > 0 {
 		t.Fatalf("%d of %d acked records missing, %d duplicates\n%s", missing, len(want), dup, d.logText())
@@ -120,8 +122,8 @@ func TestNATSOutageJetStream(t *testing.T) {
 		Subjects: []string{"tesla_telemetry.>"}, Storage: jetstream.FileStorage}); err != nil {
 		t.Fatal(err)
 	}
-	setup := sinkConfig(t, map[string][]string{"V": {"nats"}}, map[string]any{
-		"nats": map[string]any{"url": "nats://" + b.Addr, "jetstream": true},
+	setup := sinkConfig(t, map[string][]string{"V": {"nats"}}, func(c *config.Config) {
+		c.NATS = &config.NATS{URL: "nats://" + b.Addr, JetStream: true}
 	})
 	d := startDaemon(t, setup.ConfigPath)
 	load := startTaggedLoad(t, d.addr, setup.Certs, relVINs[:3], 10*time.Millisecond)
@@ -136,8 +138,8 @@ func TestNATSOutageJetStream(t *testing.T) {
 	to := time.Now()
 	b.Start()
 	time.Sleep(2 * time.Second)
-	load.halt()
-	acked, during, errs := load.snapshot(from, to)
+	load.Halt()
+	acked, during, errs := load.Snapshot(from, to)
 	for _, err := range errs {
 		t.Errorf("vehicle: %v", err)
 	}

@@ -19,29 +19,11 @@ import (
 	"github.com/gobwas/ws"
 	flatbuffers "github.com/google/flatbuffers/go"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 )
-
-// editConfig rewrites a JSON config file with extra top-level keys.
-func editConfig(t *testing.T, path string, set map[string]any) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range set {
-		m[k] = v
-	}
-	b, _ = json.MarshalIndent(m, "", "  ")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // TestReferenceKeysFromTheConfigFile drives the parity keys through the
 // real binary: status_port, vin_allowlist, connectivity events with the
@@ -49,11 +31,11 @@ func editConfig(t *testing.T, path string, set map[string]any) {
 func TestReferenceKeysFromTheConfigFile(t *testing.T) {
 	dir := t.TempDir()
 	configPath, certs := writeConfig(t, dir)
-	statusPort := freePort(t)
-	editConfig(t, configPath, map[string]any{
-		"status_port":   statusPort,
-		"vin_allowlist": []string{vins[0]},
-		"rate_limit":    map[string]any{"enabled": true, "message_limit": 5, "message_interval_time": 60},
+	statusPort := e2e.FreePort(t)
+	editConfig(t, configPath, func(c *config.Config) {
+		c.StatusPort = statusPort
+		c.VINAllowlist = config.AllowlistOf(vins[0])
+		c.RateLimit = &config.RateLimit{Enabled: true, MessageLimit: 5, MessageIntervalTime: 60}
 	})
 	d := startDaemon(t, configPath)
 
@@ -91,7 +73,7 @@ func TestReferenceKeysFromTheConfigFile(t *testing.T) {
 	for i := range 7 {
 		ms = append(ms, newRecord(vins[0], "V", fmt.Sprintf("rl-%d", i)))
 	}
-	sendAndAck(t, c, ms[:5])
+	e2e.SendAndAck(t, c, ms[:5])
 	c.SendMany(ms[5:])
 	if r, err := c.ReadReply(500 * time.Millisecond); err == nil {
 		t.Fatalf("a record over the rate limit was answered: %+v", r)
@@ -173,7 +155,7 @@ func TestDescriptorExhaustionDoesNotStopTheDaemon(t *testing.T) {
 		c, err := vehicle.Dial(ctx, vehicle.Config{Addr: d.addr, TLS: tlsCfg})
 		cancel()
 		if err == nil {
-			sendAndAck(t, c, []*envelope.StreamMessage{newRecord(vins[0], "V", "after-exhaustion")})
+			e2e.SendAndAck(t, c, []*envelope.StreamMessage{newRecord(vins[0], "V", "after-exhaustion")})
 			c.Close()
 			break
 		}
@@ -192,15 +174,15 @@ func TestDescriptorExhaustionDoesNotStopTheDaemon(t *testing.T) {
 func TestReferenceAnswersEndToEnd(t *testing.T) {
 	dir := t.TempDir()
 	configPath, certs := writeConfig(t, dir)
-	editConfig(t, configPath, map[string]any{"records": map[string][]string{"V": {"logger"}}})
+	editConfig(t, configPath, func(c *config.Config) { c.Records = map[string][]string{"V": {"logger"}} })
 	d := startDaemon(t, configPath)
-	c := dial(t, d.addr, certs, vins[0])
+	c := e2e.Dial(t, d.addr, certs, vins[0])
 	next := 0
 	expectNext := func() {
 		t.Helper()
 		next++
 		m := newRecord(vins[0], "V", fmt.Sprintf("next-%d", next))
-		sendAndAck(t, c, []*envelope.StreamMessage{m})
+		e2e.SendAndAck(t, c, []*envelope.StreamMessage{m})
 	}
 	reply := func(what string, frame []byte) vehicle.Reply {
 		t.Helper()
@@ -245,7 +227,7 @@ func TestReferenceAnswersEndToEnd(t *testing.T) {
 	m = newRecord(vins[0], "V", "foreign-routed")
 	m.SenderID = []byte("vehicle_device." + vins[1])
 	m.DeviceID = []byte(vins[1])
-	sendAndAck(t, c, []*envelope.StreamMessage{m})
+	e2e.SendAndAck(t, c, []*envelope.StreamMessage{m})
 	expectNext()
 	l := d.waitPrinted(t, map[string]bool{"foreign-routed": true}, 10*time.Second)["foreign-routed"]
 	var rec struct{ Vin string }
@@ -287,9 +269,11 @@ func envelopeWithoutUnion(txid, topic string, typ envelope.MessageType) []byte {
 func TestProfilerEndpointsEndToEnd(t *testing.T) {
 	dir := t.TempDir()
 	configPath, _ := writeConfig(t, dir)
-	pprofPort := freePort(t)
+	pprofPort := e2e.FreePort(t)
 	profile := filepath.Join(dir, "cpu.pprof")
-	editConfig(t, configPath, map[string]any{"monitoring": map[string]any{"profiler_port": pprofPort, "profiling_path": profile}})
+	editConfig(t, configPath, func(c *config.Config) {
+		c.Monitoring = &config.Monitoring{ProfilerPort: pprofPort, ProfilingPath: profile}
+	})
 	d := startDaemon(t, configPath)
 	if strings.Contains(d.logText(), "profiling_path") {
 		t.Errorf("monitoring.profiling_path is warned about:\n%s", d.logText())
@@ -329,7 +313,7 @@ func TestProfilerEndpointsEndToEnd(t *testing.T) {
 	d.stop(t)
 	checkCPUProfile(t, profile)
 
-	editConfig(t, configPath, map[string]any{"monitoring": map[string]any{"profiler_port": pprofPort}})
+	editConfig(t, configPath, func(c *config.Config) { c.Monitoring = &config.Monitoring{ProfilerPort: pprofPort} })
 	d = startDaemon(t, configPath)
 	if code, body := get("/live_profiler?mode=on"); code != 405 {
 		t.Errorf("/live_profiler without monitoring.profiling_path: %d %q, want 405", code, body)

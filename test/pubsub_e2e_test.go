@@ -3,10 +3,8 @@ package test
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -21,7 +19,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 )
@@ -91,26 +91,14 @@ func writePubsubConfig(t *testing.T, dir string) (configPath, certs string) {
 	if _, err := devca.WriteDir(certs, vins); err != nil {
 		t.Fatal(err)
 	}
-	d := devca.Dir{Path: certs}
-	cfg := map[string]any{
-		"host": "127.0.0.1", "port": 0, "log_level": "info", "json_log_enable": true,
-		"namespace": "tesla_telemetry",
-		"records": map[string][]string{
-			"V": {"pubsub", "logger"}, "errors": {"pubsub", "logger"},
-			"alerts": {"logger"}, "connectivity": {"logger"},
-		},
-		"pubsub": map[string]string{"gcp_project_id": pubsubProject},
-		"tls": map[string]string{
-			"server_cert": d.File(devca.ServerCertFile), "server_key": d.File(devca.ServerKeyFile),
-			"ca_file": d.File(devca.CACertFile),
-		},
-		"spool": map[string]any{"dir": filepath.Join(dir, "spool")},
+	c := baseConfig(certs, filepath.Join(dir, "spool"))
+	c.Records = map[string][]string{
+		"V": {"pubsub", "logger"}, "errors": {"pubsub", "logger"},
+		"alerts": {"logger"}, "connectivity": {"logger"},
 	}
-	b, _ := json.MarshalIndent(cfg, "", "  ")
+	c.Pubsub = &config.Pubsub{ProjectID: pubsubProject}
 	configPath = filepath.Join(dir, "config.json")
-	if err := os.WriteFile(configPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeConfigFile(t, configPath, c)
 	return configPath, certs
 }
 
@@ -155,7 +143,7 @@ func TestPubsubEndToEnd(t *testing.T) {
 	wantVIN := map[string]map[string]string{"V": {}, "errors": {}} // type → txid → vin
 	printed := map[string]bool{}
 	for _, vin := range vins {
-		c := dial(t, d.addr, certs, vin)
+		c := e2e.Dial(t, d.addr, certs, vin)
 		var ms []*envelope.StreamMessage
 		for i := range 20 {
 			for _, rt := range []string{"V", "errors", "alerts"} {
@@ -167,7 +155,7 @@ func TestPubsubEndToEnd(t *testing.T) {
 				printed[tx] = true
 			}
 		}
-		sendAndAck(t, c, ms)
+		e2e.SendAndAck(t, c, ms)
 	}
 
 	for rt, want := range wantVIN {

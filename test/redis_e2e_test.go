@@ -13,7 +13,9 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/brokertest"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 )
@@ -86,14 +88,14 @@ func TestRedisEndToEnd(t *testing.T) {
 			mu.Unlock()
 		}
 	}()
-	setup := sinkConfig(t, map[string][]string{"V": {"redis", "logger"}, "connectivity": {"redis"}}, map[string]any{
-		"redis":                map[string]any{"addrs": []string{b.Addr}, "publish_vin_topics": true, "subscriber_set_prefix": "consumer"},
-		"reliable_ack_sources": map[string]string{"V": "redis"},
+	setup := sinkConfig(t, map[string][]string{"V": {"redis", "logger"}, "connectivity": {"redis"}}, func(c *config.Config) {
+		c.Redis = &config.Redis{Addrs: []string{b.Addr}, PublishVINTopics: true, SubscriberSetPrefix: "consumer"}
+		c.ReliableAckSources = map[string]string{"V": "redis"}
 	})
 	d := startDaemon(t, setup.ConfigPath)
 	want, wantLeased := map[string]bool{}, map[string]bool{}
 	for _, vin := range vins {
-		conn := dial(t, d.addr, setup.Certs, vin)
+		conn := e2e.Dial(t, d.addr, setup.Certs, vin)
 		var ms []*envelope.StreamMessage
 		for i := range 10 {
 			tx := fmt.Sprintf("%s-V-%d", vin, i)
@@ -103,7 +105,7 @@ func TestRedisEndToEnd(t *testing.T) {
 				wantLeased[tx] = true
 			}
 		}
-		sendAndAck(t, conn, ms)
+		e2e.SendAndAck(t, conn, ms)
 	}
 	if missing, dup := onVIN.wait(want, 30*time.Second); missing > 0 || dup > 0 {
 		t.Fatalf("VIN channels: %d of %d acked records missing, %d duplicates\n%s", missing, len(want), dup, d.logText())
@@ -146,9 +148,9 @@ func TestRedisEndToEnd(t *testing.T) {
 // tesla_telemetry_V afterwards.
 func TestRedisOutageStreamMode(t *testing.T) {
 	b := brokertest.Redis(t, true)
-	setup := sinkConfig(t, map[string][]string{"V": {"redis"}}, map[string]any{
-		"redis": map[string]any{"addrs": []string{b.Addr}, "publish_vin_topics": true, "publish_timeout": 1_000_000_000,
-			"stream": map[string]any{"max_len": 1_000_000}},
+	setup := sinkConfig(t, map[string][]string{"V": {"redis"}}, func(c *config.Config) {
+		c.Redis = &config.Redis{Addrs: []string{b.Addr}, PublishVINTopics: true, PublishTimeout: 1_000_000_000,
+			Stream: &config.RedisStream{MaxLen: 1_000_000}}
 	})
 	d := startDaemon(t, setup.ConfigPath)
 	load := startTaggedLoad(t, d.addr, setup.Certs, relVINs[:3], 10*time.Millisecond)
@@ -163,8 +165,8 @@ func TestRedisOutageStreamMode(t *testing.T) {
 	to := time.Now()
 	b.Start()
 	time.Sleep(2 * time.Second)
-	load.halt()
-	acked, during, errs := load.snapshot(from, to)
+	load.Halt()
+	acked, during, errs := load.Snapshot(from, to)
 	for _, err := range errs {
 		t.Errorf("vehicle: %v", err)
 	}
@@ -214,15 +216,15 @@ func TestRedisTLS(t *testing.T) {
 	}
 	ca := devca.Dir{Path: dir}
 	b := brokertest.RedisTLS(t, ca.File(devca.ServerCertFile), ca.File(devca.ServerKeyFile), ca.File(devca.CACertFile))
-	tlsSection := map[string]any{"ca_file": ca.File(devca.CACertFile),
-		"server_cert": ca.VehicleCertFile(vins[0]), "server_key": ca.VehicleKeyFile(vins[0])}
-	setup := sinkConfig(t, map[string][]string{"V": {"redis"}}, map[string]any{
-		"redis": map[string]any{"addrs": []string{b.Addr}, "publish_vin_topics": true, "tls": tlsSection,
-			"override_tls_server_name": "localhost", "stream": map[string]any{}},
+	tlsSection := &config.RedisTLS{CAFile: ca.File(devca.CACertFile),
+		ServerCert: ca.VehicleCertFile(vins[0]), ServerKey: ca.VehicleKeyFile(vins[0])}
+	setup := sinkConfig(t, map[string][]string{"V": {"redis"}}, func(c *config.Config) {
+		c.Redis = &config.Redis{Addrs: []string{b.Addr}, PublishVINTopics: true, TLS: tlsSection,
+			OverrideTLSServerName: "localhost", Stream: &config.RedisStream{}}
 	})
 	d := startDaemon(t, setup.ConfigPath)
-	c := dial(t, d.addr, setup.Certs, vins[0])
-	sendAndAck(t, c, []*envelope.StreamMessage{taggedRecord(vins[0], "tls-1")})
+	c := e2e.Dial(t, d.addr, setup.Certs, vins[0])
+	e2e.SendAndAck(t, c, []*envelope.StreamMessage{taggedRecord(vins[0], "tls-1")})
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if setup.metrics(t)["fleet_redis_stream_added_total"] >= 1 {
 			break
@@ -233,10 +235,8 @@ func TestRedisTLS(t *testing.T) {
 	}
 	d.stop(t)
 
-	delete(tlsSection, "server_cert")
-	delete(tlsSection, "server_key")
-	bad := sinkConfig(t, map[string][]string{"V": {"redis"}}, map[string]any{
-		"redis": map[string]any{"addrs": []string{b.Addr}, "publish_vin_topics": true, "tls": tlsSection},
+	bad := sinkConfig(t, map[string][]string{"V": {"redis"}}, func(c *config.Config) {
+		c.Redis = &config.Redis{Addrs: []string{b.Addr}, PublishVINTopics: true, TLS: &config.RedisTLS{CAFile: tlsSection.CAFile}}
 	})
 	out, err := exec.Command(binary, "-config", bad.ConfigPath).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "PING") {

@@ -8,20 +8,21 @@ package test
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/test/kfakebroker/kfaketest"
 )
 
@@ -58,8 +59,9 @@ type relConfig struct {
 	MinFreeBytes *int64
 	// ExtraCAs are PEM certificates added to the ca_file bundle.
 	ExtraCAs [][]byte
-	// Extra top-level keys (idle_timeout, handshake_timeout, ...).
-	Extra map[string]any
+	// Edit changes the config before it is written (timeouts, a sink's
+	// section ...).
+	Edit func(*config.Config)
 }
 
 // relSetup is one written config.
@@ -78,8 +80,7 @@ func relWriteConfig(t *testing.T, dir string, rc relConfig) relSetup {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := devca.Dir{Path: certs}
-	caFile := d.File(devca.CACertFile)
+	caFile := devca.Dir{Path: certs}.File(devca.CACertFile)
 	if len(rc.ExtraCAs) > 0 {
 		bundle, err := os.ReadFile(caFile)
 		if err != nil {
@@ -99,66 +100,29 @@ func relWriteConfig(t *testing.T, dir string, rc relConfig) relSetup {
 	if rc.SpoolDir == "" {
 		rc.SpoolDir = filepath.Join(dir, "spool")
 	}
-	s := relSetup{Certs: certs, MetricsPort: freePort(t), PprofPort: freePort(t), CA: ca}
-	spoolCfg := map[string]any{"dir": rc.SpoolDir}
-	if rc.MinFreeBytes != nil {
-		spoolCfg["min_free_bytes"] = *rc.MinFreeBytes
-	}
-	if rc.MaxBytes > 0 {
-		spoolCfg["max_bytes"] = rc.MaxBytes
-	}
-	cfg := map[string]any{
-		"host": "127.0.0.1", "port": 0, "log_level": "info", "json_log_enable": true,
-		"namespace": "tesla_telemetry",
-		"records":   rc.Records,
-		"tls": map[string]string{
-			"server_cert": d.File(devca.ServerCertFile), "server_key": d.File(devca.ServerKeyFile),
-			"ca_file": caFile,
-		},
-		"monitoring": map[string]any{"prometheus_metrics_port": s.MetricsPort, "profiler_port": s.PprofPort},
-		"spool":      spoolCfg,
-	}
+	s := relSetup{Certs: certs, MetricsPort: e2e.FreePort(t), PprofPort: e2e.FreePort(t), CA: ca}
+	c := baseConfig(certs, rc.SpoolDir)
+	c.Records = rc.Records
+	c.TLS.CAFile = caFile
+	c.Monitoring = &config.Monitoring{PrometheusMetricsPort: s.MetricsPort, ProfilerPort: s.PprofPort}
+	c.Spool.MinFreeBytes = rc.MinFreeBytes
+	c.Spool.MaxBytes = rc.MaxBytes
 	if rc.Kafka != "" {
-		cfg["kafka"] = map[string]any{"bootstrap.servers": rc.Kafka, "queue.buffering.max.ms": 5}
+		c.Kafka = config.Kafka{"bootstrap.servers": rc.Kafka, "queue.buffering.max.ms": 5}
 	}
-	for k, v := range rc.Extra {
-		cfg[k] = v
+	if rc.Edit != nil {
+		rc.Edit(c)
 	}
-	b, _ := json.MarshalIndent(cfg, "", "  ")
 	s.ConfigPath = filepath.Join(dir, "config.json")
-	if err := os.WriteFile(s.ConfigPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeConfigFile(t, s.ConfigPath, c)
 	return s
 }
 
-// metrics reads the daemon's /metrics page into name → value; a failed
-// scrape fails the test (an empty map would read 0 for every metric and
-// pass checks such as errors_total == 0).
-func (s relSetup) metrics(t testing.TB) map[string]float64 {
+// metrics reads the daemon's /metrics page; a failed scrape fails the
+// test (e2e.MustScrape).
+func (s relSetup) metrics(t testing.TB) e2e.Samples {
 	t.Helper()
-	url := fmt.Sprintf("http://127.0.0.1:%d/metrics", s.MetricsPort)
-	page, err := httpGet(url)
-	if err != nil {
-		t.Fatalf("scrape %s: %v", url, err)
-	}
-	out := map[string]float64{}
-	for _, line := range strings.Split(page, "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	if len(out) == 0 {
-		t.Fatalf("scrape %s: no samples in the page:\n%s", url, page)
-	}
-	return out
+	return e2e.MustScrape(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", s.MetricsPort))
 }
 
 // refused is the name of a connection refusal counter.
@@ -284,76 +248,14 @@ func lostAndDup(acked map[string]bool, got map[string]int) (lost []string, dup i
 	return lost, dup
 }
 
-// goodVehicle keeps one well-behaved vehicle sending a record every
-// interval and waiting for its ack, reconnecting only if told to.
-type goodVehicle struct {
-	mu      sync.Mutex
-	acked   map[string]bool
-	errs    []error
-	maxWait time.Duration
-	stop    chan struct{}
-	done    chan struct{}
-}
-
-func startGoodVehicle(t *testing.T, addr, certs, vin string, interval time.Duration) *goodVehicle {
+// startGoodVehicle keeps one well-behaved vehicle sending a V record
+// every interval and waiting for its ack.
+func startGoodVehicle(t *testing.T, addr, certs, vin string, interval time.Duration) *e2e.Load {
 	t.Helper()
-	c := dial(t, addr, certs, vin)
-	g := &goodVehicle{acked: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(g.done)
-		for i := 0; ; i++ {
-			select {
-			case <-g.stop:
-				return
-			case <-time.After(interval):
-			}
-			tx := fmt.Sprintf("good-%s-%06d", vin, i)
-			start := time.Now()
-			if err := c.Send(newRecord(vin, "V", tx)); err != nil {
-				g.fail(fmt.Errorf("send %s: %w", tx, err))
-				return
-			}
-			r, err := c.ReadReply(10 * time.Second)
-			if err != nil {
-				g.fail(fmt.Errorf("reply for %s: %w", tx, err))
-				return
-			}
-			if !r.Ack || r.TxID != tx {
-				g.fail(fmt.Errorf("got %+v, want the ack of %s", r, tx))
-				return
-			}
-			g.mu.Lock()
-			g.acked[tx] = true
-			g.maxWait = max(g.maxWait, time.Since(start))
-			g.mu.Unlock()
-		}
-	}()
-	return g
-}
-
-func (g *goodVehicle) fail(err error) {
-	g.mu.Lock()
-	g.errs = append(g.errs, err)
-	g.mu.Unlock()
-}
-
-func (g *goodVehicle) count() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.acked)
-}
-
-// halt stops the vehicle and returns what it saw.
-func (g *goodVehicle) halt() (acked map[string]bool, maxWait time.Duration, errs []error) {
-	select {
-	case <-g.stop:
-	default:
-		close(g.stop)
-	}
-	<-g.done
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.acked, g.maxWait, g.errs
+	return e2e.StartLoad(t, addr, certs, []string{vin}, e2e.LoadOptions{Interval: interval,
+		Record: func(vin string, i int) *envelope.StreamMessage {
+			return newRecord(vin, "V", fmt.Sprintf("good-%s-%06d", vin, i))
+		}})
 }
 
 // closeCode returns the WebSocket close code inside err, or 0.

@@ -1,7 +1,6 @@
 package test
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/test/kfakebroker/kfaketest"
@@ -165,20 +165,9 @@ func TestReliabilityCrashConsistency(t *testing.T) {
 	}
 }
 
-// dialNoFail dials like dial but returns nil instead of failing the test
-// (the daemon may have been killed already).
+// dialNoFail dials like e2e.Dial but returns nil instead of failing the
+// test (the daemon may have been killed already).
 func dialNoFail(addr, certs, vin string) *vehicle.Client {
-	c, _ := dialOrWhy(addr, certs, vin)
+	c, _ := e2e.TryDial(addr, certs, vin)
 	return c
-}
-
-// dialOrWhy is dialNoFail that also says why a dial failed.
-func dialOrWhy(addr, certs, vin string) (*vehicle.Client, error) {
-	tlsCfg, err := vehicle.TLSFromDir(certs, vin)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return vehicle.Dial(ctx, vehicle.Config{Addr: addr, TLS: tlsCfg})
 }

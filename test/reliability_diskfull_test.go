@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/test/kfakebroker/kfaketest"
 )
@@ -19,7 +20,7 @@ import (
 // mountSmallFS mounts a size-limited tmpfs on a new directory and unmounts
 // it when the test ends; it skips, saying why, where mounting is not
 // possible (not root, no CAP_SYS_ADMIN, a container without mount rights),
-// except under CI (CI=true), where that is a failure: CI must allow it.
+// except under CI (e2e.UnderCI), where that is a failure: CI must allow it.
 func mountSmallFS(t *testing.T, size string) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -29,10 +30,7 @@ func mountSmallFS(t *testing.T, size string) string {
 	}
 	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", mnt).CombinedOutput()
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("cannot mount a %s tmpfs (needs root / CAP_SYS_ADMIN); CI must allow it: %v: %s", size, err, out)
-		}
-		t.Skipf("cannot mount a %s tmpfs here (needs root / CAP_SYS_ADMIN); skipping — under CI=true this fails: %v: %s", size, err, out)
+		e2e.Unavailable(t, "cannot mount a %s tmpfs here (needs root / CAP_SYS_ADMIN): %v: %s", size, err, out)
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
@@ -148,7 +146,7 @@ func pushUntilRefused(t *testing.T, d *daemon, certs, prefix string, limit int) 
 	t.Helper()
 	acked = map[string]bool{}
 	vin := relVINs[0]
-	c, err := dialOrWhy(d.addr, certs, vin)
+	c, err := e2e.TryDial(d.addr, certs, vin)
 	if err != nil {
 		return acked, -1, "dial failed: " + err.Error()
 	}

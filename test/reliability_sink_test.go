@@ -13,6 +13,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/test/kfakebroker/kfaketest"
 )
@@ -40,13 +41,7 @@ func TestReliabilitySinkOutage(t *testing.T) {
 	})
 	d := startDaemon(t, setup.ConfigPath)
 	load := startLoad(t, d.addr, setup.Certs, 10*time.Millisecond)
-	defer func() {
-		select {
-		case <-load.stop:
-		default:
-			load.halt()
-		}
-	}()
+	defer load.Halt()
 	time.Sleep(2 * time.Second)
 	rssBefore, err := rssKB(d.pid())
 	if err != nil {
@@ -78,14 +73,14 @@ func TestReliabilitySinkOutage(t *testing.T) {
 	windows = append(windows, w)
 	time.Sleep(2 * time.Second)
 
-	load.halt()
+	load.Halt()
 
-	acked, _, errs := load.snapshot(time.Time{}, time.Now())
+	acked, _, errs := load.Snapshot(time.Time{}, time.Now())
 	for _, err := range errs {
 		t.Errorf("vehicle: %v", err)
 	}
 	for _, w := range windows {
-		_, w.ackedDuring, _ = load.snapshot(w.from, w.to)
+		_, w.ackedDuring, _ = load.Snapshot(w.from, w.to)
 		t.Logf("broker %s for %s: %d records acked meanwhile; max fleet_spool_records %.0f, max %s %.0f",
 			w.name, outage, w.ackedDuring, w.spoolMax, kafkaLag, w.lagMax)
 		if w.ackedDuring == 0 {
@@ -229,7 +224,7 @@ func TestReliabilitySlowAndRefusingBroker(t *testing.T) {
 	g := startGoodVehicle(t, d.addr, setup.Certs, relVINs[0], 5*time.Millisecond)
 	time.Sleep(4 * time.Second)
 	m := setup.metrics(t)
-	slowAcked, maxWait, errs := g.halt()
+	slowAcked, maxWait, errs := g.Stop()
 	for _, err := range errs {
 		t.Errorf("vehicle during the slow phase: %v", err)
 	}
@@ -245,7 +240,7 @@ func TestReliabilitySlowAndRefusingBroker(t *testing.T) {
 
 	// Phase 2: the broker refuses the alerts topic.
 	before := setup.metrics(t)
-	c := dial(t, d.addr, setup.Certs, relVINs[1])
+	c := e2e.Dial(t, d.addr, setup.Certs, relVINs[1])
 	refusedAcked := map[string]bool{}
 	for i := range 40 {
 		topic := "V"
@@ -253,7 +248,7 @@ func TestReliabilitySlowAndRefusingBroker(t *testing.T) {
 			topic = "alerts"
 		}
 		tx := fmt.Sprintf("refuse-%s-%03d", topic, i)
-		sendAndAck(t, c, []*envelope.StreamMessage{newRecord(relVINs[1], topic, tx)})
+		e2e.SendAndAck(t, c, []*envelope.StreamMessage{newRecord(relVINs[1], topic, tx)})
 		refusedAcked[tx] = true
 	}
 	time.Sleep(3 * time.Second)

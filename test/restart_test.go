@@ -19,7 +19,9 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/wsframe"
@@ -39,15 +41,12 @@ const restartWithin = 2 * time.Second
 func TestRestartOnBusyPort(t *testing.T) {
 	dir := t.TempDir()
 	configPath, certs := writeConfig(t, dir)
-	port, statusPort, metricsPort, pprofPort := freePort(t), freePort(t), freePort(t), freePort(t)
-	editConfig(t, configPath, map[string]any{
-		"port":          port,
-		"status_port":   statusPort,
-		"vin_allowlist": vins[:2], // vins[2] gets 403
-		"monitoring": map[string]any{
-			"prometheus_metrics_port": metricsPort,
-			"profiler_port":           pprofPort,
-		},
+	port, statusPort, metricsPort, pprofPort := e2e.FreePort(t), e2e.FreePort(t), e2e.FreePort(t), e2e.FreePort(t)
+	editConfig(t, configPath, func(c *config.Config) {
+		c.Port = port
+		c.StatusPort = statusPort
+		c.VINAllowlist = config.AllowlistOf(vins[:2]...) // vins[2] gets 403
+		c.Monitoring = &config.Monitoring{PrometheusMetricsPort: metricsPort, ProfilerPort: pprofPort}
 	})
 	httpPorts := []struct {
 		name, path string
@@ -71,7 +70,7 @@ func TestRestartOnBusyPort(t *testing.T) {
 		closed := closeConnectionsFromTheDaemon(t, d, certs)
 		// A vehicle stays connected across the stop: SIGKILL closes its
 		// socket from the daemon's side too, SIGTERM with close 1001.
-		open := dial(t, d.addr, certs, vins[1])
+		open := e2e.Dial(t, d.addr, certs, vins[1])
 		for _, h := range httpPorts {
 			closedHTTP(t, h.name, fmt.Sprintf("127.0.0.1:%d", h.port), h.path)
 		}
@@ -211,7 +210,7 @@ func rawUpgrade(t *testing.T, tc *tls.Conn) int {
 // and printed.
 func takesRecords(t *testing.T, d *daemon, certs, prefix string) {
 	t.Helper()
-	c := dial(t, d.addr, certs, vins[0])
+	c := e2e.Dial(t, d.addr, certs, vins[0])
 	var ms []*envelope.StreamMessage
 	want := map[string]bool{}
 	for i := range 5 {
@@ -219,7 +218,7 @@ func takesRecords(t *testing.T, d *daemon, certs, prefix string) {
 		ms = append(ms, newRecord(vins[0], "V", tx))
 		want[tx] = true
 	}
-	sendAndAck(t, c, ms)
+	e2e.SendAndAck(t, c, ms)
 	c.Close()
 	d.waitPrinted(t, want, 10*time.Second)
 }
@@ -330,7 +329,7 @@ func secondDaemonFails(t *testing.T, dir, certs string, port int) {
 		t.Fatal(err)
 	}
 	path, _ := writeConfig(t, second)
-	editConfig(t, path, map[string]any{"port": port, "monitoring": map[string]any{}})
+	editConfig(t, path, func(c *config.Config) { c.Port, c.Monitoring = port, &config.Monitoring{} })
 	cmd := exec.Command(binary, "-config", path)
 	done := make(chan struct{})
 	var out []byte

@@ -13,6 +13,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
@@ -56,44 +58,13 @@ func taggedTx(payload []byte) (tx, vin string, err error) {
 }
 
 // startTaggedLoad keeps each of vins sending tagged V records, one at a
-// time, waiting for every ack (the loadGen of the Kafka tests).
-func startTaggedLoad(t *testing.T, addr, certs string, vins []string, interval time.Duration) *loadGen {
+// time, waiting for every ack.
+func startTaggedLoad(t *testing.T, addr, certs string, vins []string, interval time.Duration) *e2e.Load {
 	t.Helper()
-	g := &loadGen{acked: map[string]time.Time{}, stop: make(chan struct{})}
-	for _, vin := range vins {
-		c := dial(t, addr, certs, vin)
-		g.stopped.Add(1)
-		go func() {
-			defer g.stopped.Done()
-			tick := time.NewTicker(interval)
-			defer tick.Stop()
-			for i := 0; ; i++ {
-				select {
-				case <-g.stop:
-					return
-				case <-tick.C:
-				}
-				tx := fmt.Sprintf("load-%s-%06d", vin, i)
-				if err := c.Send(taggedRecord(vin, tx)); err != nil {
-					g.fail(fmt.Errorf("%s: send %s: %w", vin, tx, err))
-					return
-				}
-				r, err := c.ReadReply(30 * time.Second)
-				if err != nil {
-					g.fail(fmt.Errorf("%s: reply for %s: %w", vin, tx, err))
-					return
-				}
-				if !r.Ack || r.TxID != tx {
-					g.fail(fmt.Errorf("%s: got %+v, want the ack of %s", vin, r, tx))
-					return
-				}
-				g.mu.Lock()
-				g.acked[tx] = time.Now()
-				g.mu.Unlock()
-			}
-		}()
-	}
-	return g
+	return e2e.StartLoad(t, addr, certs, vins, e2e.LoadOptions{Interval: interval, ReplyTimeout: 30 * time.Second,
+		Record: func(vin string, i int) *envelope.StreamMessage {
+			return taggedRecord(vin, fmt.Sprintf("load-%s-%06d", vin, i))
+		}})
 }
 
 // txSet is what a consumer received: txid → copies.
@@ -136,10 +107,11 @@ func (s *txSet) wait(want map[string]bool, timeout time.Duration) (missing, dup 
 }
 
 // sinkConfig writes a config routing records to the given dispatchers,
-// with extra top-level keys (the sink's section), /metrics on a free port.
-func sinkConfig(t *testing.T, records map[string][]string, extra map[string]any) relSetup {
+// edited by section (which sets the sink's section), /metrics on a free
+// port.
+func sinkConfig(t *testing.T, records map[string][]string, section func(*config.Config)) relSetup {
 	t.Helper()
-	return relWriteConfig(t, t.TempDir(), relConfig{Records: records, Extra: extra})
+	return relWriteConfig(t, t.TempDir(), relConfig{Records: records, Edit: section})
 }
 
 // protoUnmarshal decodes a payload the test built.

@@ -20,7 +20,9 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
@@ -36,27 +38,15 @@ func spoolCLIConfig(t *testing.T, dir string) (configPath, certs, spoolDir strin
 	if _, err := devca.WriteDir(certs, vins); err != nil {
 		t.Fatal(err)
 	}
-	d := devca.Dir{Path: certs}
 	spoolDir = filepath.Join(dir, "spool")
 	ds := []string{"logger", "kafka"}
-	cfg := map[string]any{
-		"host": "127.0.0.1", "port": 0, "log_level": "info", "json_log_enable": true,
-		"namespace": "tesla_telemetry",
-		"records":   map[string][]string{"V": ds, "alerts": ds, "errors": ds},
-		"tls": map[string]string{
-			"server_cert": d.File(devca.ServerCertFile), "server_key": d.File(devca.ServerKeyFile),
-			"ca_file": d.File(devca.CACertFile),
-		},
-		"kafka": map[string]any{"bootstrap.servers": fmt.Sprintf("127.0.0.1:%d", freePort(t))},
-		"spool": map[string]any{"dir": spoolDir},
-		// The kafka forwarder cannot drain: the stop waits this long.
-		"shutdown_timeout": "2s",
-	}
-	b, _ := json.MarshalIndent(cfg, "", "  ")
+	c := baseConfig(certs, spoolDir)
+	c.Records = map[string][]string{"V": ds, "alerts": ds, "errors": ds}
+	c.Kafka = config.Kafka{"bootstrap.servers": fmt.Sprintf("127.0.0.1:%d", e2e.FreePort(t))}
+	// The kafka forwarder cannot drain: the stop waits this long.
+	c.ShutdownTimeout = config.NewDuration(2 * time.Second)
 	configPath = filepath.Join(dir, "config.json")
-	if err := os.WriteFile(configPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeConfigFile(t, configPath, c)
 	return configPath, certs, spoolDir
 }
 
@@ -253,7 +243,7 @@ func (tp *cliTailProc) stop(t *testing.T) {
 
 func cliSendRecords(t *testing.T, addr, certs string, want map[string]cliSent, vin string, topics []string, n int, prefix string) {
 	t.Helper()
-	c := dial(t, addr, certs, vin)
+	c := e2e.Dial(t, addr, certs, vin)
 	var ms []*envelope.StreamMessage
 	for i := range n {
 		for _, topic := range topics {
@@ -262,7 +252,7 @@ func cliSendRecords(t *testing.T, addr, certs string, want map[string]cliSent, v
 			want[tx] = cliSent{vin, topic}
 		}
 	}
-	sendAndAck(t, c, ms)
+	e2e.SendAndAck(t, c, ms)
 	c.Close()
 }
 

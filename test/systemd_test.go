@@ -28,7 +28,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 )
 
@@ -40,19 +42,11 @@ const (
 )
 
 // needTool returns the path of an external tool. Missing, it skips the
-// test, except under CI (CI=true), where a missing tool is a failure: CI
-// installs it.
+// test, except under CI (e2e.UnderCI), where a missing tool is a failure:
+// .ci/run installs it.
 func needTool(t *testing.T, name string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s is not installed; CI must install it (Debian package: %s)", name, debianPackageOf(name))
-	}
-	t.Skipf("%s is not installed (Debian package: %s); skipping — under CI=true this fails", name, debianPackageOf(name))
-	return ""
+	return e2e.NeedTool(t, name, debianPackageOf(name))
 }
 
 func debianPackageOf(tool string) string {
@@ -363,7 +357,7 @@ func TestInstall(t *testing.T) {
 		t.Errorf("make install overwrote config.json: now %q", got)
 	}
 
-	if _, err := exec.LookPath("systemd-analyze"); err == nil || os.Getenv("CI") == "true" {
+	if _, err := exec.LookPath("systemd-analyze"); err == nil || e2e.UnderCI() {
 		// The installed unit, pointed at the installed binary, verifies.
 		verifyUnit(t, unitPointingAt(t, unit, filepath.Join(root, "usr/bin/fleet-telemetry"), nil))
 	}
@@ -515,31 +509,20 @@ func (d *notifiedDaemon) logText() string {
 
 // writeNotifyConfig writes a config on 127.0.0.1 port 0 with dev
 // certificates; change edits it before it is written.
-func writeNotifyConfig(t *testing.T, change func(map[string]any)) (configPath, certs string) {
+func writeNotifyConfig(t *testing.T, change func(*config.Config)) (configPath, certs string) {
 	t.Helper()
 	dir := t.TempDir()
 	certs = filepath.Join(dir, "certs")
 	if _, err := devca.WriteDir(certs, vins[:1]); err != nil {
 		t.Fatal(err)
 	}
-	d := devca.Dir{Path: certs}
-	cfg := map[string]any{
-		"host": "127.0.0.1", "port": 0, "log_level": "info", "json_log_enable": true,
-		"records": map[string][]string{"V": {"logger"}},
-		"tls": map[string]string{
-			"server_cert": d.File(devca.ServerCertFile), "server_key": d.File(devca.ServerKeyFile),
-			"ca_file": d.File(devca.CACertFile),
-		},
-		"spool": map[string]any{"dir": filepath.Join(dir, "spool")},
-	}
+	c := baseConfig(certs, filepath.Join(dir, "spool"))
+	c.Records = map[string][]string{"V": {"logger"}}
 	if change != nil {
-		change(cfg)
+		change(c)
 	}
-	b, _ := json.MarshalIndent(cfg, "", "  ")
 	configPath = filepath.Join(dir, "config.json")
-	if err := os.WriteFile(configPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeConfigFile(t, configPath, c)
 	return configPath, certs
 }
 
@@ -654,11 +637,9 @@ func TestSystemdNotifyNoReadyWhenStartFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	cases := map[string]func(map[string]any){
-		"port in use": func(c map[string]any) { c["port"] = taken.Addr().(*net.TCPAddr).Port },
-		"missing certificate": func(c map[string]any) {
-			c["tls"].(map[string]string)["server_cert"] = "/nonexistent/server.crt"
-		},
+	cases := map[string]func(*config.Config){
+		"port in use":         func(c *config.Config) { c.Port = taken.Addr().(*net.TCPAddr).Port },
+		"missing certificate": func(c *config.Config) { c.TLS.ServerCert = "/nonexistent/server.crt" },
 	}
 	names := make([]string, 0, len(cases))
 	for n := range cases {

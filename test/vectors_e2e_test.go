@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 	"github.com/fleet-telemetry/fleet-telemetry/test/kfakebroker/kfaketest"
 )
@@ -59,7 +60,7 @@ func TestReferenceVectorsEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: frame_b64: %v", v.Name, err)
 		}
-		c := dial(t, d.addr, certs, v.CertVIN)
+		c := e2e.Dial(t, d.addr, certs, v.CertVIN)
 		if err := c.WriteFrame(ws.OpBinary, true, frame); err != nil {
 			t.Fatal(err)
 		}
@@ -96,7 +97,7 @@ func TestReferenceVectorsEndToEnd(t *testing.T) {
 		if vin == v.CertVIN {
 			vin = vins[2]
 		}
-		c := dial(t, d.addr, certs, vin)
+		c := e2e.Dial(t, d.addr, certs, vin)
 		if err := c.WriteFrame(ws.OpBinary, true, frame); err != nil {
 			t.Fatal(err)
 		}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 )
 
@@ -97,9 +98,9 @@ func TestVehicleSetup(t *testing.T) {
 	leafPEM, leafKey := issue(inter, devca.Options{})
 	write("server-chain.pem", leafPEM, inter.CertPEM)
 	write("server.key", leafKey)
-	editConfig(t, configPath, map[string]any{"tls": map[string]string{
-		"server_cert": serverCert, "server_key": serverKey, "ca_file": dev.File(devca.CACertFile),
-	}})
+	editConfig(t, configPath, func(c *config.Config) {
+		c.TLS = config.TLS{ServerCert: serverCert, ServerKey: serverKey, CAFile: dev.File(devca.CACertFile)}
+	})
 	d := startDaemon(t, configPath)
 	_, port, _ := net.SplitHostPort(d.addr)
 

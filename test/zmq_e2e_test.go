@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/brokertest"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 )
@@ -19,32 +21,32 @@ import (
 // certificate's VIN, and the vehicles' connectivity records under
 // "tesla_telemetry_connectivity".
 func TestZMQEndToEnd(t *testing.T) {
-	port := freePort(t)
-	setup := sinkConfig(t, map[string][]string{"V": {"zmq", "logger"}, "connectivity": {"zmq"}}, map[string]any{
-		"zmq": map[string]any{"addr": fmt.Sprintf("tcp://127.0.0.1:%d", port)},
+	port := e2e.FreePort(t)
+	setup := sinkConfig(t, map[string][]string{"V": {"zmq", "logger"}, "connectivity": {"zmq"}}, func(c *config.Config) {
+		c.ZMQ = &config.ZMQ{Addr: fmt.Sprintf("tcp://127.0.0.1:%d", port)}
 	})
 	d := startDaemon(t, setup.ConfigPath)
 	sub := brokertest.StartZMQSubscriber(t, fmt.Sprintf("tcp://127.0.0.1:%d", port))
 	// A SUB socket receives only once its subscription reached the PUB:
 	// probe until one arrives.
-	probe := dial(t, d.addr, setup.Certs, vins[0])
+	probe := e2e.Dial(t, d.addr, setup.Certs, vins[0])
 	for i := 0; len(sub.Messages()) == 0; i++ {
 		if i == 300 {
 			t.Fatalf("the subscriber got no probe in 15s (libzmq %s)\n%s", sub.LibzmqVersion, d.logText())
 		}
-		sendAndAck(t, probe, []*envelope.StreamMessage{taggedRecord(vins[0], fmt.Sprintf("probe-%d", i))})
+		e2e.SendAndAck(t, probe, []*envelope.StreamMessage{taggedRecord(vins[0], fmt.Sprintf("probe-%d", i))})
 		time.Sleep(50 * time.Millisecond)
 	}
 	want := map[string]bool{}
 	for _, vin := range vins[1:] {
-		c := dial(t, d.addr, setup.Certs, vin)
+		c := e2e.Dial(t, d.addr, setup.Certs, vin)
 		var ms []*envelope.StreamMessage
 		for i := range 10 {
 			tx := fmt.Sprintf("%s-V-%d", vin, i)
 			ms = append(ms, taggedRecord(vin, tx))
 			want[tx] = true
 		}
-		sendAndAck(t, c, ms)
+		e2e.SendAndAck(t, c, ms)
 	}
 	got := newTxSet()
 	var connected map[string]bool
@@ -101,7 +103,9 @@ func TestZMQBindErrorStopsStart(t *testing.T) {
 	}
 	defer ln.Close()
 	addr := "tcp://" + ln.Addr().String()
-	setup := sinkConfig(t, map[string][]string{"V": {"zmq"}}, map[string]any{"zmq": map[string]any{"addr": addr}})
+	setup := sinkConfig(t, map[string][]string{"V": {"zmq"}}, func(c *config.Config) {
+		c.ZMQ = &config.ZMQ{Addr: addr}
+	})
 	out, err := exec.Command(binary, "-config", setup.ConfigPath).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), addr) {
 		t.Fatalf("daemon with a zmq address in use: err %v, output does not name %s:\n%s", err, addr, out)

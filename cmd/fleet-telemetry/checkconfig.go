@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/netloop"
 )
 
@@ -98,7 +99,7 @@ func joined(err error) []error {
 // Validate's): the TLS files, the spool directory, and where
 // monitoring.profiling_path goes. With dev, TLS files that do not exist
 // yet are not problems: a dev start creates them.
-func checkFiles(c *Config, dev bool) []error {
+func checkFiles(c *config.Config, dev bool) []error {
 	var errs []error
 	errs = append(errs, checkTLSFiles(c, dev)...)
 	if err := checkSpoolDir(c.Spool.Dir); err != nil {
@@ -114,7 +115,7 @@ func checkFiles(c *Config, dev bool) []error {
 
 // checkTLSFiles reads each TLS file and loads what it holds, naming every
 // file that fails; then builds the server configuration as a start does.
-func checkTLSFiles(c *Config, dev bool) []error {
+func checkTLSFiles(c *config.Config, dev bool) []error {
 	var errs []error
 	read := func(key, path string) []byte {
 		if path == "" {

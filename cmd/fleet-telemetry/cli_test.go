@@ -67,28 +67,3 @@ func TestCheckSpoolDir(t *testing.T) {
 		}
 	}
 }
-
-func TestProfilingPathIsSupported(t *testing.T) {
-	_, w := mustParse(t, `{`+base+`, "records": {"V": ["logger"]}, "monitoring": {"profiler_port": 4269, "profiling_path": "/tmp/trace.out"}}`)
-	if len(w) != 0 {
-		t.Fatalf("warnings %v, want none", w)
-	}
-	_, w = mustParse(t, `{`+base+`, "records": {"V": ["logger"]}, "monitoring": {"profiling_path": "/tmp/trace.out"}}`)
-	if len(w) != 1 || !strings.Contains(w[0], "profiler_port") {
-		t.Fatalf("warnings %v, want one saying profiling_path needs profiler_port", w)
-	}
-}
-
-func TestValidateSyntaxReadsNoFile(t *testing.T) {
-	c, _ := mustParse(t, `{`+base+`, "records": {"V": ["logger"]}, "vin_allowlist": "/nonexistent/allowlist"}`)
-	if err := c.ValidateSyntax(); err != nil {
-		t.Fatalf("ValidateSyntax: %v", err)
-	}
-	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "/nonexistent/allowlist") {
-		t.Fatalf("Validate: %v, want the allowlist file named", err)
-	}
-	c, _ = mustParse(t, `{`+base+`, "records": {"V": ["logger"]}, "vin_allowlist": 7}`)
-	if err := c.ValidateSyntax(); err == nil || !strings.Contains(err.Error(), "vin_allowlist") {
-		t.Fatalf("ValidateSyntax on a number: %v", err)
-	}
-}

@@ -11,17 +11,18 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/metricsexport"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/profiler"
-	"github.com/fleet-telemetry/fleet-telemetry/internal/statsd"
 )
 
 // startMonitoring serves /metrics, and /debug/pprof/, /gc_stats and
 // /live_profiler on the profiler port, and pushes to StatsD as the
 // "monitoring" section asks. The returned function stops them (a live CPU
 // profile still running is finished, so its file is whole).
-func startMonitoring(m *MonitoringConfig, log *slog.Logger) (func(), error) {
+func startMonitoring(m *config.Monitoring, log *slog.Logger) (func(), error) {
 	var servers []*http.Server
-	var pusher *statsd.Pusher
+	var pusher *metricsexport.StatsdPusher
 	var prof *profiler.Profiler
 	stop := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -61,7 +62,7 @@ func startMonitoring(m *MonitoringConfig, log *slog.Logger) (func(), error) {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-			_ = statsd.WriteExposition(w, metricHelp)
+			_ = metricsexport.WriteExposition(w, metricHelp)
 		})
 		if err := serve("metrics", m.PrometheusMetricsHost, m.PrometheusMetricsPort, mux); err != nil {
 			stop()
@@ -83,7 +84,7 @@ func startMonitoring(m *MonitoringConfig, log *slog.Logger) (func(), error) {
 		}
 	}
 	if sc := m.Statsd; sc != nil && sc.Host != "" {
-		p, err := statsd.Start(statsd.Options{Addr: sc.Host, Prefix: sc.Prefix,
+		p, err := metricsexport.StartStatsd(metricsexport.StatsdOptions{Addr: sc.Host, Prefix: sc.Prefix,
 			FlushPeriod: time.Duration(sc.FlushPeriod) * time.Millisecond, Logger: log})
 		if err != nil {
 			stop()

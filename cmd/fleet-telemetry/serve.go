@@ -21,6 +21,7 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder/stdout"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/admin"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/sdnotify"
 	"github.com/fleet-telemetry/fleet-telemetry/netloop"
@@ -31,10 +32,6 @@ import (
 // directory, like the embedded config's paths).
 const devCertsDir = "var/dev-certs"
 
-// shutdownTimeout bounds the graceful part of a stop unless the config's
-// shutdown_timeout says otherwise.
-const shutdownTimeout = 25 * time.Second
-
 const serveUsage = `usage: fleet-telemetry [serve] -config FILE
        fleet-telemetry [serve] -dev
 
@@ -44,20 +41,31 @@ gracefully; SIGHUP reloads the TLS certificate, key and CA files.
 `
 
 // loadConfig reads the config file at path, or with dev the embedded dev
-// config.
-func loadConfig(path string, dev bool) (*Config, []string, error) {
+// config, and applies the environment's overrides.
+func loadConfig(path string, dev bool) (*config.Config, []string, error) {
+	var (
+		cfg      *config.Config
+		warnings []string
+		err      error
+	)
 	switch {
 	case path != "" && dev:
 		return nil, nil, errors.New("give -config or -dev, not both")
 	case dev:
-		return ParseConfig(devConfigJSON)
+		cfg, warnings, err = config.Dev()
 	case path != "":
-		return LoadConfig(path)
+		cfg, warnings, err = config.Load(path)
+	default:
+		return nil, nil, errors.New("no configuration: pass -config FILE (or -dev for a local trial)")
 	}
-	return nil, nil, errors.New("no configuration: pass -config FILE (or -dev for a local trial)")
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.ApplyEnv(os.Getenv)
+	return cfg, warnings, nil
 }
 
-func newLogger(cfg *Config) *slog.Logger {
+func newLogger(cfg *config.Config) *slog.Logger {
 	var level slog.Level
 	switch strings.ToLower(cfg.LogLevel) {
 	case "debug":
@@ -121,7 +129,7 @@ func serve(args []string) int {
 	return 0
 }
 
-func runDaemon(cfg *Config, log *slog.Logger) error {
+func runDaemon(cfg *config.Config, log *slog.Logger) error {
 	// Taken first: a stop that comes while the daemon starts (systemctl
 	// stop right after start) waits in the channel for the loop below and
 	// gets the graceful shutdown, instead of the default action killing
@@ -151,7 +159,7 @@ func runDaemon(cfg *Config, log *slog.Logger) error {
 	for _, n := range names {
 		lanes = append(lanes, forwarder.LaneNames(n, dispatchers[n])...)
 	}
-	sp, err := openSpool(spool.Options{Dir: cfg.Spool.Dir, MaxBytes: cfg.Spool.MaxBytes, MinFreeBytes: cfg.Spool.minFreeBytes(),
+	sp, err := openSpool(spool.Options{Dir: cfg.Spool.Dir, MaxBytes: cfg.Spool.MaxBytes, MinFreeBytes: cfg.Spool.MinFree(),
 		Consumers: lanes, Logger: log, PreallocateLogs: true,
 		// A commit stalled on a full disk gives up the stop after this,
 		// still inside systemd's TimeoutStopSec (40 s) after the graceful
@@ -255,11 +263,7 @@ wait:
 	if err := sdnotify.Notify(sdnotify.Stopping); err != nil {
 		log.Warn("systemd notify", "err", err)
 	}
-	stopWithin := shutdownTimeout
-	if cfg.ShutdownTimeout != nil && cfg.ShutdownTimeout.Duration > 0 {
-		stopWithin = cfg.ShutdownTimeout.Duration
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), stopWithin)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownWithin())
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
 		log.Warn("netloop shutdown", "err", err)
@@ -328,7 +332,7 @@ func openSpool(o spool.Options, sigs chan os.Signal, log *slog.Logger) (*spool.S
 // newSink builds the sink a dispatcher name stands for; recordTypes are the
 // types routed to it. Sinks with a Close method are closed at exit, after
 // the forwarders stopped.
-func newSink(name string, cfg *Config, enc forwarder.Encoder, recordTypes []string, log *slog.Logger) (forwarder.Sink, error) {
+func newSink(name string, cfg *config.Config, enc forwarder.Encoder, recordTypes []string, log *slog.Logger) (forwarder.Sink, error) {
 	switch name {
 	case "logger":
 		return stdout.New(stdout.Options{Out: os.Stdout, Logger: log})
@@ -351,16 +355,16 @@ func newSink(name string, cfg *Config, enc forwarder.Encoder, recordTypes []stri
 }
 
 // serverOptions maps the config file to the listener's options.
-func serverOptions(cfg *Config, tlsCfg *tls.Config, sp *spool.Spool, log *slog.Logger) netloop.Options {
+func serverOptions(cfg *config.Config, tlsCfg *tls.Config, sp *spool.Spool, log *slog.Logger) netloop.Options {
 	o := netloop.Options{
 		Addr:                 net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)),
 		TLS:                  tlsCfg,
 		Spool:                sp,
 		RoutedTopics:         cfg.RoutedTopics(),
 		Connectivity:         len(cfg.Records["connectivity"]) > 0,
-		QuietHandshakeErrors: os.Getenv("SUPPRESS_TLS_HANDSHAKE_ERROR_LOGGING") == "true",
+		QuietHandshakeErrors: cfg.QuietHandshakeErrors,
 		// An escape hatch while the native TLS 1.3 record layer is new.
-		CryptoTLSRecords: os.Getenv("FLEET_TELEMETRY_CRYPTO_TLS_RECORDS") == "true",
+		CryptoTLSRecords: cfg.CryptoTLSRecords,
 		Logger:           log,
 	}
 	if cfg.AckMode == "receive" {
@@ -394,7 +398,7 @@ func serverOptions(cfg *Config, tlsCfg *tls.Config, sp *spool.Spool, log *slog.L
 
 // deliveredHook releases the acks of records whose reliable-ack source is
 // this dispatcher, once it confirmed them.
-func deliveredHook(cfg *Config, dispatcher string, srv *netloop.Server) func([]spool.Record) {
+func deliveredHook(cfg *config.Config, dispatcher string, srv *netloop.Server) func([]spool.Record) {
 	var types []string
 	for t, d := range cfg.ReliableAckSources {
 		if d == dispatcher {
@@ -416,7 +420,7 @@ func deliveredHook(cfg *Config, dispatcher string, srv *netloop.Server) func([]s
 // reloadTLS rebuilds the TLS configuration from its files (SIGHUP): new
 // handshakes use it, established connections keep theirs. A bad file keeps
 // the old configuration.
-func reloadTLS(cfg *Config, srv *netloop.Server, log *slog.Logger) {
+func reloadTLS(cfg *config.Config, srv *netloop.Server, log *slog.Logger) {
 	tlsCfg, err := netloop.NewTLSConfig(netloop.TLSOptions{
 		CertFile: cfg.TLS.ServerCert, KeyFile: cfg.TLS.ServerKey, CAFile: cfg.TLS.CAFile, UseEngCA: cfg.UseDefaultEngCA,
 	})
@@ -430,7 +434,7 @@ func reloadTLS(cfg *Config, srv *netloop.Server, log *slog.Logger) {
 
 // startStatusServer serves plain-HTTP /status on status_port, like the
 // reference (for load balancer health checks that cannot do mTLS).
-func startStatusServer(cfg *Config, log *slog.Logger) (func(), error) {
+func startStatusServer(cfg *config.Config, log *slog.Logger) (func(), error) {
 	if cfg.StatusPort == 0 {
 		return func() {}, nil
 	}

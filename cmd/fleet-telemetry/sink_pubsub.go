@@ -7,13 +7,14 @@ import (
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder/pubsub"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 )
 
 // newPubsubSink builds the "pubsub" dispatcher from the config file: the
 // topics of recordTypes are created at start when missing, and start-up
 // fails when that is impossible. PUBSUB_EMULATOR_HOST points it at an
 // emulator.
-func newPubsubSink(cfg *Config, enc forwarder.Encoder, recordTypes []string, log *slog.Logger) (forwarder.Sink, error) {
+func newPubsubSink(cfg *config.Config, enc forwarder.Encoder, recordTypes []string, log *slog.Logger) (forwarder.Sink, error) {
 	// Validate rejects a config routing to pubsub without this section,
 	// but the spool CLI's replay builds sinks from a config it only loads.
 	if cfg.Pubsub == nil {

@@ -11,12 +11,9 @@ import (
 	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/admin"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
-
-// defaultSpoolDir is the spool directory when neither -config nor -dir is
-// given (ParseConfig's default).
-const defaultSpoolDir = "/var/lib/fleet-telemetry/spool"
 
 // spoolOpts are the flags every spool subcommand takes.
 type spoolOpts struct {
@@ -27,7 +24,7 @@ type spoolOpts struct {
 	json     bool
 	progress bool
 
-	cfg    *Config // loaded from config, if given
+	cfg    *config.Config // loaded from config, if given
 	stdout io.Writer
 	stderr io.Writer
 	log    *slog.Logger
@@ -38,7 +35,7 @@ type spoolOpts struct {
 func (o *spoolOpts) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.config, "config", o.config, "daemon config file: gives spool.dir (and the sinks, for replay)")
 	fs.BoolVar(&o.dev, "dev", o.dev, "the embedded dev config's spool (./var/spool, what make run writes), from the directory make run runs in")
-	fs.StringVar(&o.dir, "dir", o.dir, "spool directory (default "+defaultSpoolDir+", or spool.dir of -config)")
+	fs.StringVar(&o.dir, "dir", o.dir, "spool directory (default "+config.DefaultSpoolDir+", or spool.dir of -config)")
 	fs.StringVar(&o.admin, "admin", o.admin, "the daemon's admin socket (default <spool dir>/"+admin.SocketName+")")
 	fs.BoolVar(&o.json, "json", o.json, "machine-readable output")
 	fs.BoolVar(&o.progress, "progress", o.progress, "show the progress bar even when stderr is not a terminal")
@@ -57,7 +54,7 @@ func (o *spoolOpts) resolve() error {
 		}
 	}
 	if o.dir == "" {
-		o.dir = defaultSpoolDir
+		o.dir = config.DefaultSpoolDir
 	}
 	if o.admin == "" {
 		o.admin = admin.DefaultSocketPath(o.dir)

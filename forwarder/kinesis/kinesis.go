@@ -2,7 +2,7 @@
 // Kinesis Data Streams stream with PutRecords, byte-compatible with the
 // reference server (data = the dispatched protobuf or its JSON form, the
 // same bytes as Kafka's value; partition key = the VIN; stream name from
-// the environment, the config's streams map or <namespace>_<record type>).
+// Options.Streams or <namespace>_<record type>).
 package kinesis
 
 import (
@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -39,17 +38,14 @@ const (
 // environment or config files name one.
 const DefaultRegion = "us-east-1"
 
-// EnvStreamPrefix prefixes the environment variables that override a
-// record type's stream name: KINESIS_STREAM_<RECORD TYPE UPPERCASED>.
-const EnvStreamPrefix = "KINESIS_STREAM_"
-
 // Options configure a Sink.
 type Options struct {
 	// Namespace makes the default stream name <Namespace>_<record type>
 	// (default: Encoder.Namespace).
 	Namespace string
 	// Streams maps a record type to its stream name (the config's
-	// "kinesis.streams").
+	// "kinesis.streams" with the environment's KINESIS_STREAM_<TYPE>
+	// overrides applied).
 	Streams map[string]string
 	// OverrideHost replaces the AWS endpoint, e.g. "http://127.0.0.1:4567"
 	// for a local Kinesis API. Without a scheme, https is assumed.
@@ -142,14 +138,10 @@ func New(ctx context.Context, o Options) (*Sink, error) {
 	return s, nil
 }
 
-// StreamName is the stream a record type goes to: the environment variable
-// KINESIS_STREAM_<RECORD TYPE UPPERCASED> when set and not empty, else
+// StreamName is the stream a record type goes to:
 // Options.Streams[recordType] when not empty, else
 // <namespace>_<recordType>.
 func (s *Sink) StreamName(recordType string) string {
-	if v := os.Getenv(EnvStreamPrefix + strings.ToUpper(recordType)); v != "" {
-		return v
-	}
 	if v := s.opts.Streams[recordType]; v != "" {
 		return v
 	}

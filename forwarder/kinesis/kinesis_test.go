@@ -135,18 +135,17 @@ func TestVectorsThroughKinesis(t *testing.T) {
 	}
 }
 
-// The stream name comes from KINESIS_STREAM_<TYPE>, then the streams map,
-// then <namespace>_<type>.
+// The stream name comes from the streams map (internal/config puts the
+// KINESIS_STREAM_<TYPE> overrides in), then <namespace>_<type>; the
+// environment is not read here.
 func TestStreamName(t *testing.T) {
-	t.Setenv("KINESIS_STREAM_V", "env_V")
-	t.Setenv("KINESIS_STREAM_CONNECTIVITY", "env_connectivity")
-	t.Setenv("KINESIS_STREAM_ERRORS", "") // empty: not an override
+	t.Setenv("KINESIS_STREAM_ALERTS", "env_alerts")
 	s := newSink(t, "http://127.0.0.1:1", Options{
 		Namespace: "ns",
 		Streams:   map[string]string{"V": "map_V", "alerts": "map_alerts", "errors": ""},
 	})
 	for typ, want := range map[string]string{
-		"V": "env_V", "connectivity": "env_connectivity", "alerts": "map_alerts", "errors": "ns_errors", "other": "ns_other",
+		"V": "map_V", "alerts": "map_alerts", "errors": "ns_errors", "other": "ns_other",
 	} {
 		if got := s.StreamName(typ); got != want {
 			t.Errorf("StreamName(%q) = %q, want %q", typ, got, want)
@@ -190,10 +189,9 @@ func smallV(i int) []byte {
 // Records reach the stream their type's name resolves to, end to end.
 func TestStreamRouting(t *testing.T) {
 	srv := kinesistest.Start(t)
-	for _, name := range []string{"env_errors", "map_alerts", namespace + "_V"} {
+	for _, name := range []string{"map_errors", "map_alerts", namespace + "_V"} {
 		srv.CreateStream(t, name, 1)
 	}
-	t.Setenv("KINESIS_STREAM_ERRORS", "env_errors")
 	s := newSink(t, srv.Endpoint, Options{Streams: map[string]string{"alerts": "map_alerts", "errors": "map_errors"}, MaxRetries: 0})
 	now := time.Unix(1_700_000_000, 0)
 	var batch []spool.Record
@@ -203,7 +201,7 @@ func TestStreamRouting(t *testing.T) {
 	if err := s.Send(context.Background(), batch); err != nil {
 		t.Fatalf("Send: %v", err)
 	}
-	for stream, want := range map[string]int{"env_errors": 4, "map_alerts": 2, namespace + "_V": 3} {
+	for stream, want := range map[string]int{"map_errors": 4, "map_alerts": 2, namespace + "_V": 3} {
 		if got := len(srv.ReadAll(t, stream)); got != want {
 			t.Errorf("stream %s holds %d records, want %d", stream, got, want)
 		}

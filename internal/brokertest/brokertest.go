@@ -1,8 +1,8 @@
 // Package brokertest runs the real brokers the sink tests publish to —
 // Debian's mosquitto, redis-server and nats-server — as child processes on
 // 127.0.0.1, each on a port of its own, with Stop and Start for outage
-// tests. A missing binary skips the test, except under CI (CI=true), where
-// it fails: .ci/run installs them.
+// tests. A missing binary skips the test, except under CI (e2e.UnderCI),
+// where it fails: .ci/run installs them.
 package brokertest
 
 import (
@@ -17,37 +17,21 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 )
 
-// Require returns the path of a broker binary, skipping the test (or, under
-// CI=true, failing it) when it is not installed.
+// Require returns the path of a broker binary, skipping the test (or,
+// under CI, failing it) when it is not installed.
 func Require(t testing.TB, binary, debianPackage string) string {
 	t.Helper()
-	p, err := exec.LookPath(binary)
-	if err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/usr/bin"} {
-		if _, err := os.Stat(filepath.Join(dir, binary)); err == nil {
-			return filepath.Join(dir, binary)
-		}
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s is not installed; CI must install it (Debian package %s)", binary, debianPackage)
-	}
-	t.Skipf("%s is not installed (Debian package %s); skipping — under CI=true this fails", binary, debianPackage)
-	return ""
+	return e2e.NeedTool(t, binary, debianPackage)
 }
 
 // FreePort returns a TCP port that was free a moment ago on 127.0.0.1.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return e2e.FreePort(t)
 }
 
 // Broker is one broker process, restartable on the same port and data

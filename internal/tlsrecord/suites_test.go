@@ -6,25 +6,19 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 )
 
 // needOpenSSL returns the openssl binary's path, skipping the test when it
 // is missing (failing in CI, whose .ci/run installs it).
 func needOpenSSL(t *testing.T) string {
 	t.Helper()
-	path, err := exec.LookPath("openssl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("openssl is missing (.ci/run installs it)")
-		}
-		t.Skip("openssl not installed")
-	}
-	return path
+	return e2e.NeedTool(t, "openssl", "openssl")
 }
 
 // tapConn keeps every byte a connection read and wrote.

@@ -1,6 +1,9 @@
 // Package vehicle is a simulated vehicle: an mTLS WebSocket client that
-// sends telemetry records the way a car does and reads the daemon's replies.
-// The end-to-end tests, the `send` command and the load generator use it.
+// sends telemetry records the way a car does and reads the daemon's
+// replies, and builders of realistic record payloads. The end-to-end tests
+// and the `send` command use the client; the load generator uses the
+// payload builders (bench/internal/sim has its own connections, made for
+// tens of thousands at once).
 package vehicle
 
 import (

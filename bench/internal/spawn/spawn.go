@@ -5,18 +5,17 @@ package spawn
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 )
 
 // Proc is a started process.
@@ -123,23 +122,6 @@ type DaemonConfig struct {
 	MetricsPort int
 }
 
-// FreePort returns a TCP port free on 127.0.0.1 right now, other than the
-// ports in avoid: those were picked the same way for the same daemon and
-// released, and the kernel may hand one out again.
-func FreePort(avoid ...int) (int, error) {
-	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if !slices.Contains(avoid, port) {
-			return port, nil
-		}
-	}
-}
-
 // DaemonCounters are what the bench reads from the daemon's /metrics.
 type DaemonCounters struct {
 	// ForwarderSent is the records the forwarders have sent
@@ -158,91 +140,55 @@ type DaemonCounters struct {
 
 // Scrape reads the daemon's /metrics on port.
 func Scrape(port int) (DaemonCounters, error) {
-	var c DaemonCounters
-	cl := http.Client{Timeout: 5 * time.Second}
-	resp, err := cl.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	m, err := e2e.Scrape(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
 	if err != nil {
-		return c, fmt.Errorf("scrape metrics: %w", err)
+		return DaemonCounters{}, err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return c, fmt.Errorf("scrape metrics: %s", resp.Status)
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		var dst *int64
-		switch {
-		case strings.HasPrefix(line, "fleet_forwarder_sent_total{"):
-			dst = &c.ForwarderSent
-		case strings.HasPrefix(line, "fleet_forwarder_lag_records{"):
-			dst = &c.ForwarderLag
-		case strings.HasPrefix(line, "fleet_records_refused_total{"):
-			dst = &c.RecordsRefused
-		case strings.HasPrefix(line, "fleet_records_sender_id_mismatch_total "):
-			dst = &c.SenderMismatches
-		default:
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, perr := strconv.ParseFloat(line[i+1:], 64)
-		if perr != nil {
-			return DaemonCounters{}, fmt.Errorf("scrape metrics: %q: %w", line, perr)
-		}
-		*dst += int64(v)
-	}
-	if err := sc.Err(); err != nil {
-		return DaemonCounters{}, fmt.Errorf("scrape metrics: %w", err)
-	}
-	return c, nil
+	return DaemonCounters{
+		ForwarderSent:    int64(m.Sum("fleet_forwarder_sent_total")),
+		ForwarderLag:     int64(m.Sum("fleet_forwarder_lag_records")),
+		RecordsRefused:   int64(m.Sum("fleet_records_refused_total")),
+		SenderMismatches: int64(m.Sum("fleet_records_sender_id_mismatch_total")),
+	}, nil
 }
 
 // WriteConfig writes the daemon's config file and returns its path.
 func WriteConfig(c *DaemonConfig) (string, error) {
 	types := []string{"V", "alerts", "errors"}
-	records := map[string][]string{}
-	cfg := map[string]any{
-		"host": "127.0.0.1", "port": c.Port, "log_level": c.LogLevel, "json_log_enable": true,
-		"namespace": "tesla_telemetry",
-		"tls": map[string]string{
-			"server_cert": filepath.Join(c.CertDir, "server.crt"),
-			"server_key":  filepath.Join(c.CertDir, "server.key"),
-			"ca_file":     filepath.Join(c.CertDir, "ca.crt"),
+	cfg := &config.Config{
+		Host: "127.0.0.1", Port: c.Port, LogLevel: c.LogLevel, JSONLogEnable: true,
+		Namespace: config.DefaultNamespace,
+		TLS: config.TLS{
+			ServerCert: filepath.Join(c.CertDir, "server.crt"),
+			ServerKey:  filepath.Join(c.CertDir, "server.key"),
+			CAFile:     filepath.Join(c.CertDir, "ca.crt"),
 		},
-		"spool":        map[string]any{"dir": filepath.Join(c.Dir, "spool")},
-		"ack_mode":     c.AckMode,
-		"idle_timeout": "0",
+		Spool:       config.Spool{Dir: filepath.Join(c.Dir, "spool")},
+		AckMode:     c.AckMode,
+		IdleTimeout: config.NewDuration(0), // off: the bench holds idle connections on purpose
+		Records:     map[string][]string{},
 	}
 	switch c.Sink {
 	case "kafka":
 		for _, t := range types {
-			records[t] = []string{"kafka"}
+			cfg.Records[t] = []string{"kafka"}
 		}
-		cfg["kafka"] = map[string]any{"bootstrap.servers": c.BrokerAddr}
+		cfg.Kafka = config.Kafka{"bootstrap.servers": c.BrokerAddr}
 	case "logger":
 		for _, t := range types {
-			records[t] = []string{"logger"}
+			cfg.Records[t] = []string{"logger"}
 		}
 	case "none":
 		// The daemon refuses a config that routes nothing; route a type
 		// the bench never sends, so the ones it sends stay unrouted.
-		records["connectivity"] = []string{"logger"}
+		cfg.Records["connectivity"] = []string{"logger"}
 	default:
 		return "", fmt.Errorf("unknown sink %q (kafka, logger, none)", c.Sink)
 	}
-	cfg["records"] = records
-	mon := map[string]any{}
-	if c.PprofPort > 0 {
-		mon["profiler_port"] = c.PprofPort
+	if c.PprofPort > 0 || c.MetricsPort > 0 {
+		cfg.Monitoring = &config.Monitoring{ProfilerPort: c.PprofPort, PrometheusMetricsPort: c.MetricsPort}
 	}
-	if c.MetricsPort > 0 {
-		mon["prometheus_metrics_port"] = c.MetricsPort
-	}
-	if len(mon) > 0 {
-		cfg["monitoring"] = mon
-	}
-	b, err := json.MarshalIndent(cfg, "", "  ")
+	b, err := config.Marshal(cfg)
 	if err != nil {
 		return "", err
 	}
@@ -255,7 +201,7 @@ func WriteConfig(c *DaemonConfig) (string, error) {
 // stderr goes to daemon.log in c.Dir.
 func StartDaemon(bin, cpus string, c *DaemonConfig) (*Proc, error) {
 	if c.Port == 0 {
-		port, err := FreePort(c.PprofPort, c.MetricsPort)
+		port, err := e2e.PickPort(c.PprofPort, c.MetricsPort)
 		if err != nil {
 			return nil, err
 		}

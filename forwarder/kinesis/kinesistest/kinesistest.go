@@ -28,6 +28,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awskinesis "github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 )
 
 // Region and the dummy credentials the server accepts (kinesalite checks
@@ -81,14 +83,11 @@ func NodeDir() (string, error) {
 	}
 }
 
-// unavailable skips the test, or fails it under CI.
+// unavailable skips the test, or fails it under CI (e2e.UnderCI), where
+// .ci/run installs kinesalite.
 func unavailable(t testing.TB, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("CI") != "" {
-		t.Fatalf("%s (CI is set: kinesalite must be installed)", msg)
-	}
-	t.Skipf("%s; skipping", msg)
+	e2e.Unavailable(t, format, args...)
 }
 
 // Start runs kinesalite for the duration of the test.

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 )
 
 // pkgPath is the kfakebroker command's import path.
@@ -278,19 +280,15 @@ func KcatPath() string {
 	return p
 }
 
-// RequireKcat returns kcat's path. When kcat is not installed it skips the
-// test, saying why, except under CI (CI=true), where a missing kcat is a
-// failure: CI installs it.
+// RequireKcat returns kcat's path (it reads the topics back). When kcat is
+// not installed it skips the test, saying why, except under CI, where a
+// missing kcat is a failure: .ci/run installs it.
 func RequireKcat(t testing.TB) string {
 	t.Helper()
-	p := KcatPath()
-	if p == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("kcat is not installed; CI must install it (Debian package: kcat); it reads the topics back")
-		}
-		t.Skip("kcat is not installed (Debian package kcat); it reads the topics back; skipping — under CI=true this fails")
+	if p := KcatPath(); p != "" {
+		return p
 	}
-	return p
+	return e2e.NeedTool(t, "kcat", "kcat")
 }
 
 // ReadTopic consumes topic from the beginning to its end with kcat. It runs

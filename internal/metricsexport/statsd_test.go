@@ -1,4 +1,4 @@
-package statsd
+package metricsexport
 
 import (
 	"net"
@@ -59,7 +59,7 @@ func contains(lines []string, w string) bool {
 	return false
 }
 
-func TestPusherSendsCountersAsIncreasesAndGauges(t *testing.T) {
+func TestStatsdPusherSendsCountersAsIncreasesAndGauges(t *testing.T) {
 	addr, read := listen(t)
 	c := metrics.GetOrCreateCounter(`statsdpush_records_total{record_type="V"}`)
 	g := metrics.GetOrCreateGauge(`statsdpush_open`, nil)
@@ -67,7 +67,7 @@ func TestPusherSendsCountersAsIncreasesAndGauges(t *testing.T) {
 	c.Add(5)
 	g.Set(7)
 	h.Update(0.25)
-	p, err := Start(Options{Addr: addr, Prefix: "ft.", FlushPeriod: 50 * time.Millisecond})
+	p, err := StartStatsd(StatsdOptions{Addr: addr, Prefix: "ft.", FlushPeriod: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestFlushSkipsUnchangedAndSplitsPackets(t *testing.T) {
 		f.Samples = append(f.Samples, Sample{Name: "many_total", Labels: `{i="` + strconv.Itoa(i) + `",pad="` + strings.Repeat("x", 20) + `"}`, Value: 1})
 	}
 	fams = append(fams, f, Family{Name: "neg", Type: "gauge", Samples: []Sample{{Name: "neg", Value: -4}}})
-	p, err := Start(Options{Addr: addr, FlushPeriod: time.Hour, gather: func() []Family { return fams }})
+	p, err := StartStatsd(StatsdOptions{Addr: addr, FlushPeriod: time.Hour, gather: func() []Family { return fams }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,8 +113,8 @@ func TestFlushSkipsUnchangedAndSplitsPackets(t *testing.T) {
 
 func TestStartRefusesBadHost(t *testing.T) {
 	for _, h := range []string{"", "no-port"} {
-		if _, err := Start(Options{Addr: h}); err == nil {
-			t.Errorf("Start(%q) succeeded", h)
+		if _, err := StartStatsd(StatsdOptions{Addr: h}); err == nil {
+			t.Errorf("StartStatsd(%q) succeeded", h)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package statsd
+package metricsexport
 
 import (
 	"errors"
@@ -10,14 +10,15 @@ import (
 	"time"
 )
 
-// DefaultFlushPeriod is used when Options.FlushPeriod is not positive.
-const DefaultFlushPeriod = time.Second
+// DefaultStatsdFlushPeriod is used when StatsdOptions.FlushPeriod is not
+// positive.
+const DefaultStatsdFlushPeriod = time.Second
 
 // maxPacket bounds one UDP datagram (fits a 1500-byte MTU).
 const maxPacket = 1400
 
-// Options configure a Pusher.
-type Options struct {
+// StatsdOptions configure a StatsdPusher.
+type StatsdOptions struct {
 	// Addr is the StatsD server's host:port (UDP).
 	Addr string
 	// Prefix is put in front of every name as is (the reference's
@@ -31,14 +32,14 @@ type Options struct {
 	gather func() []Family
 }
 
-// Pusher sends the registry to StatsD: counters as the increase since the
-// last push (|c), gauges and untyped series as their value when it changed
-// (|g), histograms and summaries as their _count and _sum increases (|c)
-// and summary quantiles (|g). A series' labels become dot-separated name
-// components in label order: record_total{record_type="V"} is sent as
-// <prefix>record_total.V.
-type Pusher struct {
-	opts Options
+// StatsdPusher sends the registry to StatsD: counters as the increase
+// since the last push (|c), gauges and untyped series as their value when
+// it changed (|g), histograms and summaries as their _count and _sum
+// increases (|c) and summary quantiles (|g). A series' labels become
+// dot-separated name components in label order:
+// record_total{record_type="V"} is sent as <prefix>record_total.V.
+type StatsdPusher struct {
+	opts StatsdOptions
 	conn net.Conn
 	log  *slog.Logger
 
@@ -51,8 +52,8 @@ type Pusher struct {
 	once sync.Once
 }
 
-// Start dials the server and pushes every FlushPeriod until Stop.
-func Start(o Options) (*Pusher, error) {
+// StartStatsd dials the server and pushes every FlushPeriod until Stop.
+func StartStatsd(o StatsdOptions) (*StatsdPusher, error) {
 	if o.Addr == "" {
 		return nil, errors.New("statsd: no host")
 	}
@@ -60,7 +61,7 @@ func Start(o Options) (*Pusher, error) {
 		return nil, errors.New("statsd: host must be host:port, got " + strconv.Quote(o.Addr))
 	}
 	if o.FlushPeriod <= 0 {
-		o.FlushPeriod = DefaultFlushPeriod
+		o.FlushPeriod = DefaultStatsdFlushPeriod
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -72,13 +73,13 @@ func Start(o Options) (*Pusher, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Pusher{opts: o, conn: c, log: o.Logger, last: map[string]float64{},
+	p := &StatsdPusher{opts: o, conn: c, log: o.Logger, last: map[string]float64{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	go p.run()
 	return p, nil
 }
 
-func (p *Pusher) run() {
+func (p *StatsdPusher) run() {
 	defer close(p.done)
 	t := time.NewTicker(p.opts.FlushPeriod)
 	defer t.Stop()
@@ -97,7 +98,7 @@ func (p *Pusher) run() {
 }
 
 // Stop pushes once more and closes the socket.
-func (p *Pusher) Stop() {
+func (p *StatsdPusher) Stop() {
 	p.once.Do(func() {
 		close(p.stop)
 		<-p.done
@@ -106,7 +107,7 @@ func (p *Pusher) Stop() {
 }
 
 // Flush pushes the registry once.
-func (p *Pusher) Flush() error {
+func (p *StatsdPusher) Flush() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var pkt []byte
@@ -197,11 +198,4 @@ func sanitize(s string) string {
 		}
 		return '_'
 	}, s)
-}
-
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	return strings.NewReplacer(`\\`, `\`, `\"`, `"`, `\n`, "\n").Replace(s)
 }

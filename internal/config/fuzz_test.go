@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"os"
@@ -6,8 +6,9 @@ import (
 	"testing"
 )
 
-// FuzzParseConfig: ParseConfig and Validate never panic, whatever the file
-// holds; a config that parses either validates or says why not. Seeds: the
+// FuzzParseConfig: Parse and Validate never panic, whatever the file
+// holds; a config that parses either validates or says why not, and
+// Marshal writes it so that Parse reads the same settings back. Seeds: the
 // reference configs the end-to-end tests load, the embedded dev config and
 // a few hand-written edge cases.
 func FuzzParseConfig(f *testing.F) {
@@ -37,7 +38,7 @@ func FuzzParseConfig(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, _, err := ParseConfig(data)
+		cfg, _, err := Parse(data)
 		if err != nil {
 			return
 		}
@@ -47,5 +48,6 @@ func FuzzParseConfig(f *testing.F) {
 		_ = cfg.Validate()
 		_ = cfg.Dispatchers()
 		_ = cfg.RoutedTopics()
+		checkRoundTrip(t, cfg)
 	})
 }

@@ -1,27 +1,21 @@
-package statsd
+package metricsexport
 
 import (
 	"bytes"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 )
 
 // promtoolPath finds promtool, skipping the test when it is absent outside
-// CI (CI installs Debian's prometheus package, which ships it).
+// CI (.ci/run installs Debian's prometheus package, which ships it).
 func promtoolPath(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("promtool not found: install Debian's prometheus package (apt-get install prometheus)")
-		}
-		t.Skip("promtool not found (apt-get install prometheus); skipped outside CI")
-	}
-	return p
+	return e2e.NeedTool(t, "promtool", "prometheus")
 }
 
 func registerAwkward() {
