@@ -28,7 +28,6 @@ import (
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/admin"
-	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
@@ -687,7 +686,7 @@ func spoolVerify(ctx context.Context, o *spoolOpts, _ *cmdFlags, _ []string) err
 			out.Corrupt = append(out.Corrupt, corruptRecord{r.Seq, err.Error()})
 			return nil
 		}
-		if _, err := record.Transform(string(rec.Topic), rec.VIN, rec.Payload); err != nil {
+		if _, _, err := (forwarder.Encoder{}).AppendValue(nil, &rec); err != nil {
 			out.Corrupt = append(out.Corrupt, corruptRecord{r.Seq, fmt.Sprintf("payload: %v", err)})
 			return nil
 		}
@@ -771,6 +770,7 @@ func spoolExport(ctx context.Context, o *spoolOpts, c *cmdFlags, _ []string) err
 	var n, skipped int64
 	topics := map[string]bool{}
 	var lenBuf [binary.MaxVarintLen64]byte
+	var value []byte
 	err = src.Scan(ctx, c.from, to, c.query(), func(raw spool.RawRecord) error {
 		bar.add(1)
 		var r spool.Record
@@ -779,24 +779,24 @@ func spoolExport(ctx context.Context, o *spoolOpts, c *cmdFlags, _ []string) err
 			fmt.Fprintf(o.stderr, "\nexport: seq %d skipped: %v\n", raw.Seq, err)
 			return nil
 		}
-		msg, err := record.Transform(string(r.Topic), r.VIN, r.Payload)
-		if err != nil {
-			skipped++
-			fmt.Fprintf(o.stderr, "\nexport: seq %d skipped: %v\n", raw.Seq, err)
-			return nil
-		}
+		// The bytes a sink sends: forwarder.Encoder's.
 		if c.format == "proto" {
-			b, err := record.MarshalProto(msg)
+			b, _, err := (forwarder.Encoder{}).AppendValue(value[:0], &r)
 			if err != nil {
-				return err
+				skipped++
+				fmt.Fprintf(o.stderr, "\nexport: seq %d skipped: %v\n", raw.Seq, err)
+				return nil
 			}
+			value = b
 			k := binary.PutUvarint(lenBuf[:], uint64(len(b)))
 			bw.Write(lenBuf[:k])
 			bw.Write(b)
 		} else {
-			js, err := record.MarshalJSON(msg)
+			js, err := recordJSON(&r)
 			if err != nil {
-				return err
+				skipped++
+				fmt.Fprintf(o.stderr, "\nexport: seq %d skipped: %v\n", raw.Seq, err)
+				return nil
 			}
 			line, err := json.Marshal(exportLine{Seq: r.Seq, Topic: string(r.Topic), VIN: r.VIN, TxID: string(r.TxID), ReceivedAtMs: r.ReceivedAtMs, Record: js})
 			if err != nil {

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
+	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
@@ -51,14 +51,10 @@ func viewRecord(raw spool.RawRecord, full bool) (recordView, error) {
 	return v, nil
 }
 
-// recordJSON is the reference's JSON form of r's payload, as the logger
-// sink prints it.
+// recordJSON is the reference's JSON form of r's payload: what the logger
+// sink prints and a sink with transmit_decoded_records sends.
 func recordJSON(r *spool.Record) (json.RawMessage, error) {
-	msg, err := record.Transform(string(r.Topic), r.VIN, r.Payload)
-	if err != nil {
-		return nil, fmt.Errorf("record %d: %w", r.Seq, err)
-	}
-	js, err := record.MarshalJSON(msg)
+	js, _, err := forwarder.Encoder{JSON: true}.AppendValue(nil, r)
 	if err != nil {
 		return nil, fmt.Errorf("record %d: %w", r.Seq, err)
 	}

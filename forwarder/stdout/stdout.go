@@ -15,7 +15,6 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
-	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
@@ -49,6 +48,10 @@ type Sink struct {
 }
 
 var undecodable = metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="logger"}`)
+
+// jsonValues renders records as the reference's JSON (the namespace plays
+// no part in a value).
+var jsonValues = forwarder.Encoder{JSON: true}
 
 // New returns a Sink writing to o.Out.
 func New(o Options) (*Sink, error) {
@@ -92,26 +95,17 @@ func (s *Sink) Send(_ context.Context, batch []spool.Record) error {
 	for i := range batch {
 		s.ends = append(s.ends, len(s.buf))
 		r := &batch[i]
-		js, ok := []byte(nil), false
-		if string(r.Topic) == record.TopicV {
-			js, _, ok = record.AppendDispatchedJSON(s.js[:0], r.VIN, r.Payload)
-			s.js = js
+		// The record's JSON is what a sink with transmit_decoded_records
+		// sends: forwarder.Encoder's.
+		js, _, err := jsonValues.AppendValue(s.js[:0], r)
+		if err != nil {
+			// The record was validated before it was acked; this means a
+			// bug or a damaged spool. Skipping beats blocking the sink.
+			undecodable.Inc()
+			s.log.Error("record cannot be decoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
+			continue
 		}
-		if !ok {
-			msg, err := record.Transform(string(r.Topic), r.VIN, r.Payload)
-			if err != nil {
-				// The record was validated before it was acked; this means a
-				// bug or a damaged spool. Skipping beats blocking the sink.
-				undecodable.Inc()
-				s.log.Error("record cannot be decoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
-				continue
-			}
-			if js, err = record.MarshalJSON(msg); err != nil {
-				undecodable.Inc()
-				s.log.Error("record cannot be rendered as JSON; skipped", "seq", r.Seq, "vin", r.VIN, "err", err)
-				continue
-			}
-		}
+		s.js = js
 		line, err := json.Marshal(Line{Topic: string(r.Topic), VIN: r.VIN, TxID: string(r.TxID), ReceivedAtMs: r.ReceivedAtMs, Record: js})
 		if err != nil {
 			return fmt.Errorf("stdout sink: encode seq %d: %w", r.Seq, err)

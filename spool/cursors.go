@@ -1,5 +1,8 @@
 package spool
 
+// Cursors and trimming: consumers' positions ride the group commits;
+// what every consumer passed is trimmed by a range deletion.
+
 import (
 	"encoding/binary"
 	"errors"
