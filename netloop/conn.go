@@ -77,6 +77,11 @@ type conn struct {
 
 	id    Identity
 	idErr error
+	// The negotiated TLS version and cipher suite (for /connz).
+	tlsVersion, cipherSuite uint16
+	// st is what /connz shows of the vehicle, set at the upgrade
+	// (publishVehicle); nil before.
+	st *vehicleStats
 	// Request headers kept for records and connectivity events.
 	clientVersion, connectionID, networkInterface string
 
