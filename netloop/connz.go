@@ -10,6 +10,7 @@ package netloop
 import (
 	"crypto/tls"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -48,7 +49,7 @@ type vehicleStats struct {
 	cid           uint64
 	vin           string
 	clientType    string
-	remote        string
+	remote        net.Addr // rendered only for a page
 	clientVersion string
 	connectionID  string
 	sinceMs       int64
@@ -89,7 +90,7 @@ func (st *vehicleStats) publishHeld(held, acks int) {
 // once, after every immutable field of its stats is set.
 func (c *conn) publishVehicle(now time.Time) {
 	st := &vehicleStats{
-		vin: c.id.DeviceID, clientType: c.id.ClientType, remote: c.mc.remote.String(),
+		vin: c.id.DeviceID, clientType: c.id.ClientType, remote: c.mc.remote,
 		clientVersion: c.clientVersion, connectionID: c.connectionID, sinceMs: now.UnixMilli(),
 		tlsVersion: c.tlsVersion, cipherSuite: c.cipherSuite,
 	}
@@ -392,13 +393,16 @@ func siftDown(h []keyed, i int, less func(a, b keyed) bool) {
 // info renders st.
 func (st *vehicleStats) info() ConnInfo {
 	ci := ConnInfo{
-		CID: st.cid, VIN: st.vin, ClientType: st.clientType, RemoteAddr: st.remote,
+		CID: st.cid, VIN: st.vin, ClientType: st.clientType,
 		ClientVersion: st.clientVersion, ConnectionID: st.connectionID,
 		ConnectedSince: time.UnixMilli(st.sinceMs).UTC(),
 		TLSVersion:     tls.VersionName(st.tlsVersion), CipherSuite: cipherSuiteName(st.cipherSuite),
 		RecordsIn: st.records.Load(), BytesIn: st.bytes.Load(),
 		RateLimited: st.rateLimited.Load(), Refused: st.refused.Load(),
 		AcksOwed: st.acksOwed.Load(), BufferedBytes: st.buffered.Load(),
+	}
+	if st.remote != nil {
+		ci.RemoteAddr = st.remote.String()
 	}
 	if ms := st.lastRecordMs.Load(); ms > 0 {
 		t := time.UnixMilli(ms).UTC()

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"slices"
@@ -163,7 +164,8 @@ func fakeVehicles(n int, seed uint64) *Server {
 	s := &Server{}
 	for i := range n {
 		st := &vehicleStats{cid: uint64(i + 1), vin: fmt.Sprintf("VIN%05d", r.IntN(n/2+1)), sinceMs: int64(r.IntN(50)),
-			tlsVersion: tls.VersionTLS13, cipherSuite: tls.TLS_AES_128_GCM_SHA256}
+			tlsVersion: tls.VersionTLS13, cipherSuite: tls.TLS_AES_128_GCM_SHA256,
+			remote: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1024 + i%60000}}
 		st.records.Store(uint64(r.IntN(20)))
 		st.bytes.Store(uint64(r.IntN(20)))
 		st.lastRecordMs.Store(int64(r.IntN(20)))
