@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/bench/internal/diskfloor"
 	"github.com/fleet-telemetry/fleet-telemetry/bench/internal/hist"
 	"github.com/fleet-telemetry/fleet-telemetry/bench/internal/procstat"
 	"github.com/fleet-telemetry/fleet-telemetry/bench/internal/report"
@@ -193,6 +194,9 @@ type target struct {
 	metricsPort int
 	daemon      *spawn.Proc
 	broker      *spawn.Proc
+	// floorDir is a directory on the spool's file system, for the disk
+	// floor probe ("": none).
+	floorDir string
 }
 
 func (t *target) stop() {
@@ -206,13 +210,13 @@ func (t *target) stop() {
 
 func (b *bench) start(name string) (*target, error) {
 	if !b.o.spawn {
-		return &target{addr: b.o.addr, pid: b.o.serverPID}, nil
+		return &target{addr: b.o.addr, pid: b.o.serverPID, floorDir: b.o.diskFloorDir}, nil
 	}
 	dir := filepath.Join(b.workDir, fmt.Sprintf("%s-%d", name, time.Now().UnixNano()))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	t := &target{metricsPort: b.o.serverMetricsPort}
+	t := &target{metricsPort: b.o.serverMetricsPort, floorDir: dir}
 	if t.metricsPort == 0 {
 		// The forwarding figures come from the daemon's /metrics.
 		p, err := e2e.PickPort(b.o.serverPprofPort)
@@ -257,6 +261,11 @@ func (b *bench) runOne(name string) (*report.Result, error) {
 		res: &report.Result{Scenario: name, Command: b.run.Command, Started: time.Now(), ServerPID: t.pid, Params: map[string]any{}}}
 	r.res.Params["record_bytes_mean_V"] = b.corpus.MeanVBytes
 	r.res.Params["datums"] = b.o.datums
+	probe := (name == "throughput" || name == "rate" || name == "soak") && t.floorDir != "" && b.o.diskFloor > 0
+	var floor hist.H
+	if probe {
+		r.probeDisk(&floor)
+	}
 	switch name {
 	case "idle":
 		err = r.idle()
@@ -269,6 +278,10 @@ func (b *bench) runOne(name string) (*report.Result, error) {
 	case "storm":
 		err = r.storm()
 	}
+	if probe {
+		r.probeDisk(&floor)
+		r.res.DiskFloor = latency(floor.Snapshot())
+	}
 	r.finish()
 	if t.daemon != nil && t.daemon.Exited() {
 		r.res.OK = false
@@ -276,6 +289,15 @@ func (b *bench) runOne(name string) (*report.Result, error) {
 		r.res.FailureCount++
 	}
 	return r.res, err
+}
+
+// probeDisk measures the spool file system's own commit latency into h
+// (see diskfloor), while the daemon is idle: before and after the window.
+func (r *scenarioRun) probeDisk(h *hist.H) {
+	if err := diskfloor.Probe(diskfloor.Options{Dir: r.t.floorDir, Duration: r.b.o.diskFloor}, h); err != nil {
+		r.res.Failures = append(r.res.Failures, err.Error())
+		r.res.FailureCount++
+	}
 }
 
 // scenarioRun is one scenario in progress.

@@ -19,6 +19,7 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
+	"time"
 )
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -70,6 +71,8 @@ type options struct {
 	clientCurves         string
 	// output
 	jsonOut, htmlOut, note string
+	diskFloor              time.Duration
+	diskFloorDir           string
 	quiet                  bool
 	selfProfile            string
 }
@@ -84,6 +87,8 @@ func run(args []string) int {
 	fs.BoolVar(&o.spawn, "spawn", false, "start a kfake broker and a fresh daemon (config written by the bench) for each scenario")
 	fs.StringVar(&o.daemonBin, "daemon-bin", "bin/fleet-telemetry", "daemon binary for -spawn")
 	fs.StringVar(&o.brokerBin, "broker-bin", "bin/kfakebroker", "kfakebroker binary for -spawn (go build -o bin/kfakebroker ./test/kfakebroker)")
+	fs.DurationVar(&o.diskFloor, "disk-floor", 2*time.Second, "throughput, rate and soak: probe the spool's file system (write + fdatasync, as a commit) for this long before and again after the window, and report its latency next to the acks' (0: no probe)")
+	fs.StringVar(&o.diskFloorDir, "disk-floor-dir", "", "where to probe without -spawn: a directory on the daemon's spool file system")
 	fs.StringVar(&o.sink, "sink", "kafka", "with -spawn: where V, alerts and errors records go: kafka, logger or none")
 	fs.StringVar(&o.serverCPUs, "server-cpus", "", "with -spawn: taskset CPU list for the daemon (e.g. 0)")
 	fs.StringVar(&o.brokerCPUs, "broker-cpus", "", "with -spawn: taskset CPU list for the broker (e.g. 1)")

@@ -251,7 +251,8 @@ type LaneStatus struct {
 	// Cursor is the last seq the lane passed (delivered, quarantined or
 	// not its type).
 	Cursor uint64 `json:"cursor"`
-	// Lag is how many committed records the lane has not passed.
+	// Lag is how many committed records the lane has not passed (0 when
+	// none of them is of its type).
 	Lag uint64 `json:"lag"`
 	// OldestWaitingMs is the receive time of the oldest record the lane
 	// is trying to deliver (0: none waiting).

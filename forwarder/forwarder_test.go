@@ -541,6 +541,31 @@ func TestRunFollowsAppends(t *testing.T) {
 	}
 }
 
+// A lane whose type does not arrive is not woken by the commits of other
+// types; it still passes them (on its poll), reports no lag, lets the
+// spool trim, and wakes for its own type's commit.
+func TestIdleLanePassesOtherTypesUnread(t *testing.T) {
+	const name = "idle"
+	vLane, aLane := LaneName(name, "V"), LaneName(name, "alerts")
+	sp := openSpool(t, t.TempDir(), vLane, aLane)
+	sink := &testSink{}
+	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V", "alerts"}})
+	stop := run(t, f)
+	defer stop()
+	for range 20 {
+		appendRecs(t, sp, "V", "V")
+		for _, st := range f.Lanes() {
+			if st.RecordType == "alerts" && st.Lag != 0 {
+				t.Fatalf("alerts lane reports lag %d with no alerts record waiting", st.Lag)
+			}
+		}
+	}
+	waitFor(t, "the idle lane to pass the V records", func() bool { return cursor(t, sp, aLane) == sp.LastSeq() })
+	waitFor(t, "the spool to trim what both lanes passed", func() bool { return sp.Stats().Records == 0 })
+	seqs := appendRecs(t, sp, "alerts")
+	waitFor(t, "the alerts record to be delivered", func() bool { return slices.Contains(sink.delivered(), seqs[0]) })
+}
+
 // Run on a spool that is closed under it returns an error instead of
 // spinning on the closed commit channel.
 func TestRunReturnsErrorWhenSpoolClosed(t *testing.T) {

@@ -79,20 +79,24 @@ func (l *lane) setCursor(c uint64, passed []uint64) {
 	}
 }
 
-func (l *lane) setLag(last uint64) float64 {
-	lag := 0.0
-	if c := l.cursor.Load(); last > c {
-		lag = float64(last - c)
+// behind is how many committed records up to last the lane has not
+// passed, 0 when none of them is of its type (read last first).
+func (l *lane) behind(last uint64) uint64 {
+	c := l.cursor.Load()
+	if last <= c || l.f.spool.TopicLastSeq(l.recordType) <= c {
+		return 0
 	}
+	return last - c
+}
+
+func (l *lane) setLag(last uint64) float64 {
+	lag := float64(l.behind(last))
 	l.lag.Set(lag)
 	return lag
 }
 
 func (l *lane) status(last uint64) LaneStatus {
-	st := LaneStatus{Forwarder: l.f.opts.Name, RecordType: l.recordType, Cursor: l.cursor.Load()}
-	if last > st.Cursor {
-		st.Lag = last - st.Cursor
-	}
+	st := LaneStatus{Forwarder: l.f.opts.Name, RecordType: l.recordType, Cursor: l.cursor.Load(), Lag: l.behind(last)}
 	l.mu.Lock()
 	st.OldestWaitingMs, st.LastError, st.Quarantined = l.oldestWaitingMs, l.lastErr, l.quarantined
 	if !l.lastErrAt.IsZero() {
@@ -142,7 +146,27 @@ func (l *lane) run(ctx context.Context, drain bool, target uint64) error {
 		if !drain && !l.linger(ctx, lastSend, cursor) {
 			return nil
 		}
-		committed := f.spool.Committed() // fetched before the read: no lost wake-up
+		// Both fetched before the reads below: no lost wake-up.
+		committed := f.spool.TopicCommitted(l.recordType)
+		last := f.spool.LastSeq()
+		if f.spool.TopicLastSeq(l.recordType) <= cursor {
+			// Nothing of this type beyond the cursor: pass the rest
+			// unread, and sleep until a commit holds one (or the poll,
+			// which keeps the cursor, and so trimming, moving).
+			if last > cursor {
+				if err := l.advance(last, nil); err != nil {
+					return err
+				}
+				continue
+			}
+			if drain {
+				return nil
+			}
+			if err := l.wait(ctx, committed, poll.C); err != nil {
+				return err
+			}
+			continue
+		}
 		recs, scanned, err := f.spool.ReadTopic(cursor+1, l.recordType, f.opts.BatchRecords, f.opts.BatchBytes,
 			maxScanFactor*f.opts.BatchRecords, l.buf[:0])
 		var damaged *spool.CorruptRecordError
@@ -191,16 +215,8 @@ func (l *lane) run(ctx context.Context, drain bool, target uint64) error {
 			if drain {
 				return nil
 			}
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-committed:
-				// Close also closes the channel, for good: without this
-				// check Run would spin on a closed spool.
-				if _, err := f.spool.Cursor(l.name); err != nil {
-					return fmt.Errorf("forwarder %s: %w", l.name, err)
-				}
-			case <-poll.C:
+			if err := l.wait(ctx, committed, poll.C); err != nil {
+				return err
 			}
 			continue
 		}
@@ -225,6 +241,21 @@ func (l *lane) run(ctx context.Context, drain bool, target uint64) error {
 			continue // the damaged record is next
 		}
 	}
+}
+
+// wait sleeps until committed is closed, a poll tick or ctx ends (nil
+// then: run checks ctx next). A closed spool closes committed for good:
+// that is reported, or run would spin.
+func (l *lane) wait(ctx context.Context, committed <-chan struct{}, poll <-chan time.Time) error {
+	select {
+	case <-ctx.Done():
+	case <-committed:
+		if _, err := l.f.spool.Cursor(l.name); err != nil {
+			return fmt.Errorf("forwarder %s: %w", l.name, err)
+		}
+	case <-poll:
+	}
+	return nil
 }
 
 // advance moves the lane past to, quarantining q in the same spool commit.
@@ -473,10 +504,10 @@ func (l *lane) linger(ctx context.Context, lastSend time.Time, cursor uint64) bo
 		}
 	}()
 	for {
-		committed := f.spool.Committed() // fetched before LastSeq: no lost wake-up
+		committed := f.spool.TopicCommitted(l.recordType) // fetched before LastSeq: no lost wake-up
 		last := f.spool.LastSeq()
 		wait := f.opts.Linger - time.Since(lastSend)
-		if wait <= 0 || last <= cursor || last-cursor >= uint64(f.opts.BatchRecords) {
+		if wait <= 0 || last <= cursor || f.spool.TopicLastSeq(l.recordType) <= cursor || last-cursor >= uint64(f.opts.BatchRecords) {
 			return true
 		}
 		if timer == nil {

@@ -298,5 +298,8 @@ func (c *conn) ackNow(txid, topic, messageID []byte) {
 func (c *conn) replyError(txid, topic []byte) {
 	errorReplies.Inc()
 	refUnexpectedRecordErr.Inc()
+	if c.st != nil {
+		c.st.refused.Add(1)
+	}
 	c.acks.pushError(txid, topic, errorText)
 }

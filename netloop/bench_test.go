@@ -38,6 +38,7 @@ func BenchmarkRecordPath(b *testing.B) {
 	srv.log = srv.opts.Logger
 	c := &conn{srv: srv, gc: wakeOnly{}, phase: phaseWebSocket, acks: newAckQueue(srv.opts.MaxInFlight),
 		id:  Identity{DeviceID: vinA, ClientType: "vehicle_device", SenderID: "vehicle_device." + vinA},
+		st:  &vehicleStats{},
 		dec: wsframe.NewDecoder(wsframe.Options{Role: wsframe.RoleServer, MaxMessageSize: 1_000_000})}
 	m := newRecord(vinA, "V", "bench-txid-0001")
 	m.Payload = vehicle.PayloadV(rng, vinA, 20, time.Now())

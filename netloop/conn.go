@@ -45,11 +45,11 @@ type conn struct {
 	cipher  []byte
 	partial int
 
-	phase    phase
-	accepted time.Time
+	phase phase
 	// tlsEnded: the TLS stream is over for writing (a fatal alert went
 	// either way, or our close_notify was sent).
 	tlsEnded bool
+	accepted time.Time
 
 	// Until the ClientHello is complete the loop holds the stream's first
 	// bytes (hello follows them) and books them against the server's
@@ -74,9 +74,14 @@ type conn struct {
 	// upgraded is set once the WebSocket upgrade succeeded: the connection
 	// then owes exactly one DISCONNECTED event.
 	upgraded bool
+	// The negotiated TLS version and cipher suite (for /connz).
+	tlsVersion, cipherSuite uint16
 
 	id    Identity
 	idErr error
+	// st is what /connz shows of the vehicle, set at the upgrade
+	// (publishVehicle); nil before.
+	st *vehicleStats
 	// Request headers kept for records and connectivity events.
 	clientVersion, connectionID, networkInterface string
 

@@ -175,6 +175,7 @@ func (c *conn) finishHandshake() gnet.Action {
 		return gnet.Close
 	}
 	c.id, c.idErr = IdentityFromCertificate(state.PeerCertificates[0])
+	c.tlsVersion, c.cipherSuite = state.Version, state.CipherSuite
 	if c.rec != nil {
 		// From here on the records are ours: release crypto/tls's
 		// connection (its buffers, the peer's certificates).

@@ -124,6 +124,7 @@ func (c *conn) handleRequest(req []byte) gnet.Action {
 	upgradesOK.Inc()
 	refNumConnections.Inc()
 	c.vinSignals = c.srv.vinSignals[c.id.DeviceID]
+	c.publishVehicle(time.Now())
 	c.emitConnectivity(pb.ConnectivityEvent_CONNECTED)
 	c.srv.log.Debug("vehicle connected", "vin", c.id.DeviceID, "connection_id", c.connectionID,
 		"remote", c.mc.remote.String(), "network_interface", c.networkInterface, "version", c.clientVersion)

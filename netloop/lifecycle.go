@@ -93,6 +93,7 @@ func (c *conn) finishForShutdown() gnet.Action {
 
 func (c *conn) onClose(err error) {
 	c.closed.Store(true)
+	c.withdrawVehicle()
 	if c.upgraded {
 		refNumConnections.Dec()
 		c.srv.log.Debug("vehicle disconnected", "vin", c.id.DeviceID, "connection_id", c.connectionID, "err", err)

@@ -56,6 +56,9 @@ func (c *conn) account() gnet.Action {
 	h := c.held()
 	grew := h - c.charged
 	c.book(h)
+	if c.st != nil {
+		c.st.publishHeld(h, c.acks.len())
+	}
 	if c.phase >= phaseClosing || grew <= 0 {
 		return gnet.None
 	}

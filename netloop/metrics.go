@@ -85,12 +85,26 @@ const (
 	reasonVINNotAllowed  = "vin_not_allowed"
 )
 
+// reasonCounter is one reason's counter, kept for Server.Stats.
+type reasonCounter struct {
+	reason string
+	c      *metrics.Counter
+}
+
+// connRefusals and recordRefusals are every counter connRefused and
+// recordRefused made, in order.
+var connRefusals, recordRefusals []reasonCounter
+
 func connRefused(reason string) *metrics.Counter {
-	return metrics.GetOrCreateCounter(`fleet_connections_refused_total{reason="` + reason + `"}`)
+	c := metrics.GetOrCreateCounter(`fleet_connections_refused_total{reason="` + reason + `"}`)
+	connRefusals = append(connRefusals, reasonCounter{reason, c})
+	return c
 }
 
 func recordRefused(reason string) *metrics.Counter {
-	return metrics.GetOrCreateCounter(`fleet_records_refused_total{reason="` + reason + `"}`)
+	c := metrics.GetOrCreateCounter(`fleet_records_refused_total{reason="` + reason + `"}`)
+	recordRefusals = append(recordRefusals, reasonCounter{reason, c})
+	return c
 }
 
 var (
@@ -165,6 +179,7 @@ type topicMetrics struct {
 	bytes      *metrics.Counter // record_size_bytes_total{record_type}
 	dispatched *metrics.Counter // dispatch_total{record_type}
 	signals    *metrics.Gauge   // signal_count{record_type} (a gauge there too)
+	slot       uint8            // the per-connection counter (vehicleStats.topics)
 }
 
 var (
@@ -220,6 +235,7 @@ func addTopicMetrics(topic []byte) *topicMetrics {
 		bytes:      metrics.GetOrCreateCounter("record_size_bytes_total" + l),
 		dispatched: metrics.GetOrCreateCounter("dispatch_total" + l),
 		signals:    metrics.GetOrCreateGauge("signal_count"+l, nil),
+		slot:       topicSlot(name),
 	}
 	next := make(map[string]*topicMetrics, len(old)+1)
 	for k, v := range old {

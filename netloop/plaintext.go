@@ -92,6 +92,7 @@ func (c *conn) parseFrames(buf []byte, now time.Time) (int, gnet.Action) {
 				return len(buf), act
 			}
 		case wsframe.KindTooLarge:
+			c.st.received(len(msg.Payload), now)
 			recTooBig.Inc()
 			refRecordTooBig.Inc()
 			c.replyError(nil, nil)

@@ -29,6 +29,7 @@ var recordPool = sync.Pool{New: func() any { return new(spool.Record) }}
 func (c *conn) onRecord(msg []byte, now time.Time) gnet.Action {
 	recordsReceived.Inc()
 	bytesReceived.Add(len(msg))
+	c.st.received(len(msg), now)
 	if ok, act := c.admit(msg, now); !ok {
 		return act
 	}
@@ -51,6 +52,7 @@ func (c *conn) admit(msg []byte, now time.Time) (bool, gnet.Action) {
 		c.windowCount++
 		if c.windowCount > rl.Limit {
 			recRateLimited.Inc()
+			c.st.rateLimited.Add(1)
 			var env envelope.Envelope
 			_ = envelope.Decode(msg, &env) // for the topic label only
 			c.rateLimitCounter(env.Topic).Inc()
@@ -110,6 +112,7 @@ func (c *conn) decode(msg []byte, env *envelope.Envelope) (tm *topicMetrics, sig
 		// The reference counts and "dispatches" these to no sink.
 		recordsUnrouted.Inc()
 		tm.records.Inc()
+		c.st.topics[tm.slot].Add(1)
 		tm.bytes.Add(len(env.Stream.Payload))
 		tm.dispatched.Inc()
 		c.ackNow(env.TxID, env.Topic, env.MessageID)
@@ -132,6 +135,7 @@ func (c *conn) decode(msg []byte, env *envelope.Envelope) (tm *topicMetrics, sig
 // back and the connection shed.
 func (c *conn) accept(env *envelope.Envelope, tm *topicMetrics, signals int, now time.Time) gnet.Action {
 	tm.records.Inc()
+	c.st.topics[tm.slot].Add(1)
 	tm.bytes.Add(len(env.Stream.Payload))
 	countSignals(tm, c.vinSignals, env.Topic, signals)
 	wait := waitCommit

@@ -240,6 +240,13 @@ type Server struct {
 	regMu sync.Mutex
 	conns map[*conn]struct{}
 
+	// vehicles are the upgraded connections' stats (what /connz lists),
+	// each knowing its index; lastCID numbers them. vehMu is held only to
+	// add, remove (swap with the last) or copy the pointers.
+	vehMu    sync.Mutex
+	vehicles []*vehicleStats
+	lastCID  uint64
+
 	shutdownOnce sync.Once
 	shutdownErr  error
 

@@ -51,6 +51,7 @@ func (s *Spool) Append(r *Record, w Waiter, token uint64) error {
 	seq := s.nextSeq
 	s.nextSeq++
 	r.Seq = seq
+	s.topics.noteAppendLocked(r.Topic, seq)
 	op := s.pending.SetDeferred(recKeyLen, vlen)
 	putRecKey(op.Key, seq)
 	encodeInto(op.Value, r)
@@ -111,6 +112,7 @@ func (s *Spool) run() {
 		live, recs := s.liveBytes, s.liveRecords
 		qBytes, qRecs := s.quarantineBytes, s.quarantineRecords
 		st, err := s.takeStaged(b)
+		marks := s.topics.takeLocked()
 		s.pending, s.pendingW = s.spare, s.spareW
 		s.spare, s.spareW = nil, nil
 		s.pendingBytes, s.pendingRecs = 0, 0
@@ -137,6 +139,7 @@ func (s *Spool) run() {
 			continue
 		}
 		commitsTotal.Inc()
+		publish(marks) // before committedSeq: see TopicLastSeq
 		s.committedSeq.Store(hwm)
 		s.mu.Lock()
 		s.statBytes, s.statRecords = live, recs
@@ -151,6 +154,7 @@ func (s *Spool) run() {
 			}
 		}
 		s.signal()
+		signalTopics(marks)
 		clear(ws) // drop Waiter references
 		b.Reset()
 		s.mu.Lock()

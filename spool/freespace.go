@@ -46,6 +46,11 @@ func (s *Spool) checkFreeSpace() {
 	}
 }
 
+// DiskFree is the space unprivileged writers may still use on the file
+// system holding the spool (a statfs now, whether or not MinFreeBytes
+// is set).
+func (s *Spool) DiskFree() (int64, error) { return s.diskFree() }
+
 // diskFree is freeSpace of the spool's directory (or the tests' stand-in).
 func (s *Spool) diskFree() (int64, error) {
 	if s.opts.freeSpace != nil {

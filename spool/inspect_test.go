@@ -5,6 +5,8 @@ import (
 	"errors"
 	"math"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestInspectLiveAndView(t *testing.T) {
@@ -96,5 +98,25 @@ func TestOpenViewMissing(t *testing.T) {
 	if v, err := OpenView(t.TempDir()+"/nope", quietLogger()); err == nil {
 		v.Close()
 		t.Fatal("OpenView of a missing directory succeeded")
+	}
+}
+
+// TestDiskFreeIsTheFileSystemsFreeSpace: DiskFree answers with a probe of
+// the spool's file system now, MinFreeBytes set or not.
+func TestDiskFreeIsTheFileSystemsFreeSpace(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, Options{Dir: dir})
+	defer s.Close()
+	got, err := s.DiskFree()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	// Other writers on the machine move it a little between the two.
+	if want := int64(st.Bavail) * st.Bsize; got <= 0 || got > want+64<<20 || got < want-64<<20 {
+		t.Fatalf("DiskFree %d, statfs says %d", got, want)
 	}
 }

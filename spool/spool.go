@@ -208,6 +208,7 @@ type Spool struct {
 
 	committedSeq atomic.Uint64
 	notify       atomic.Pointer[chan struct{}]
+	topics       topicTable
 
 	bgErrs  backgroundErrorLog
 	lowDisk atomic.Bool // the last probe saw free space under Options.MinFreeBytes (for its log lines)
@@ -460,6 +461,7 @@ func (s *Spool) install(st diskState) {
 	s.quarantineBytes, s.quarantineRecords = int64(st.qBytes), int64(st.qRecords)
 	s.statQBytes, s.statQRecords = int64(st.qBytes), int64(st.qRecords)
 	s.committedSeq.Store(max(s.committedSeq.Load(), st.hwm))
+	s.topics.openHWM.Store(max(s.topics.openHWM.Load(), st.hwm))
 	// A batch doubles as it grows, so a full one can have twice
 	// MaxPendingBytes of capacity; keep it rather than reallocate per fill.
 	bopts := []pebble.BatchOption{pebble.WithMaxRetainedSizeBytes(2*s.maxPending + 1<<20)}
@@ -569,6 +571,7 @@ func (s *Spool) close() {
 		// channel for good, as below: the committer may still finish and
 		// signal.
 		s.signal()
+		s.topics.signalAll()
 		return
 	}
 
@@ -587,5 +590,6 @@ func (s *Spool) close() {
 	// Drop the batches: they belong to the closed DB.
 	s.pending, s.spare = nil, nil
 	s.mu.Unlock()
+	s.topics.closeAll()
 	close(*s.notify.Load())
 }

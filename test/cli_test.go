@@ -86,6 +86,8 @@ func TestCLIHelp(t *testing.T) {
 		{"spool", "quarantine"},
 		{"vehicle-config"},
 		{"check-server"},
+		{"conns"},
+		{"status"},
 		{"version"},
 	}
 	dir := t.TempDir() // nothing is created by asking for help

@@ -9,6 +9,8 @@
 //	fleet-telemetry spool [-config FILE | -dir DIR | -dev] stats|ls|cat|tail|verify|export|replay ...
 //	fleet-telemetry vehicle-config -hostname H -ca FILE -fields F:s,... | -check FILE
 //	fleet-telemetry check-server -config VEHICLE-CONFIG | -hostname H -ca FILE
+//	fleet-telemetry conns [-vin V] [-json] [-config FILE | -dev | -addr HOST:PORT]
+//	fleet-telemetry status [-json] [-config FILE | -dev | -addr HOST:PORT]
 //	fleet-telemetry version
 //
 // Every command and subcommand prints its usage with -h or --help.
@@ -30,6 +32,10 @@ const usage = `usage:
   fleet-telemetry vehicle-config -hostname H [-port 443] -ca FILE -fields Field:seconds,... [-alert-types service] [-exp UNIX]
                                            print a vehicle configuration (-check FILE checks one)
   fleet-telemetry check-server -config VEHICLE-CONFIG   check the server as a vehicle would (its certificate chain)
+  fleet-telemetry conns [-vin V] [-json] [-config FILE | -dev | -addr HOST:PORT]
+                                           the vehicles connected to a running daemon (its /connz)
+  fleet-telemetry status [-json] [-config FILE | -dev | -addr HOST:PORT]
+                                           a running daemon's state: connections, records/s, spool, lanes (its /varz)
   fleet-telemetry version                  the module version, VCS revision and Go version (also -version)
 
 "fleet-telemetry COMMAND -h" prints a command's usage and flags.
@@ -58,6 +64,10 @@ func run(args []string) int {
 		return vehicleConfig(args[1:])
 	case "check-server":
 		return checkServer(args[1:])
+	case "conns":
+		return conns(args[1:])
+	case "status":
+		return status(args[1:])
 	case "version":
 		return version(args[1:])
 	case "help", "-h", "-help", "--help":

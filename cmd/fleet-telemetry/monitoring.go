@@ -12,15 +12,17 @@ import (
 	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/introspect"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/metricsexport"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/profiler"
 )
 
-// startMonitoring serves /metrics, and /debug/pprof/, /gc_stats and
-// /live_profiler on the profiler port, and pushes to StatsD as the
+// startMonitoring serves /metrics and intro's routes (/connz, /varz and
+// the status page at /) on the metrics port, and /debug/pprof/, /gc_stats
+// and /live_profiler on the profiler port, and pushes to StatsD as the
 // "monitoring" section asks. The returned function stops them (a live CPU
 // profile still running is finished, so its file is whole).
-func startMonitoring(m *config.Monitoring, log *slog.Logger) (func(), error) {
+func startMonitoring(m *config.Monitoring, intro *introspect.Handler, log *slog.Logger) (func(), error) {
 	var servers []*http.Server
 	var pusher *metricsexport.StatsdPusher
 	var prof *profiler.Profiler
@@ -64,9 +66,14 @@ func startMonitoring(m *config.Monitoring, log *slog.Logger) (func(), error) {
 			w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 			_ = metricsexport.WriteExposition(w, metricHelp)
 		})
+		intro.Register(mux)
 		if err := serve("metrics", m.PrometheusMetricsHost, m.PrometheusMetricsPort, mux); err != nil {
 			stop()
 			return nil, err
+		}
+		if !isLoopback(m.PrometheusMetricsHost) {
+			log.Warn("the monitoring port lists the connected vehicles' VINs (/connz and the status page at /) and listens beyond this host; "+
+				"restrict who can reach it", "host", m.PrometheusMetricsHost, "port", m.PrometheusMetricsPort)
 		}
 	}
 	if m.ProfilerPort > 0 {
@@ -94,6 +101,16 @@ func startMonitoring(m *config.Monitoring, log *slog.Logger) (func(), error) {
 		log.Info("pushing metrics to statsd", "addr", sc.Host, "prefix", sc.Prefix)
 	}
 	return stop, nil
+}
+
+// isLoopback reports whether host (a name or an address to bind) is this
+// host only.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // metricHelp is the HELP text of each family on /metrics. Names without

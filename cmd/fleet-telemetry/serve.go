@@ -23,6 +23,7 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/internal/admin"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/introspect"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/sdnotify"
 	"github.com/fleet-telemetry/fleet-telemetry/netloop"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
@@ -122,14 +123,15 @@ func serve(args []string) int {
 		}
 		log.Info("dev mode", "certs", devCertsDir, "vehicles", strings.Join(devca.DefaultVINs, ","))
 	}
-	if err := runDaemon(cfg, log); err != nil {
+	if err := runDaemon(cfg, bi, log); err != nil {
 		log.Error("fleet-telemetry stopped", "err", err)
 		return 1
 	}
 	return 0
 }
 
-func runDaemon(cfg *config.Config, log *slog.Logger) error {
+func runDaemon(cfg *config.Config, bi buildInfo, log *slog.Logger) error {
+	started := time.Now()
 	// Taken first: a stop that comes while the daemon starts (systemctl
 	// stop right after start) waits in the channel for the loop below and
 	// gets the graceful shutdown, instead of the default action killing
@@ -143,7 +145,11 @@ func runDaemon(cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	stopMonitoring, err := startMonitoring(cfg.Monitoring, log)
+	// /connz and /varz answer 503 until the listener and forwarders run.
+	intro := introspect.New(introspect.Options{Started: started, Logger: log, Build: introspect.Build{
+		Version: bi.Version, Revision: bi.Revision, Modified: bi.Modified, GoVersion: bi.GoVersion}})
+	defer intro.Close()
+	stopMonitoring, err := startMonitoring(cfg.Monitoring, intro, log)
 	if err != nil {
 		return err
 	}
@@ -227,6 +233,8 @@ func runDaemon(cfg *config.Config, log *slog.Logger) error {
 	if err := srv.Start(); err != nil {
 		return err
 	}
+	intro.Attach(introspect.Source{Server: srv, Spool: sp, Forwarders: fwds, Listen: srv.Addr().String(),
+		SpoolDir: cfg.Spool.Dir, SpoolMaxBytes: cfg.Spool.MaxBytes, SpoolMinFreeBytes: cfg.Spool.MinFree()})
 	log.Info("listening", "addr", srv.Addr().String(), "spool", cfg.Spool.Dir, "dispatchers", strings.Join(names, ","))
 	if err := sdnotify.Notify(sdnotify.Ready, sdnotify.Status("listening on "+srv.Addr().String())); err != nil {
 		log.Warn("systemd notify", "err", err)

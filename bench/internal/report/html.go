@@ -177,6 +177,12 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#eee
 		if l := x.Latency; l != nil && l.Count > 0 {
 			row("ack latency p50 / p90 / p99 / p99.9 / max µs", fmt.Sprintf("%s / %s / %s / %s / %s", f1(l.P50Us), f1(l.P90Us), f1(l.P99Us), f1(l.P999Us), f1(l.MaxUs)))
 		}
+		if f := x.DiskFloor; f != nil && f.Count > 0 {
+			row("disk floor: write + fdatasync p50 / p99 / p99.9 µs (spool file system, before and after the window)", fmt.Sprintf("%s / %s / %s", f1(f.P50Us), f1(f.P99Us), f1(f.P999Us)))
+			if l := x.Latency; l != nil && l.Count > 0 && f.P99Us > 0 && f.P999Us > 0 {
+				row("ack latency p99 / p99.9 as multiples of the floor's", fmt.Sprintf("%.2f× / %.2f×", l.P99Us/f.P99Us, l.P999Us/f.P999Us))
+			}
+		}
 		if x.HandshakesPerSec > 0 {
 			row("handshakes / s", f1(x.HandshakesPerSec))
 			row("server CPU µs per connection", f1(x.ServerCPUUsPerHandshake))

@@ -62,6 +62,10 @@ type Result struct {
 	FailureCount    int
 
 	Latency   *Latency `json:",omitempty"`
+	// DiskFloor is the spool file system's own commit latency (a write
+	// and fdatasync, as one commit), probed before and after the window:
+	// the floor under the ack latency.
+	DiskFloor *Latency `json:",omitempty"`
 	Handshake *Latency `json:",omitempty"`
 	// HandshakesPerSec is completed connections (TLS + upgrade) per second.
 	HandshakesPerSec float64 `json:",omitempty"`
@@ -158,6 +162,13 @@ func Table(w io.Writer, r *Run) {
 		if x.ServerRSSPerConnKiB > 0 {
 			fmt.Fprintf(w, "  server RSS %d KiB before, %d KiB with %d connections: %.2f KiB per connection; bench RSS %.2f KiB per connection\n",
 				x.ServerRSSBaseKiB, x.ServerRSSKiB, x.Conns, x.ServerRSSPerConnKiB, x.BenchRSSPerConnKiB)
+		}
+		if f := x.DiskFloor; f != nil && f.Count > 0 {
+			fmt.Fprintf(w, "  disk floor (write + fdatasync on the spool's file system, %d before and after the window): p50 %s µs p99 %s µs p99.9 %s µs\n",
+				f.Count, f1(f.P50Us), f1(f.P99Us), f1(f.P999Us))
+			if l := x.Latency; l != nil && l.Count > 0 && f.P99Us > 0 && f.P999Us > 0 {
+				fmt.Fprintf(w, "  ack latency against the floor: p99 %.2f×, p99.9 %.2f× the floor's\n", l.P99Us/f.P99Us, l.P999Us/f.P999Us)
+			}
 		}
 		if x.ServerPID > 0 && x.MeasuredSeconds > 0 {
 			fmt.Fprintf(w, "  server: its threads waited %.1f%% of the window for a CPU (summed over threads)\n", x.ServerWaitPct)
