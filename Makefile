@@ -83,7 +83,7 @@ reliability:
 microbench:
 	$(GO) test -run '^$$' -bench . -benchmem ./wsframe ./proto/... ./spool ./netloop
 
-# The load generator (bench/, see README "Performance"), the daemon and the
+# The load generator (bench/, see docs/performance.md), the daemon and the
 # kfake broker it routes records to.
 bench-tools: build
 	$(GO) build -o $(BIN)/bench ./bench

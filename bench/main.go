@@ -7,7 +7,7 @@
 //	bench -scenario throughput -addr 127.0.0.1:4443 -server-pid PID
 //	bench -spawn -scenario idle,throughput,rate,storm -json out.json -html out.html
 //
-// See the README's "Performance" section for the scenarios and measured figures.
+// See docs/performance.md for the scenarios and measured figures.
 package main
 
 import (
@@ -29,7 +29,7 @@ const benchUsage = `usage: bench [-scenario throughput] [-addr 127.0.0.1:4443 -s
 Simulates vehicles against a running daemon (-addr), or against one it
 starts itself for each scenario (-spawn), checks every ack, and reports
 throughput, ack latency, server CPU per record and memory per connection.
-See the README's "Performance" section.
+See docs/performance.md.
 
 flags:
 `
