@@ -6,8 +6,10 @@ package spool
 // record's Waiter.
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
+	"runtime/trace"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -130,7 +132,10 @@ func (s *Spool) run() {
 		}
 		start := time.Now()
 		if err == nil {
+			// A region for `go tool trace` (free while not tracing).
+			region := trace.StartRegion(context.Background(), "spool commit")
 			err = s.commit(b)
+			region.End()
 		}
 		commitDuration.UpdateDuration(start)
 		commitRecords.Update(float64(nrec))

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"golang.org/x/sys/unix"
@@ -162,12 +163,25 @@ func (p *preallocWALFS) fill(f *os.File) error {
 		if closed {
 			return errSpoolClosing
 		}
-		if _, err := f.WriteAt(zeros[:min(int64(len(zeros)), p.size-off)], off); err != nil {
+		n := min(int64(len(zeros)), p.size-off)
+		if _, err := f.WriteAt(zeros[:n], off); err != nil {
 			return err
 		}
+		// Write each chunk out before the next and pause between them:
+		// one fdatasync of the whole file at the end would put a
+		// memtable's worth of writes in front of the live log's next
+		// commits (measured: 5-7 ms fdatasyncs of the log at each
+		// rotation), where these leave gaps for them.
+		if err := unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER); err != nil && !errors.Is(err, unix.ENOSYS) {
+			return err
+		}
+		time.Sleep(spareChunkPause)
 	}
 	return unix.Fdatasync(int(f.Fd()))
 }
+
+// spareChunkPause is the pause between the spare log's 1 MiB chunks.
+const spareChunkPause = 2 * time.Millisecond
 
 // close waits for a spare being written (which stops early).
 func (p *preallocWALFS) close() {

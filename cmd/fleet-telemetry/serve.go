@@ -132,6 +132,7 @@ func serve(args []string) int {
 
 func runDaemon(cfg *config.Config, bi buildInfo, log *slog.Logger) error {
 	started := time.Now()
+	minProcs(log)
 	// Taken first: a stop that comes while the daemon starts (systemctl
 	// stop right after start) waits in the channel for the loop below and
 	// gets the graceful shutdown, instead of the default action killing
