@@ -24,6 +24,7 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/introspect"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/memtrim"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/sdnotify"
 	"github.com/fleet-telemetry/fleet-telemetry/netloop"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
@@ -242,6 +243,8 @@ func runDaemon(cfg *config.Config, bi buildInfo, log *slog.Logger) error {
 	}
 	watchdogCtx, stopWatchdog := context.WithCancel(context.Background())
 	defer stopWatchdog()
+	// After a reconnect storm, hand the handshakes' garbage back.
+	go memtrim.Run(watchdogCtx, memtrim.Options{Logger: log})
 	go sdnotify.RunWatchdog(watchdogCtx, log, func() error {
 		select {
 		case <-srv.Done():
