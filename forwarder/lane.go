@@ -153,16 +153,7 @@ func (l *lane) run(ctx context.Context, drain bool, target uint64) error {
 			// Nothing of this type beyond the cursor: pass the rest
 			// unread, and sleep until a commit holds one (or the poll,
 			// which keeps the cursor, and so trimming, moving).
-			if last > cursor {
-				if err := l.advance(last, nil); err != nil {
-					return err
-				}
-				continue
-			}
-			if drain {
-				return nil
-			}
-			if err := l.wait(ctx, committed, poll.C); err != nil {
+			if done, err := l.passOrSleep(ctx, cursor, last, drain, committed, poll.C); done || err != nil {
 				return err
 			}
 			continue
@@ -205,17 +196,8 @@ func (l *lane) run(ctx context.Context, drain bool, target uint64) error {
 		}
 		l.buf = recs
 		if len(recs) == 0 {
-			if scanned > cursor {
-				// Only records of other types: pass them.
-				if err := l.advance(scanned, nil); err != nil {
-					return err
-				}
-				continue
-			}
-			if drain {
-				return nil
-			}
-			if err := l.wait(ctx, committed, poll.C); err != nil {
+			// Only records of other types, or none.
+			if done, err := l.passOrSleep(ctx, cursor, scanned, drain, committed, poll.C); done || err != nil {
 				return err
 			}
 			continue
@@ -241,6 +223,19 @@ func (l *lane) run(ctx context.Context, drain bool, target uint64) error {
 			continue // the damaged record is next
 		}
 	}
+}
+
+// passOrSleep moves the cursor to `to` when that is beyond it (nothing of
+// the lane's type lying between); with nothing to pass it reports done
+// when draining, else sleeps (wait).
+func (l *lane) passOrSleep(ctx context.Context, cursor, to uint64, drain bool, committed <-chan struct{}, poll <-chan time.Time) (done bool, err error) {
+	if to > cursor {
+		return false, l.advance(to, nil)
+	}
+	if drain {
+		return true, nil
+	}
+	return false, l.wait(ctx, committed, poll)
 }
 
 // wait sleeps until committed is closed, a poll tick or ctx ends (nil

@@ -16,14 +16,12 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
-	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
@@ -65,40 +63,14 @@ func BrokerURL(broker string) string {
 	return "tcp://" + broker
 }
 
-// typeMetrics are one record type's reference metrics.
-type typeMetrics struct {
-	published, bytes, errs *metrics.Counter
-}
-
 var (
-	typeMetricsMu sync.Mutex
-	typeMetricsBy = map[string]*typeMetrics{}
-	undecodable   = metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="mqtt"}`)
+	undecodable = metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="mqtt"}`)
 )
 
-// metricsOf returns mqtt_publish_total, mqtt_publish_total_bytes and
-// mqtt_err of a record type (the reference's names and label).
-func metricsOf(recordType string) *typeMetrics {
-	typeMetricsMu.Lock()
-	defer typeMetricsMu.Unlock()
-	if m := typeMetricsBy[recordType]; m != nil {
-		return m
-	}
-	l := `{record_type="` + recordType + `"}`
-	m := &typeMetrics{
-		published: metrics.GetOrCreateCounter("mqtt_publish_total" + l),
-		bytes:     metrics.GetOrCreateCounter("mqtt_publish_total_bytes" + l),
-		errs:      metrics.GetOrCreateCounter("mqtt_err" + l),
-	}
-	typeMetricsBy[recordType] = m
-	return m
-}
+// counters are the reference's per-type metrics of this sink.
+var counters = forwarder.NewTypeCounters("mqtt_publish_total", "mqtt_publish_total_bytes", "mqtt_err")
 
-func init() {
-	for _, t := range []string{record.TopicV, record.TopicAlerts, record.TopicErrors, record.TopicConnectivity} {
-		metricsOf(t)
-	}
-}
+func metricsOf(recordType string) *forwarder.SinkCounters { return counters.Of(recordType) }
 
 // Sink publishes records to an MQTT broker. Send is driven by one forwarder;
 // Close is called once Send no longer runs.
@@ -171,7 +143,7 @@ type pending struct {
 	seq   uint64
 	topic string
 	size  int
-	m     *typeMetrics
+	m     *forwarder.SinkCounters
 }
 
 // Send implements forwarder.Sink. It publishes every message of every
@@ -196,8 +168,8 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 				// time-outs) do not matter: their records are sent again.
 				return p.rec, err
 			}
-			p.m.published.Inc()
-			p.m.bytes.Add(p.size)
+			p.m.Published.Inc()
+			p.m.Bytes.Add(p.size)
 			inFlight = inFlight[1:]
 		}
 		return 0, nil
@@ -220,14 +192,14 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 			continue
 		}
 		for _, err := range refused {
-			m.errs.Inc()
+			m.Errs.Inc()
 			s.log.Error("mqtt publish refused; left out", "seq", r.Seq, "vin", r.VIN, "record_type", recordType, "err", err)
 		}
 		for _, msg := range msgs {
 			// Checked before every publish: paho "completes" a QoS 0
 			// publish made while it reconnects without sending it.
 			if !s.client.IsConnectionOpen() {
-				m.errs.Inc()
+				m.Errs.Inc()
 				err := fmt.Errorf("mqtt: not connected to %s (record %d)", s.opts.Broker, r.Seq)
 				if rec, werr := wait(0); werr != nil {
 					return failFrom(rec, werr)
@@ -256,12 +228,12 @@ func (s *Sink) await(ctx context.Context, p pending) error {
 	select {
 	case <-p.tok.Done():
 		if err := p.tok.Error(); err != nil {
-			p.m.errs.Inc()
+			p.m.Errs.Inc()
 			return fmt.Errorf("mqtt: publish to %q (record %d): %w", p.topic, p.seq, err)
 		}
 		return nil
 	case <-t.C:
-		p.m.errs.Inc()
+		p.m.Errs.Inc()
 		return fmt.Errorf("mqtt: publish to %q (record %d): no confirmation within %s", p.topic, p.seq, s.opts.PublishTimeout)
 	case <-ctx.Done():
 		return ctx.Err()

@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -53,40 +52,15 @@ type Options struct {
 	Logger        *slog.Logger
 }
 
-// typeMetrics are one record type's reference metrics.
-type typeMetrics struct {
-	produced, bytes *metrics.Counter
-}
-
 var (
-	typeMetricsMu sync.Mutex
-	typeMetricsBy = map[string]*typeMetrics{}
-	errorsTotal   = metrics.GetOrCreateCounter("nats_err")
-	undecodable   = metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="nats"}`)
+	errorsTotal = metrics.GetOrCreateCounter("nats_err")
+	undecodable = metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="nats"}`)
 )
 
-// metricsOf returns nats_produce_total and nats_produce_total_bytes of a
-// record type (the fork's names and label).
-func metricsOf(recordType string) *typeMetrics {
-	typeMetricsMu.Lock()
-	defer typeMetricsMu.Unlock()
-	if m := typeMetricsBy[recordType]; m != nil {
-		return m
-	}
-	l := `{record_type="` + recordType + `"}`
-	m := &typeMetrics{
-		produced: metrics.GetOrCreateCounter("nats_produce_total" + l),
-		bytes:    metrics.GetOrCreateCounter("nats_produce_total_bytes" + l),
-	}
-	typeMetricsBy[recordType] = m
-	return m
-}
+// counters are the per-type metrics of the reference's NATS fork.
+var counters = forwarder.NewTypeCounters("nats_produce_total", "nats_produce_total_bytes", "")
 
-func init() {
-	for _, t := range []string{record.TopicV, record.TopicAlerts, record.TopicErrors, record.TopicConnectivity} {
-		metricsOf(t)
-	}
-}
+func metricsOf(recordType string) *forwarder.SinkCounters { return counters.Of(recordType) }
 
 // Sink publishes records to NATS. Send is driven by one forwarder; Close is
 // called once Send no longer runs.
@@ -198,7 +172,7 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 		seq  uint64
 		subj string
 		size int
-		m    *typeMetrics
+		m    *forwarder.SinkCounters
 		fut  jetstream.PubAckFuture
 	}
 	pubs := make([]sent, 0, len(batch))
@@ -243,8 +217,8 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 			return forwarder.Results(batch, errs)
 		}
 		for _, p := range pubs {
-			p.m.produced.Inc()
-			p.m.bytes.Add(p.size)
+			p.m.Published.Inc()
+			p.m.Bytes.Add(p.size)
 		}
 		return forwarder.Results(batch, errs)
 	}
@@ -260,8 +234,8 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 		}
 		select {
 		case <-p.fut.Ok():
-			p.m.produced.Inc()
-			p.m.bytes.Add(p.size)
+			p.m.Published.Inc()
+			p.m.Bytes.Add(p.size)
 		case err := <-p.fut.Err():
 			errorsTotal.Inc()
 			errs[p.at] = fmt.Errorf("nats: jetstream publish record %d to %s: %w", p.seq, p.subj, err)

@@ -69,7 +69,7 @@ func TestCoreSubjectsAndPayloads(t *testing.T) {
 	sub.Flush()
 	s := newSink(t, b.Addr, false)
 	recs := records(t)
-	before := metricsOf("V").produced.Get()
+	before := metricsOf("V").Published.Get()
 	sp := sinktest.OpenSpool(t, "nats", quiet)
 	sinktest.Append(t, sp, recs)
 	sinktest.Drain(t, sp, s, forwarder.Options{Name: "nats", Logger: quiet}, 30*time.Second)
@@ -114,7 +114,7 @@ func TestCoreSubjectsAndPayloads(t *testing.T) {
 			t.Errorf("record %d: payload differs from the Encoder's", i)
 		}
 	}
-	if d := metricsOf("V").produced.Get() - before; d != uint64(nV) {
+	if d := metricsOf("V").Published.Get() - before; d != uint64(nV) {
 		t.Errorf("nats_produce_total{V} +%d, want +%d", d, nV)
 	}
 }
@@ -181,11 +181,11 @@ func TestSendFailsWhileServerDown(t *testing.T) {
 			for deadline := time.Now().Add(5 * time.Second); s.nc.IsConnected() && time.Now().Before(deadline); {
 				time.Sleep(10 * time.Millisecond)
 			}
-			before := metricsOf("V").produced.Get()
+			before := metricsOf("V").Published.Get()
 			if err := s.Send(context.Background(), recs); err == nil {
 				t.Fatal("Send returned nil while the server was down")
 			}
-			if d := metricsOf("V").produced.Get() - before; d != 0 {
+			if d := metricsOf("V").Published.Get() - before; d != 0 {
 				t.Fatalf("nats_produce_total{V} +%d while the server was down", d)
 			}
 			b.Start()

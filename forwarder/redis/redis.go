@@ -33,7 +33,6 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
-	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
@@ -94,41 +93,15 @@ type Options struct {
 	Now func() time.Time
 }
 
-// typeMetrics are one record type's reference metrics.
-type typeMetrics struct {
-	published, bytes, errs *metrics.Counter
-}
-
 var (
-	typeMetricsMu sync.Mutex
-	typeMetricsBy = map[string]*typeMetrics{}
-	undecodable   = metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="redis"}`)
-	streamAdded   = metrics.GetOrCreateCounter("fleet_redis_stream_added_total")
+	undecodable = metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="redis"}`)
+	streamAdded = metrics.GetOrCreateCounter("fleet_redis_stream_added_total")
 )
 
-// metricsOf returns redis_publish_total, redis_publish_total_bytes and
-// redis_err of a record type (the reference's names and label).
-func metricsOf(recordType string) *typeMetrics {
-	typeMetricsMu.Lock()
-	defer typeMetricsMu.Unlock()
-	if m := typeMetricsBy[recordType]; m != nil {
-		return m
-	}
-	l := `{record_type="` + recordType + `"}`
-	m := &typeMetrics{
-		published: metrics.GetOrCreateCounter("redis_publish_total" + l),
-		bytes:     metrics.GetOrCreateCounter("redis_publish_total_bytes" + l),
-		errs:      metrics.GetOrCreateCounter("redis_err" + l),
-	}
-	typeMetricsBy[recordType] = m
-	return m
-}
+// counters are the reference's per-type metrics of this sink.
+var counters = forwarder.NewTypeCounters("redis_publish_total", "redis_publish_total_bytes", "redis_err")
 
-func init() {
-	for _, t := range []string{record.TopicV, record.TopicAlerts, record.TopicErrors, record.TopicConnectivity} {
-		metricsOf(t)
-	}
-}
+func metricsOf(recordType string) *forwarder.SinkCounters { return counters.Of(recordType) }
 
 // clientLog routes go-redis's own log lines (failed dials while Redis is
 // down, ...) to slog, one line per event, instead of the standard logger.
@@ -213,7 +186,7 @@ type entry struct {
 	typ     string // record type
 	vinChan string // <namespace>_<type>_{<VIN>}
 	stream  string // <namespace>_<type>
-	m       *typeMetrics
+	m       *forwarder.SinkCounters
 }
 
 // Send implements forwarder.Sink: it publishes every record of batch (and
@@ -309,18 +282,18 @@ func (s *Sink) sendChunk(ctx context.Context, chunk []entry) []error {
 	for _, p := range pubs {
 		e := &chunk[p.i]
 		if err := p.cmd.Err(); err != nil {
-			e.m.errs.Inc()
+			e.m.Errs.Inc()
 			if errs[p.i] == nil {
 				errs[p.i] = fmt.Errorf("redis: publish record %d (vin %s): %w", e.rec.Seq, e.rec.VIN, err)
 			}
 			continue
 		}
-		e.m.published.Inc()
-		e.m.bytes.Add(len(e.payload))
+		e.m.Published.Inc()
+		e.m.Bytes.Add(len(e.payload))
 	}
 	for i, a := range adds {
 		if err := a.Err(); err != nil {
-			chunk[i].m.errs.Inc()
+			chunk[i].m.Errs.Inc()
 			if errs[i] == nil {
 				errs[i] = fmt.Errorf("redis: XADD record %d to %s: %w", chunk[i].rec.Seq, chunk[i].stream, err)
 			}
@@ -360,7 +333,7 @@ func (s *Sink) subscribers(ctx context.Context, chunk []entry) (map[string][]str
 	if _, err := pipe.Exec(rctx); err != nil {
 		for key, cmd := range reads {
 			if cmd.Err() != nil {
-				owner[key].m.errs.Inc()
+				owner[key].m.Errs.Inc()
 			}
 		}
 		return nil, fmt.Errorf("redis: read subscriber sets (%d keys): %w", len(reads), err)

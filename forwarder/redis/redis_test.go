@@ -138,7 +138,7 @@ func TestVectorsJSONThroughForwarder(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	before := metricsOf("V").published.Get()
+	before := metricsOf("V").Published.Get()
 	sp := sinktest.OpenSpool(t, "redis", quiet)
 	sinktest.Append(t, sp, recs)
 	sinktest.Drain(t, sp, s, forwarder.Options{Name: "redis", Logger: quiet}, 30*time.Second)
@@ -154,7 +154,7 @@ func TestVectorsJSONThroughForwarder(t *testing.T) {
 			nV++
 		}
 	}
-	if d := metricsOf("V").published.Get() - before; d != uint64(nV) {
+	if d := metricsOf("V").Published.Get() - before; d != uint64(nV) {
 		t.Errorf("redis_publish_total{V} +%d, want +%d", d, nV)
 	}
 }
@@ -248,11 +248,11 @@ func TestSendFailsWhileRedisDown(t *testing.T) {
 	defer s.Close()
 	recs := records(t)
 	b.Stop()
-	before := metricsOf("V").published.Get()
+	before := metricsOf("V").Published.Get()
 	if err := s.Send(context.Background(), recs); err == nil {
 		t.Fatal("Send returned nil while Redis was down")
 	}
-	if d := metricsOf("V").published.Get() - before; d != 0 {
+	if d := metricsOf("V").Published.Get() - before; d != 0 {
 		t.Fatalf("redis_publish_total{V} +%d while Redis was down", d)
 	}
 	b.Start()

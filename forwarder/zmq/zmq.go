@@ -26,7 +26,6 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
-	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
@@ -47,40 +46,14 @@ type Options struct {
 	Logger  *slog.Logger
 }
 
-// typeMetrics are one record type's reference metrics.
-type typeMetrics struct {
-	published, bytes, errs *metrics.Counter
-}
-
 var (
-	typeMetricsMu sync.Mutex
-	typeMetricsBy = map[string]*typeMetrics{}
-	undecodable   = metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="zmq"}`)
+	undecodable = metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="zmq"}`)
 )
 
-// metricsOf returns zmq_publish_total, zmq_publish_total_bytes and zmq_err
-// of a record type (the reference's names and label).
-func metricsOf(recordType string) *typeMetrics {
-	typeMetricsMu.Lock()
-	defer typeMetricsMu.Unlock()
-	if m := typeMetricsBy[recordType]; m != nil {
-		return m
-	}
-	l := `{record_type="` + recordType + `"}`
-	m := &typeMetrics{
-		published: metrics.GetOrCreateCounter("zmq_publish_total" + l),
-		bytes:     metrics.GetOrCreateCounter("zmq_publish_total_bytes" + l),
-		errs:      metrics.GetOrCreateCounter("zmq_err" + l),
-	}
-	typeMetricsBy[recordType] = m
-	return m
-}
+// counters are the reference's per-type metrics of this sink.
+var counters = forwarder.NewTypeCounters("zmq_publish_total", "zmq_publish_total_bytes", "zmq_err")
 
-func init() {
-	for _, t := range []string{record.TopicV, record.TopicAlerts, record.TopicErrors, record.TopicConnectivity} {
-		metricsOf(t)
-	}
-}
+func metricsOf(recordType string) *forwarder.SinkCounters { return counters.Of(recordType) }
 
 // message is one record's two frames.
 type message struct {
@@ -88,7 +61,7 @@ type message struct {
 	seq   uint64
 	topic []byte
 	value []byte
-	m     *typeMetrics
+	m     *forwarder.SinkCounters
 }
 
 // request is a batch handed to the socket's goroutine.
@@ -165,12 +138,12 @@ func (s *Sink) own(sock zmq4.Socket) {
 			res := queued{at: len(r.msgs)}
 			for i, m := range r.msgs {
 				if e := sock.Send(zmq4.NewMsgFrom(m.topic, m.value)); e != nil {
-					m.m.errs.Inc()
+					m.m.Errs.Inc()
 					res = queued{at: i, err: fmt.Errorf("zmq: send record %d: %w", m.seq, e)}
 					break
 				}
-				m.m.published.Inc()
-				m.m.bytes.Add(len(m.topic) + len(m.value))
+				m.m.Published.Inc()
+				m.m.Bytes.Add(len(m.topic) + len(m.value))
 			}
 			r.done <- res
 		}

@@ -65,7 +65,7 @@ func TestFramesToLibzmqSubscriber(t *testing.T) {
 			sub := brokertest.StartZMQSubscriber(t, "tcp://"+s.Addr())
 			recs := records(t)
 			skip := joined(t, s, sub, recs[0])
-			before := metricsOf("V").published.Get()
+			before := metricsOf("V").Published.Get()
 			sp := sinktest.OpenSpool(t, "zmq", quiet)
 			sinktest.Append(t, sp, recs)
 			sinktest.Drain(t, sp, s, forwarder.Options{Name: "zmq", Logger: quiet}, 30*time.Second)
@@ -110,7 +110,7 @@ func TestFramesToLibzmqSubscriber(t *testing.T) {
 					t.Errorf("message %d: payload differs from the Encoder's", i)
 				}
 			}
-			if d := metricsOf("V").published.Get() - before; d != uint64(nV) {
+			if d := metricsOf("V").Published.Get() - before; d != uint64(nV) {
 				t.Errorf("zmq_publish_total{V} +%d, want +%d", d, nV)
 			}
 		})
