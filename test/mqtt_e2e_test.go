@@ -243,38 +243,19 @@ func TestMQTTBrokerOutage(t *testing.T) {
 		c.MQTT = &config.MQTT{Broker: b.Addr, ClientID: "daemon", TopicBase: "telemetry", QoS: 1,
 			PublishTimeoutMs: 1000, ConnectRetryIntervalMs: 500}
 	})
-	d := startDaemon(t, setup.ConfigPath)
-	load := startTaggedLoad(t, d.addr, setup.Certs, relVINs[:3], 10*time.Millisecond)
-	time.Sleep(2 * time.Second)
-	from := time.Now()
-	b.Stop()
-	lagMax := 0.0
-	for time.Since(from) < 4*time.Second {
-		lagMax = max(lagMax, setup.metrics(t)[`fleet_forwarder_lag_records{forwarder="mqtt"}`])
-		time.Sleep(250 * time.Millisecond)
-	}
-	to := time.Now()
-	b.Start()
-	time.Sleep(2 * time.Second)
-	load.Halt()
-	acked, during, errs := load.Snapshot(from, to)
-	for _, err := range errs {
-		t.Errorf("vehicle: %v", err)
-	}
-	if during == 0 {
-		t.Fatal("no record acked while the broker was down: the spool should absorb the outage")
-	}
+	d, out := outageUnderLoad(t, setup, b, "mqtt")
+	acked := out.acked
 	missing, dup := reader.txs.wait(acked, 60*time.Second)
 	m := setup.metrics(t)
 	t.Logf("mosquitto stopped for %s: %d records acked meanwhile, %d in all; max lag %.0f; %d missing, %d duplicates at the subscriber; mqtt_err{V}=%.0f fleet_forwarder_retries_total{mqtt}=%.0f",
-		to.Sub(from).Round(time.Millisecond), during, len(acked), lagMax, missing, dup,
+		out.took, out.during, len(acked), out.lagMax, missing, dup,
 		m[`mqtt_err{record_type="V"}`], m[`fleet_forwarder_retries_total{forwarder="mqtt"}`])
 	if missing > 0 {
 		t.Fatalf("%d of %d acked records never reached the subscriber (mqtt_publish_total{V} %.0f, subscriber connected %v)\n%s\nbroker:\n%s", missing, len(acked),
 			m[`mqtt_publish_total{record_type="V"}`], sub.IsConnectionOpen(), d.logText(), b.Log())
 	}
-	if lagMax < float64(during)/2 {
-		t.Errorf("forwarder lag peaked at %.0f while %d records were acked during the outage", lagMax, during)
+	if out.lagMax < float64(out.during)/2 {
+		t.Errorf("forwarder lag peaked at %.0f while %d records were acked during the outage", out.lagMax, out.during)
 	}
 	d.stop(t)
 }

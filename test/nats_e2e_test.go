@@ -125,27 +125,8 @@ func TestNATSOutageJetStream(t *testing.T) {
 	setup := sinkConfig(t, map[string][]string{"V": {"nats"}}, func(c *config.Config) {
 		c.NATS = &config.NATS{URL: "nats://" + b.Addr, JetStream: true}
 	})
-	d := startDaemon(t, setup.ConfigPath)
-	load := startTaggedLoad(t, d.addr, setup.Certs, relVINs[:3], 10*time.Millisecond)
-	time.Sleep(2 * time.Second)
-	from := time.Now()
-	b.Stop()
-	lagMax := 0.0
-	for time.Since(from) < 4*time.Second {
-		lagMax = max(lagMax, setup.metrics(t)[`fleet_forwarder_lag_records{forwarder="nats"}`])
-		time.Sleep(250 * time.Millisecond)
-	}
-	to := time.Now()
-	b.Start()
-	time.Sleep(2 * time.Second)
-	load.Halt()
-	acked, during, errs := load.Snapshot(from, to)
-	for _, err := range errs {
-		t.Errorf("vehicle: %v", err)
-	}
-	if during == 0 {
-		t.Fatal("no record acked while NATS was down: the spool should absorb the outage")
-	}
+	d, out := outageUnderLoad(t, setup, b, "nats")
+	acked := out.acked
 	reader := natsConn(t, b.Addr)
 	js, err = jetstream.New(reader)
 	if err != nil {
@@ -181,7 +162,7 @@ func TestNATSOutageJetStream(t *testing.T) {
 	}
 	m := setup.metrics(t)
 	t.Logf("nats-server stopped for %s: %d records acked meanwhile, %d in all; max lag %.0f; %d missing from the stream, %d duplicates; nats_err=%.0f fleet_forwarder_retries_total{nats}=%.0f",
-		to.Sub(from).Round(time.Millisecond), during, len(acked), lagMax, missing, dup, m["nats_err"], m[`fleet_forwarder_retries_total{forwarder="nats"}`])
+		out.took, out.during, len(acked), out.lagMax, missing, dup, m["nats_err"], m[`fleet_forwarder_retries_total{forwarder="nats"}`])
 	if missing > 0 {
 		t.Fatalf("%d of %d acked records are not in the stream\n%s\nserver:\n%s", missing, len(acked), d.logText(), b.Log())
 	}

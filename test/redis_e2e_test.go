@@ -152,27 +152,8 @@ func TestRedisOutageStreamMode(t *testing.T) {
 		c.Redis = &config.Redis{Addrs: []string{b.Addr}, PublishVINTopics: true, PublishTimeout: 1_000_000_000,
 			Stream: &config.RedisStream{MaxLen: 1_000_000}}
 	})
-	d := startDaemon(t, setup.ConfigPath)
-	load := startTaggedLoad(t, d.addr, setup.Certs, relVINs[:3], 10*time.Millisecond)
-	time.Sleep(2 * time.Second)
-	from := time.Now()
-	b.Stop()
-	lagMax := 0.0
-	for time.Since(from) < 4*time.Second {
-		lagMax = max(lagMax, setup.metrics(t)[`fleet_forwarder_lag_records{forwarder="redis"}`])
-		time.Sleep(250 * time.Millisecond)
-	}
-	to := time.Now()
-	b.Start()
-	time.Sleep(2 * time.Second)
-	load.Halt()
-	acked, during, errs := load.Snapshot(from, to)
-	for _, err := range errs {
-		t.Errorf("vehicle: %v", err)
-	}
-	if during == 0 {
-		t.Fatal("no record acked while Redis was down: the spool should absorb the outage")
-	}
+	d, out := outageUnderLoad(t, setup, b, "redis")
+	acked := out.acked
 	c := redisClient(t, b.Addr)
 	inStream := newTxSet()
 	read := func() {
@@ -197,7 +178,7 @@ func TestRedisOutageStreamMode(t *testing.T) {
 	}
 	m := setup.metrics(t)
 	t.Logf("redis-server stopped for %s: %d records acked meanwhile, %d in all; max lag %.0f; %d missing from the stream, %d duplicates; redis_err{V}=%.0f fleet_forwarder_retries_total{redis}=%.0f",
-		to.Sub(from).Round(time.Millisecond), during, len(acked), lagMax, missing, dup,
+		out.took, out.during, len(acked), out.lagMax, missing, dup,
 		m[`redis_err{record_type="V"}`], m[`fleet_forwarder_retries_total{forwarder="redis"}`])
 	if missing > 0 {
 		t.Fatalf("%d of %d acked records are not in the stream\n%s", missing, len(acked), d.logText())

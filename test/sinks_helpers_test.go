@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/brokertest"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
@@ -116,3 +117,44 @@ func sinkConfig(t *testing.T, records map[string][]string, section func(*config.
 
 // protoUnmarshal decodes a payload the test built.
 func protoUnmarshal(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) }
+
+// brokerOutage is what outageUnderLoad saw.
+type brokerOutage struct {
+	acked  map[string]bool // txids the vehicles got acks for, in all
+	during int             // acks received while the broker was down
+	took   time.Duration   // how long it was down
+	lagMax float64         // the forwarder's largest lag meanwhile
+}
+
+// outageUnderLoad starts the daemon on setup, sends tagged records from
+// three vehicles, stops broker b for 4 s (reading the forwarder's lag),
+// starts it again and stops the load 2 s later. A vehicle error fails the
+// test, and so does no record acked during the outage: the spool should
+// absorb it.
+func outageUnderLoad(t *testing.T, setup relSetup, b *brokertest.Broker, forwarder string) (*daemon, brokerOutage) {
+	t.Helper()
+	d := startDaemon(t, setup.ConfigPath)
+	load := startTaggedLoad(t, d.addr, setup.Certs, relVINs[:3], 10*time.Millisecond)
+	time.Sleep(2 * time.Second)
+	from := time.Now()
+	b.Stop()
+	var o brokerOutage
+	for time.Since(from) < 4*time.Second {
+		o.lagMax = max(o.lagMax, setup.metrics(t)[`fleet_forwarder_lag_records{forwarder="`+forwarder+`"}`])
+		time.Sleep(250 * time.Millisecond)
+	}
+	to := time.Now()
+	b.Start()
+	time.Sleep(2 * time.Second)
+	load.Halt()
+	var errs []error
+	o.acked, o.during, errs = load.Snapshot(from, to)
+	o.took = to.Sub(from).Round(time.Millisecond)
+	for _, err := range errs {
+		t.Errorf("vehicle: %v", err)
+	}
+	if o.during == 0 {
+		t.Fatalf("no record acked while the %s broker was down: the spool should absorb the outage", forwarder)
+	}
+	return d, o
+}
