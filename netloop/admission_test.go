@@ -3,36 +3,15 @@ package netloop
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 )
-
-// clientHello returns the first flight a vehicle's crypto/tls client
-// sends: one TLS record holding its ClientHello.
-func clientHello(t *testing.T, cfg *tls.Config) []byte {
-	t.Helper()
-	a, b := net.Pipe()
-	defer b.Close()
-	go func() {
-		defer a.Close()
-		_ = tls.Client(a, cfg).Handshake()
-	}()
-	hdr := make([]byte, 5)
-	if _, err := io.ReadFull(b, hdr); err != nil {
-		t.Fatal(err)
-	}
-	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
-	if _, err := io.ReadFull(b, body); err != nil {
-		t.Fatal(err)
-	}
-	return append(hdr, body...)
-}
 
 // timedDial is a vehicle's whole dial (TCP, TLS, WebSocket upgrade) and
 // one acked record.
@@ -83,7 +62,7 @@ func TestStalledHandshakesHoldNoSlot(t *testing.T) {
 	})
 	timeouts := refusedHandshakeTimeout.Get()
 	partial := openStalled(t, e, 10*slots, []byte{0x16, 0x03, 0x01, 0x40, 0x00})
-	whole := openStalled(t, e, 10*slots, clientHello(t, e.clientTLS(t, vinB)))
+	whole := openStalled(t, e, 10*slots, e2e.ClientHello(t, e.clientTLS(t, vinB)))
 	waitFor(t, func() bool {
 		return handshakesRunning.Load() >= 10*slots
 	})
@@ -114,7 +93,7 @@ func TestHandshakeMemoryCap(t *testing.T) {
 		o.HandshakeTimeout = 5 * time.Second
 	})
 	refused := refusedHandshakeMemory.Get()
-	hello := clientHello(t, e.clientTLS(t, vinB))
+	hello := e2e.ClientHello(t, e.clientTLS(t, vinB))
 	whole := openStalled(t, e, 2, hello)
 	waitFor(t, func() bool { return handshakesRunning.Load() == 2 })
 	// A third whole ClientHello does not fit: closed, counted.
@@ -158,7 +137,7 @@ func isTimeout(err error) bool {
 // crypto/tls would send (none to a peer not speaking TLS), and counted.
 func TestBadClientHelloRefused(t *testing.T) {
 	e := newTestEnv(t, allTopics, nil)
-	hello := clientHello(t, e.clientTLS(t, vinA))
+	hello := e2e.ClientHello(t, e.clientTLS(t, vinA))
 	// The first record carries 10 bytes of the ClientHello, the second is
 	// application data.
 	appInHello := append(append([]byte{22, 3, 1, 0, 10}, hello[5:15]...), 23, 3, 3, 0, 1, 0)

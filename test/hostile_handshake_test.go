@@ -2,38 +2,16 @@ package test
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
-	"io"
 	"net"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 )
-
-// firstFlight is what a vehicle's crypto/tls client sends first: one TLS
-// record holding its ClientHello.
-func firstFlight(t *testing.T, cfg *tls.Config) []byte {
-	t.Helper()
-	a, b := net.Pipe()
-	defer b.Close()
-	go func() {
-		defer a.Close()
-		_ = tls.Client(a, cfg).Handshake()
-	}()
-	hdr := make([]byte, 5)
-	if _, err := io.ReadFull(b, hdr); err != nil {
-		t.Fatal(err)
-	}
-	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
-	if _, err := io.ReadFull(b, body); err != nil {
-		t.Fatal(err)
-	}
-	return append(hdr, body...)
-}
 
 // TestHostileStalledHandshakes holds ten times as many stalled handshakes
 // as the daemon has handshake slots — first peers that send the start of
@@ -61,7 +39,7 @@ func TestHostileStalledHandshakes(t *testing.T) {
 		first []byte
 	}{
 		{"16 03 01 40 00 and nothing more", []byte{0x16, 0x03, 0x01, 0x40, 0x00}},
-		{"a whole ClientHello, no second flight", firstFlight(t, cfg)},
+		{"a whole ClientHello, no second flight", e2e.ClientHello(t, cfg)},
 	} {
 		t.Run(stall.name, func(t *testing.T) {
 			deadline := time.Now().Add(10 * time.Second)
