@@ -61,7 +61,7 @@ type Result struct {
 	Failures        []string `json:",omitempty"`
 	FailureCount    int
 
-	Latency   *Latency `json:",omitempty"`
+	Latency *Latency `json:",omitempty"`
 	// DiskFloor is the spool file system's own commit latency (a write
 	// and fdatasync, as one commit), probed before and after the window:
 	// the floor under the ack latency.
