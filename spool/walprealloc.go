@@ -55,7 +55,7 @@ func newPreallocWALFS(fs vfs.FS, dir string, size int64, log *slog.Logger) *prea
 	}
 	p.preparing = true
 	p.wg.Add(1)
-	p.prepare()
+	p.prepare(0) // at open no log is live: no pause
 	return p
 }
 
@@ -99,16 +99,16 @@ func (p *preallocWALFS) startPrepareLocked() {
 	}
 	p.preparing = true
 	p.wg.Add(1)
-	go p.prepare()
+	go p.prepare(spareChunkPause)
 }
 
 // prepare writes the spare: allocated first, so a disk without room says so
 // at once instead of being filled, then zeros, fsync, rename into place. It
 // leaves a disk with less than three times its size free alone, so that it
 // never takes the room the records need.
-func (p *preallocWALFS) prepare() {
+func (p *preallocWALFS) prepare(pause time.Duration) {
 	defer p.wg.Done()
-	err := p.write()
+	err := p.write(pause)
 	p.mu.Lock()
 	p.preparing = false
 	p.ready = err == nil
@@ -128,7 +128,7 @@ var (
 	errSpoolClosing   = errors.New("spool closing")
 )
 
-func (p *preallocWALFS) write() error {
+func (p *preallocWALFS) write(pause time.Duration) error {
 	if free, err := freeSpace(p.dir); err == nil && free < 3*p.size {
 		return errNoRoomForSpare
 	}
@@ -137,7 +137,7 @@ func (p *preallocWALFS) write() error {
 	if err != nil {
 		return fmt.Errorf("spool: spare log: %w", err)
 	}
-	err = p.fill(f)
+	err = p.fill(f, pause)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -151,7 +151,7 @@ func (p *preallocWALFS) write() error {
 	return nil
 }
 
-func (p *preallocWALFS) fill(f *os.File) error {
+func (p *preallocWALFS) fill(f *os.File, pause time.Duration) error {
 	if err := unix.Fallocate(int(f.Fd()), 0, 0, p.size); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
 		return err
 	}
@@ -175,12 +175,13 @@ func (p *preallocWALFS) fill(f *os.File) error {
 		if err := unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER); err != nil && !errors.Is(err, unix.ENOSYS) {
 			return err
 		}
-		time.Sleep(spareChunkPause)
+		time.Sleep(pause)
 	}
 	return unix.Fdatasync(int(f.Fd()))
 }
 
-// spareChunkPause is the pause between the spare log's 1 MiB chunks.
+// spareChunkPause is the pause between the spare log's 1 MiB chunks
+// while a live log is being committed to.
 const spareChunkPause = 2 * time.Millisecond
 
 // close waits for a spare being written (which stops early).
