@@ -132,7 +132,8 @@ func (c *conn) decode(msg []byte, env *envelope.Envelope) (tm *topicMetrics, sig
 // the spool. The ack leaves once the record is durable (AckOnCommit), at
 // once (AckOnReceipt), or once its sink confirmed it (a reliable topic). A
 // record the spool refuses is not kept, so not acked: its ack is taken
-// back and the connection shed.
+// back and the connection shed, or, for a record the spool can never take
+// (spool.ErrTooLarge), an error reply sent in its place.
 func (c *conn) accept(env *envelope.Envelope, tm *topicMetrics, signals int, now time.Time) gnet.Action {
 	tm.records.Inc()
 	c.st.topics[tm.slot].Add(1)
@@ -165,6 +166,14 @@ func (c *conn) accept(env *envelope.Envelope, tm *topicMetrics, signals int, now
 	recordPool.Put(r)
 	if err != nil {
 		c.acks.dropLast()
+		if errors.Is(err, spool.ErrTooLarge) {
+			// Larger than the spool commits at once: a resend would be
+			// refused again, so the record is refused, not the connection.
+			recTooBig.Inc()
+			refRecordTooBig.Inc()
+			c.replyError(env.TxID, nil)
+			return gnet.None
+		}
 		return c.spoolRefused(err)
 	}
 	if onDelivery {

@@ -57,6 +57,37 @@ func TestRefusedRecordIsNeverAcked(t *testing.T) {
 	}
 }
 
+// TestRecordTooLargeForSpoolIsRefusedNotShed: a record larger than the
+// spool takes in one commit (spool.ErrTooLarge) gets an error reply, counted
+// as record_too_big; the connection stays up and the records after it are
+// kept and acked. Shedding would only have the vehicle resend it forever.
+func TestRecordTooLargeForSpoolIsRefusedNotShed(t *testing.T) {
+	e := newTestEnv(t, allTopics, func(o *Options) {
+		o.Spool = &refusingSpool{Spool: o.Spool.(*spool.Spool), refuseAt: 2, err: spool.ErrTooLarge}
+	})
+	before, closedBefore := recTooBig.Get(), refusedSpoolClosed.Get()
+	c := e.dial(t, vinA)
+	c.SendMany(numberedRecords("big", "V", "V", "V"))
+	expectAck(t, c, "big-0", "V")
+	if r := mustReply(t, c); r.Ack || r.TxID != "big-1" {
+		t.Fatalf("got %+v, want an error reply for big-1", r)
+	}
+	expectAck(t, c, "big-2", "V")
+	if got := recTooBig.Get() - before; got != 1 {
+		t.Fatalf("record_too_big counted %d, want 1", got)
+	}
+	if got := refusedSpoolClosed.Get() - closedBefore; got != 0 {
+		t.Fatalf("spool_closed counted %d, want 0", got)
+	}
+	var txids []string
+	for _, rec := range spooled(t, e.sp) {
+		txids = append(txids, string(rec.TxID))
+	}
+	if fmt.Sprint(txids) != "[big-0 big-2]" {
+		t.Fatalf("spooled %v, want [big-0 big-2]", txids)
+	}
+}
+
 // TestNewRefusesNilSpool: no spool, or a nil *spool.Spool, is an error.
 func TestNewRefusesNilSpool(t *testing.T) {
 	cfg := &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert}
