@@ -42,6 +42,14 @@ func objectKeys(path string, obj map[string]json.RawMessage, t reflect.Type) []s
 	for _, k := range slices.Sorted(maps.Keys(obj)) {
 		name := join(path, k)
 		f, ok := fields[k]
+		if !ok {
+			// encoding/json, here as in the reference, takes a key that
+			// matches a field's name ignoring case: it is read, not ignored.
+			if folded, found := foldedField(fields, k); found {
+				warnings = append(warnings, fmt.Sprintf("config key %q is read as %q (keys match ignoring case)", name, join(path, folded)))
+				f, ok = fields[folded], true
+			}
+		}
 		switch {
 		case !ok:
 			warnings = append(warnings, fmt.Sprintf("config key %q is unknown and is ignored", name))
@@ -110,6 +118,28 @@ func jsonFields(t reflect.Type) map[string]reflect.StructField {
 		}
 	}
 	return fields
+}
+
+// foldedField is the JSON name in fields that key matches ignoring case,
+// as encoding/json matches it when no name is equal.
+func foldedField(fields map[string]reflect.StructField, key string) (string, bool) {
+	for _, name := range slices.Sorted(maps.Keys(fields)) {
+		if strings.EqualFold(name, key) {
+			return name, true
+		}
+	}
+	return "", false
+}
+
+// hasKeyFold reports whether obj has key, matched ignoring case as
+// decoding matches it.
+func hasKeyFold(obj map[string]json.RawMessage, key string) bool {
+	for k := range obj {
+		if strings.EqualFold(k, key) {
+			return true
+		}
+	}
+	return false
 }
 
 func hasTag(f reflect.StructField, v string) bool {

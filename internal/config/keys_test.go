@@ -130,3 +130,26 @@ func TestEveryFieldIsAKey(t *testing.T) {
 		t.Fatalf("walked %d section types", len(seen))
 	}
 }
+
+// encoding/json reads a key whose case differs from the field's (as the
+// reference does, through the same package): the warning says it is read,
+// under which name, and the keys inside it are checked like any others.
+func TestKeysInAnotherCaseAreReadAndNamed(t *testing.T) {
+	js := `{"tls": {"server_cert": "a", "server_key": "b"}, "records": {"V": ["logger"]},
+		"Port": 4555,
+		"SPOOL": {"Dir": "/tmp/s", "max_byte": 5}
+	}`
+	c, w := mustParse(t, js)
+	want := []string{
+		`config key "Port" is read as "port" (keys match ignoring case)`,
+		`config key "SPOOL" is read as "spool" (keys match ignoring case)`,
+		`config key "SPOOL.Dir" is read as "SPOOL.dir" (keys match ignoring case)`,
+		`config key "SPOOL.max_byte" is unknown and is ignored`,
+	}
+	if strings.Join(w, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("warnings:\n%s\nwant:\n%s", strings.Join(w, "\n"), strings.Join(want, "\n"))
+	}
+	if c.Port != 4555 || c.Spool.Dir != "/tmp/s" {
+		t.Fatalf("port %d, spool dir %q: the keys were not read", c.Port, c.Spool.Dir)
+	}
+}

@@ -76,7 +76,7 @@ func Parse(data []byte) (*Config, []string, error) {
 			m.ProfilerHost = DefaultMonitoringHost
 		}
 	}
-	if _, ok := raw["port"]; !ok {
+	if !hasKeyFold(raw, "port") {
 		c.Port = DefaultPort
 	}
 	if c.Namespace == "" {
