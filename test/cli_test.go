@@ -23,12 +23,22 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 )
 
-// runBinary runs a command line and returns its stdout, stderr and exit
-// code.
+// runBinary runs a command line in dir and returns its stdout, stderr and
+// exit code.
 func runBinary(t *testing.T, dir, bin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	return runBinaryEnv(t, dir, nil, bin, args...)
+}
+
+// runBinaryEnv is runBinary with the variables env added to the test's
+// environment.
+func runBinaryEnv(t *testing.T, dir string, env []string, bin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -37,14 +37,7 @@ type hostileEnv struct {
 
 func newHostileEnv(t *testing.T) *hostileEnv {
 	t.Helper()
-	other, err := devca.NewNamed("Other CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tesla, err := devca.NewNamed("Tesla Motors Product Issuing CA")
-	if err != nil {
-		t.Fatal(err)
-	}
+	other, tesla := e2e.NewCA(t, "Other CA"), e2e.NewCA(t, "Tesla Motors Product Issuing CA")
 	setup := relWriteConfig(t, t.TempDir(), relConfig{
 		ExtraCAs: [][]byte{other.CertPEM, tesla.CertPEM},
 		Edit: func(c *config.Config) {

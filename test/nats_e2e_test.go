@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -35,35 +34,30 @@ func natsConn(t *testing.T, addr string) *natsgo.Conn {
 func TestNATSEndToEnd(t *testing.T) {
 	b := brokertest.NATS(t, false)
 	sub := natsConn(t, b.Addr)
-	onData := newTxSet()
-	var mu sync.Mutex
-	connectivity := map[string]int{}
-	var bad []string
+	onData, rec := newTxSet(), brokertest.NewReceived()
 	if _, err := sub.Subscribe("tesla_telemetry.>", func(m *natsgo.Msg) {
-		mu.Lock()
-		defer mu.Unlock()
 		parts := strings.Split(m.Subject, ".")
 		if len(parts) != 3 {
-			bad = append(bad, m.Subject)
+			rec.Stray(m.Subject)
 			return
 		}
 		switch parts[2] {
 		case "data":
 			tx, vin, err := taggedTx(m.Data)
 			if err != nil || vin != parts[1] {
-				bad = append(bad, m.Subject)
+				rec.Stray(m.Subject)
 				return
 			}
 			onData.add(tx)
 		case "connectivity":
 			var p pb.VehicleConnectivity
 			if protoUnmarshal(m.Data, &p) != nil || p.GetVin() != parts[1] {
-				bad = append(bad, m.Subject)
+				rec.Stray(m.Subject)
 				return
 			}
-			connectivity[p.GetVin()]++
+			rec.Connectivity(p.GetVin())
 		default:
-			bad = append(bad, m.Subject)
+			rec.Stray(m.Subject)
 		}
 	}); err != nil {
 		t.Fatal(err)
@@ -74,33 +68,13 @@ func TestNATSEndToEnd(t *testing.T) {
 		c.ReliableAckSources = map[string]string{"V": "nats"}
 	})
 	d := startDaemon(t, setup.ConfigPath)
-	want := map[string]bool{}
-	for _, vin := range vins {
-		conn := e2e.Dial(t, d.addr, setup.Certs, vin)
-		var ms []*envelope.StreamMessage
-		for i := range 10 {
-			tx := fmt.Sprintf("%s-V-%d", vin, i)
-			ms = append(ms, taggedRecord(vin, tx))
-			want[tx] = true
-		}
-		e2e.SendAndAck(t, conn, ms)
-	}
+	want := e2e.SendAcked(t, d.addr, setup.Certs, vins, 10, func(vin string, i int) *envelope.StreamMessage {
+		return taggedRecord(vin, fmt.Sprintf("%s-V-%d", vin, i))
+	})
 	if missing, dup := onData.wait(want, 30*time.Second); missing > 0 || dup > 0 {
 		t.Fatalf("%d of %d acked records missing, %d duplicates\n%s", missing, len(want), dup, d.logText())
 	}
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		mu.Lock()
-		n := len(connectivity)
-		mu.Unlock()
-		if n >= len(vins) || time.Now().After(deadline) {
-			break
-		}
-	}
-	mu.Lock()
-	if len(connectivity) < len(vins) || len(bad) > 0 {
-		t.Errorf("connectivity by VIN %v; unexpected subjects %v", connectivity, bad)
-	}
-	mu.Unlock()
+	rec.Check(t, vins, 5*time.Second)
 	m := setup.metrics(t)
 	if got := m[`nats_produce_total{record_type="V"}`]; got != float64(len(want)) {
 		t.Errorf("nats_produce_total{V} = %v, want %d", got, len(want))

@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -57,24 +56,21 @@ func TestRedisEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	onVIN, onDashboard, onGone := newTxSet(), newTxSet(), newTxSet()
-	var mu sync.Mutex // connectivity and bad
-	connectivity := map[string]int{}
-	var bad []string
+	rec := brokertest.NewReceived()
 	go func() {
 		for m := range ps.Channel() {
-			mu.Lock()
 			switch {
 			case strings.HasPrefix(m.Channel, "tesla_telemetry_connectivity_{"):
 				var p pb.VehicleConnectivity
 				if protoUnmarshal([]byte(m.Payload), &p) != nil || "tesla_telemetry_connectivity_{"+p.GetVin()+"}" != m.Channel {
-					bad = append(bad, m.Channel)
+					rec.Stray(m.Channel)
 				}
-				connectivity[p.GetVin()]++
+				rec.Connectivity(p.GetVin())
 			default:
 				tx, vin, err := taggedTx([]byte(m.Payload))
 				switch {
 				case err != nil:
-					bad = append(bad, m.Channel)
+					rec.Stray(m.Channel)
 				case m.Channel == "dashboard-1":
 					onDashboard.add(tx)
 				case m.Channel == "gone-1":
@@ -82,10 +78,9 @@ func TestRedisEndToEnd(t *testing.T) {
 				case m.Channel == "tesla_telemetry_V_{"+vin+"}":
 					onVIN.add(tx)
 				default:
-					bad = append(bad, m.Channel+" for "+vin)
+					rec.Stray(m.Channel + " for " + vin)
 				}
 			}
-			mu.Unlock()
 		}
 	}()
 	setup := sinkConfig(t, map[string][]string{"V": {"redis", "logger"}, "connectivity": {"redis"}}, func(c *config.Config) {
@@ -93,19 +88,14 @@ func TestRedisEndToEnd(t *testing.T) {
 		c.ReliableAckSources = map[string]string{"V": "redis"}
 	})
 	d := startDaemon(t, setup.ConfigPath)
-	want, wantLeased := map[string]bool{}, map[string]bool{}
-	for _, vin := range vins {
-		conn := e2e.Dial(t, d.addr, setup.Certs, vin)
-		var ms []*envelope.StreamMessage
-		for i := range 10 {
-			tx := fmt.Sprintf("%s-V-%d", vin, i)
-			ms = append(ms, taggedRecord(vin, tx))
-			want[tx] = true
-			if vin == vins[0] {
-				wantLeased[tx] = true
-			}
+	want := e2e.SendAcked(t, d.addr, setup.Certs, vins, 10, func(vin string, i int) *envelope.StreamMessage {
+		return taggedRecord(vin, fmt.Sprintf("%s-V-%d", vin, i))
+	})
+	wantLeased := map[string]bool{}
+	for tx := range want {
+		if strings.HasPrefix(tx, vins[0]+"-") {
+			wantLeased[tx] = true
 		}
-		e2e.SendAndAck(t, conn, ms)
 	}
 	if missing, dup := onVIN.wait(want, 30*time.Second); missing > 0 || dup > 0 {
 		t.Fatalf("VIN channels: %d of %d acked records missing, %d duplicates\n%s", missing, len(want), dup, d.logText())
@@ -121,19 +111,7 @@ func TestRedisEndToEnd(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "dashboard-1" {
 		t.Errorf("redis-cli ZRANGE %s: %q (%v), want the live lease only", leased, out, err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		mu.Lock()
-		n := len(connectivity)
-		mu.Unlock()
-		if n >= len(vins) || time.Now().After(deadline) {
-			break
-		}
-	}
-	mu.Lock()
-	if len(connectivity) < len(vins) || len(bad) > 0 {
-		t.Errorf("connectivity records by VIN %v; unexpected messages %v", connectivity, bad)
-	}
-	mu.Unlock()
+	rec.Check(t, vins, 5*time.Second)
 	m := setup.metrics(t)
 	if got := m[`redis_publish_total{record_type="V"}`]; got != float64(len(want)+len(wantLeased)) {
 		t.Errorf("redis_publish_total{V} = %v, want %d (VIN channels + the leased one)", got, len(want)+len(wantLeased))

@@ -3,10 +3,8 @@ package test
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,27 +14,8 @@ import (
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 )
-
-// runBinaryEnv is runBinary with extra environment variables.
-func runBinaryEnv(t *testing.T, dir string, env []string, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	cmd := exec.Command(binary, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	default:
-		t.Fatalf("%s %q: %v", binary, args, err)
-	}
-	return out.String(), errb.String(), code
-}
 
 // TestVehicleSetup follows the vehicle side of the setup against the
 // daemon: vehicle-config makes the vehicle configuration from the CA
@@ -49,22 +28,8 @@ func TestVehicleSetup(t *testing.T) {
 	configPath, certs := writeConfig(t, dir)
 	dev := devca.Dir{Path: certs}
 
-	root, err := devca.NewNamed("Vehicle Setup Root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	inter, err := root.NewIntermediate("Vehicle Setup Intermediate")
-	if err != nil {
-		t.Fatal(err)
-	}
-	elsewhere, err := devca.NewNamed("Elsewhere Root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	elsewhereInter, err := elsewhere.NewIntermediate("Elsewhere Intermediate")
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, inter := e2e.NewCAChain(t, "Vehicle Setup Root", "Vehicle Setup Intermediate")
+	elsewhere, elsewhereInter := e2e.NewCAChain(t, "Elsewhere Root", "Elsewhere Intermediate")
 	write := func(name string, parts ...[]byte) string {
 		path := filepath.Join(dir, name)
 		if err := os.WriteFile(path, bytes.Join(parts, nil), 0o600); err != nil {
@@ -154,7 +119,7 @@ func TestVehicleSetup(t *testing.T) {
 
 	check := func(t *testing.T, env []string, args ...string) (string, string, int) {
 		t.Helper()
-		out, errs, code := runBinaryEnv(t, dir, env, append([]string{"check-server"}, args...)...)
+		out, errs, code := runBinaryEnv(t, dir, env, binary, append([]string{"check-server"}, args...)...)
 		t.Logf("check-server %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errs)
 		return out, errs, code
 	}
@@ -258,10 +223,7 @@ func TestVehicleSetup(t *testing.T) {
 // a file.
 func TestVehicleConfigTypos(t *testing.T) {
 	dir := t.TempDir()
-	root, err := devca.NewNamed("Typo Root")
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := e2e.NewCA(t, "Typo Root")
 	caFile := filepath.Join(dir, "ca.pem")
 	os.WriteFile(caFile, root.CertPEM, 0o600)
 	out, errs, code := runBinary(t, dir, binary, "vehicle-config", "-hostname", "t.example.com", "-ca", caFile, "-fields", "VehicleSped:10,batterylevel:60,Location:30")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder/internal/sinktest"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/brokertest"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
@@ -35,24 +35,6 @@ func newSink(t *testing.T, enc forwarder.Encoder) *Sink {
 	return s
 }
 
-// joined sends a probe record until the subscriber got one: a SUB socket
-// receives only after its subscription reached the PUB (ZeroMQ's "slow
-// joiner"). It returns how many messages the subscriber holds then.
-func joined(t *testing.T, s *Sink, sub *brokertest.ZMQSubscriber, probe spool.Record) int {
-	t.Helper()
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if err := s.Send(context.Background(), []spool.Record{probe}); err != nil {
-			t.Fatal(err)
-		}
-		if n := len(sub.Messages()); n > 0 {
-			time.Sleep(100 * time.Millisecond) // the probes in flight
-			return len(sub.Messages())
-		}
-	}
-	t.Fatal("the subscriber never received a probe")
-	return 0
-}
-
 // Every reference vector reaches an independent subscriber (pyzmq on
 // libzmq) as two frames: <namespace>_<type> and the Encoder's bytes
 // (protobuf, and JSON with transmit_decoded_records), in order within each
@@ -64,7 +46,14 @@ func TestFramesToLibzmqSubscriber(t *testing.T) {
 			s := newSink(t, enc)
 			sub := brokertest.StartZMQSubscriber(t, "tcp://"+s.Addr())
 			recs := records(t)
-			skip := joined(t, s, sub, recs[0])
+			skip, ok := sub.Join(15*time.Second, func(int) {
+				if err := s.Send(context.Background(), recs[:1]); err != nil {
+					t.Fatal(err)
+				}
+			})
+			if !ok {
+				t.Fatal("the subscriber never received a probe")
+			}
 			before := metricsOf("V").Published.Get()
 			sp := sinktest.OpenSpool(t, "zmq", quiet)
 			sinktest.Append(t, sp, recs)
@@ -135,12 +124,7 @@ func TestNoSubscriberDoesNotBlock(t *testing.T) {
 
 // A bind error stops the start; it names the address.
 func TestBindError(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	addr := "tcp://" + ln.Addr().String()
+	addr := "tcp://" + e2e.PortInUse(t)
 	if _, err := New(Options{Addr: addr, Logger: quiet}); err == nil || !strings.Contains(err.Error(), addr) {
 		t.Fatalf("binding a port in use: %v", err)
 	}

@@ -105,3 +105,22 @@ func StartZMQSubscriber(t testing.TB, endpoint string, prefixes ...string) *ZMQS
 	}
 	return s
 }
+
+// Join calls probe(0), probe(1), … every 50 ms until the subscriber holds
+// a message: a SUB socket receives only once its subscription reached the
+// PUB (ZeroMQ's "slow joiner"), and what is published before is lost to
+// it. It returns how many messages the subscriber holds once the probes
+// still in flight arrived (100 ms later), and false when none came within
+// timeout.
+func (s *ZMQSubscriber) Join(timeout time.Duration, probe func(i int)) (held int, ok bool) {
+	deadline := time.Now().Add(timeout)
+	for i := 0; len(s.Messages()) == 0; i++ {
+		if time.Now().After(deadline) {
+			return 0, false
+		}
+		probe(i)
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	return len(s.Messages()), true
+}

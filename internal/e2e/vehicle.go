@@ -57,6 +57,26 @@ func SendAndAck(t TB, c *vehicle.Client, ms []*envelope.StreamMessage) {
 	}
 }
 
+// SendAcked connects each of vins in turn, sends it the n records
+// record(vin, 0..n-1) on one connection with SendAndAck, and returns the
+// txids acked.
+func SendAcked(t TB, addr, certs string, vins []string, n int, record func(vin string, i int) *envelope.StreamMessage) map[string]bool {
+	t.Helper()
+	acked := map[string]bool{}
+	for _, vin := range vins {
+		c := Dial(t, addr, certs, vin)
+		ms := make([]*envelope.StreamMessage, n)
+		for i := range ms {
+			ms[i] = record(vin, i)
+		}
+		SendAndAck(t, c, ms)
+		for _, m := range ms {
+			acked[string(m.TxID)] = true
+		}
+	}
+	return acked
+}
+
 // LoadOptions shape a Load.
 type LoadOptions struct {
 	// Interval is the time between two sends of one vehicle (a ticker: a
