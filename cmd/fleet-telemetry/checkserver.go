@@ -58,12 +58,8 @@ func checkServer(args []string) int {
 	certFile := c.String("cert", "", "a client certificate (PEM) to present")
 	keyFile := c.String("key", "", "the client certificate's key (PEM)")
 	timeout := c.Duration("timeout", 10*time.Second, "bound on the connection and on the handshake, each")
-	pos, code, done := c.parse(args, true)
-	if done {
+	if code, done := c.parseFlags(args, true); done {
 		return code
-	}
-	if len(pos) > 0 {
-		return c.usageError(fmt.Sprintf("unexpected argument %q", pos[0]))
 	}
 	if (*certFile == "") != (*keyFile == "") {
 		return c.usageError("-cert and -key go together")
