@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/servercheck"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/timefmt"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicleconfig"
 )
 
@@ -159,7 +160,7 @@ func printServerCheck(w io.Writer, o servercheck.Options, r *servercheck.Result)
 	}
 	line("subject", "%s", leaf.Subject)
 	line("issuer", "%s", leaf.Issuer)
-	line("valid", "%s to %s (%s)", servercheck.Stamp(leaf.NotBefore), servercheck.Stamp(leaf.NotAfter), validity)
+	line("valid", "%s to %s (%s)", timefmt.Stamp(leaf.NotBefore), timefmt.Stamp(leaf.NotAfter), validity)
 	line("names", "%s", names)
 	line("sent chain", "%d certificate(s): %s", len(r.Served), chainString(r.Served, nil))
 	if r.Chain != nil {

@@ -28,6 +28,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/timefmt"
 )
 
 // DefaultPort is the port a vehicle connects to when the configuration
@@ -360,11 +362,11 @@ func (c *checker) ca(text string) []*x509.Certificate {
 		name := describe(cert)
 		switch {
 		case c.now.After(cert.NotAfter):
-			c.problem(fmt.Sprintf("ca certificate %s expired on %s", name, stamp(cert.NotAfter)))
+			c.problem(fmt.Sprintf("ca certificate %s expired on %s", name, timefmt.Stamp(cert.NotAfter)))
 		case c.now.Before(cert.NotBefore):
-			c.problem(fmt.Sprintf("ca certificate %s is not valid before %s", name, stamp(cert.NotBefore)))
+			c.problem(fmt.Sprintf("ca certificate %s is not valid before %s", name, timefmt.Stamp(cert.NotBefore)))
 		case cert.NotAfter.Sub(c.now) < 30*24*time.Hour:
-			c.warning(fmt.Sprintf("ca certificate %s expires on %s, in %s", name, stamp(cert.NotAfter), span(cert.NotAfter.Sub(c.now))))
+			c.warning(fmt.Sprintf("ca certificate %s expires on %s, in %s", name, timefmt.Stamp(cert.NotAfter), timefmt.Span(cert.NotAfter.Sub(c.now))))
 		}
 		if !cert.IsCA {
 			c.warning(fmt.Sprintf("ca certificate %s is not a CA certificate: a vehicle can trust the server with it only if the server presents exactly this certificate", name))
@@ -512,7 +514,7 @@ func (c *checker) exp(n int64) {
 	case n <= 0:
 		c.problem(fmt.Sprintf("exp %d is not a time: it is Unix seconds", n))
 	case !t.After(c.now):
-		c.problem(fmt.Sprintf("exp %d (%s) is in the past: the configuration has expired", n, stamp(t)))
+		c.problem(fmt.Sprintf("exp %d (%s) is in the past: the configuration has expired", n, timefmt.Stamp(t)))
 	}
 }
 
@@ -609,23 +611,4 @@ func orList(s []string) string {
 		return s[0]
 	}
 	return strings.Join(s[:len(s)-1], ", ") + " or " + s[len(s)-1]
-}
-
-func stamp(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") }
-
-// span says a duration in the largest whole unit that fits: days, hours,
-// minutes or seconds.
-func span(d time.Duration) string {
-	if d < 0 {
-		d = -d
-	}
-	switch {
-	case d >= 48*time.Hour:
-		return fmt.Sprintf("%d days", d/(24*time.Hour))
-	case d >= 2*time.Hour:
-		return fmt.Sprintf("%d hours", d/time.Hour)
-	case d >= 2*time.Minute:
-		return fmt.Sprintf("%d minutes", d/time.Minute)
-	}
-	return fmt.Sprintf("%d seconds", d/time.Second)
 }
