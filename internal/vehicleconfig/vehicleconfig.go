@@ -146,14 +146,8 @@ func Check(data []byte, now time.Time) Report {
 		}
 	}
 
-	switch v, ok := obj["hostname"].(string); {
-	case obj["hostname"] == nil:
-		c.problem("hostname is missing: the name vehicles connect to, which the server certificate must carry")
-	case !ok:
-		c.problem(fmt.Sprintf("hostname must be a string, not %s", kind(obj["hostname"])))
-	default:
-		c.hostname(v)
-	}
+	required(c, obj, "hostname", "the name vehicles connect to, which the server certificate must carry",
+		"a string", c.hostname)
 
 	if p, present := obj["port"]; present {
 		if n, ok := integer(p); ok {
@@ -163,23 +157,10 @@ func Check(data []byte, now time.Time) Report {
 		}
 	}
 
-	switch v, ok := obj["ca"].(string); {
-	case obj["ca"] == nil:
-		c.problem("ca is missing: the PEM text of the CA certificate(s) that issued the server's certificate chain")
-	case !ok:
-		c.problem(fmt.Sprintf("ca must be a string of PEM text, not %s", kind(obj["ca"])))
-	default:
-		c.ca(v)
-	}
-
-	switch v, ok := obj["fields"].(map[string]any); {
-	case obj["fields"] == nil:
-		c.problem("fields is missing: the vehicle would stream nothing")
-	case !ok:
-		c.problem(fmt.Sprintf(`fields must be an object like {"VehicleSpeed": {"interval_seconds": 10}}, not %s`, kind(obj["fields"])))
-	default:
-		c.fields(v)
-	}
+	required(c, obj, "ca", "the PEM text of the CA certificate(s) that issued the server's certificate chain",
+		"a string of PEM text", func(text string) { c.ca(text) })
+	required(c, obj, "fields", "the vehicle would stream nothing",
+		`an object like {"VehicleSpeed": {"interval_seconds": 10}}`, c.fields)
 
 	if v, present := obj["alert_types"]; present {
 		list, ok := v.([]any)
@@ -204,6 +185,20 @@ func Check(data []byte, now time.Time) Report {
 		}
 	}
 	return c.r
+}
+
+// required checks a key obj must hold: absent or null, it is a problem
+// saying what the key is for (missing); of another type than T, a problem
+// saying what it must be (want, "a string"); else check takes its value.
+func required[T any](c *checker, obj map[string]any, key, missing, want string, check func(T)) {
+	switch v, ok := obj[key].(T); {
+	case obj[key] == nil:
+		c.problem(key + " is missing: " + missing)
+	case !ok:
+		c.problem(fmt.Sprintf("%s must be %s, not %s", key, want, kind(obj[key])))
+	default:
+		check(v)
+	}
 }
 
 // Parse reads the hostname, port (DefaultPort when absent), ca and fields
