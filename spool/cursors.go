@@ -222,32 +222,19 @@ func encodeSeqs(seqs []uint64) []byte {
 
 // loadPassed reads every p/ key into into.
 func loadPassed(db *pebble.DB, into map[string][]uint64) error {
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: passedPrefix, UpperBound: []byte("p0")})
-	if err != nil {
-		return fmt.Errorf("read passed records: %w", err)
-	}
-	for ok := it.First(); ok; ok = it.Next() {
-		v, err := it.ValueAndErr()
-		if err != nil {
-			_ = it.Close()
-			return fmt.Errorf("read passed records of %q: %w", it.Key()[2:], err)
-		}
+	return scanRange(db, passedPrefix, []byte("p0"), "read passed records", func(k, v []byte) (bool, error) {
 		var seqs []uint64
 		for len(v) > 0 {
 			q, n := binary.Uvarint(v)
 			if n <= 0 {
-				_ = it.Close()
-				return fmt.Errorf("corrupt passed records of %q", it.Key()[2:])
+				return false, fmt.Errorf("corrupt passed records of %q", k[2:])
 			}
 			seqs = append(seqs, q)
 			v = v[n:]
 		}
-		into[string(it.Key()[2:])] = seqs
-	}
-	if err := it.Close(); err != nil {
-		return fmt.Errorf("read passed records: %w", err)
-	}
-	return nil
+		into[string(k[2:])] = seqs
+		return true, nil
+	})
 }
 
 // stageDueLocked makes sure the staged operations get committed within

@@ -134,29 +134,13 @@ func scanQuarantine(db *pebble.DB, lane string, fn func(*Quarantined) bool) erro
 		lower = append(append(append([]byte(nil), quarantinePrefix...), lane...), 0)
 		upper = append(append(append([]byte(nil), quarantinePrefix...), lane...), 1)
 	}
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
-		return fmt.Errorf("spool: read quarantine: %w", err)
-	}
-	for ok := it.First(); ok; ok = it.Next() {
-		v, err := it.ValueAndErr()
+	return scanRange(db, lower, upper, "spool: read quarantine", func(k, v []byte) (bool, error) {
+		q, err := decodeQuarantined(k, bytes.Clone(v))
 		if err != nil {
-			_ = it.Close()
-			return fmt.Errorf("spool: read quarantine: %w", err)
+			return false, err
 		}
-		q, err := decodeQuarantined(it.Key(), bytes.Clone(v))
-		if err != nil {
-			_ = it.Close()
-			return err
-		}
-		if !fn(&q) {
-			break
-		}
-	}
-	if err := it.Close(); err != nil {
-		return fmt.Errorf("spool: read quarantine: %w", err)
-	}
-	return nil
+		return fn(&q), nil
+	})
 }
 
 // getQuarantined reads one entry.

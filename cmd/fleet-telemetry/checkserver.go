@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/servercheck"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/timefmt"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicleconfig"
 )
 
@@ -58,12 +59,8 @@ func checkServer(args []string) int {
 	certFile := c.String("cert", "", "a client certificate (PEM) to present")
 	keyFile := c.String("key", "", "the client certificate's key (PEM)")
 	timeout := c.Duration("timeout", 10*time.Second, "bound on the connection and on the handshake, each")
-	pos, code, done := c.parse(args, true)
-	if done {
+	if code, done := c.parseFlags(args, true); done {
 		return code
-	}
-	if len(pos) > 0 {
-		return c.usageError(fmt.Sprintf("unexpected argument %q", pos[0]))
 	}
 	if (*certFile == "") != (*keyFile == "") {
 		return c.usageError("-cert and -key go together")
@@ -163,7 +160,7 @@ func printServerCheck(w io.Writer, o servercheck.Options, r *servercheck.Result)
 	}
 	line("subject", "%s", leaf.Subject)
 	line("issuer", "%s", leaf.Issuer)
-	line("valid", "%s to %s (%s)", servercheck.Stamp(leaf.NotBefore), servercheck.Stamp(leaf.NotAfter), validity)
+	line("valid", "%s to %s (%s)", timefmt.Stamp(leaf.NotBefore), timefmt.Stamp(leaf.NotAfter), validity)
 	line("names", "%s", names)
 	line("sent chain", "%d certificate(s): %s", len(r.Served), chainString(r.Served, nil))
 	if r.Chain != nil {

@@ -85,12 +85,8 @@ the Go version that built it (also: fleet-telemetry -version).
 // version implements `fleet-telemetry version`.
 func version(args []string) int {
 	c := newCLI("version", versionUsage)
-	pos, code, done := c.parse(args, false)
-	if done {
+	if code, done := c.parseFlags(args, false); done {
 		return code
-	}
-	if len(pos) > 0 {
-		return c.usageError(fmt.Sprintf("unexpected argument %q", pos[0]))
 	}
 	fmt.Println(readBuildInfo())
 	return 0
@@ -149,6 +145,19 @@ func (c *cli) parse(args []string, interspersed bool) (pos []string, code int, d
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
+}
+
+// parseFlags is parse for a command that takes flags only: a positional
+// argument is a usage error.
+func (c *cli) parseFlags(args []string, interspersed bool) (code int, done bool) {
+	pos, code, done := c.parse(args, interspersed)
+	if done {
+		return code, true
+	}
+	if len(pos) > 0 {
+		return c.usageError(fmt.Sprintf("unexpected argument %q", pos[0])), true
+	}
+	return 0, false
 }
 
 // usageError prints msg and the usage to stderr and returns exit code 2.

@@ -76,13 +76,32 @@ func (o *introOpts) monitoringAddr() (string, error) {
 	return net.JoinHostPort(host, strconv.Itoa(m.PrometheusMetricsPort)), nil
 }
 
-func (o *introOpts) client() (*introspect.Client, context.Context, context.CancelFunc, error) {
+// ask fetches an answer from the daemon's monitoring port with get and
+// prints it: as the daemon's JSON with -json, else with human. The exit
+// code is 2 when there is no port to ask, 1 when the request or the
+// printing failed, else 0; errors go to stderr under cmd's name.
+func ask[T any](o *introOpts, cmd string, get func(context.Context, *introspect.Client) (T, error), human func(T)) (T, int) {
+	var v T
 	addr, err := o.monitoringAddr()
 	if err != nil {
-		return nil, nil, nil, err
+		fmt.Fprintf(os.Stderr, "fleet-telemetry %s: %v\n", cmd, err)
+		return v, 2
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
-	return &introspect.Client{Addr: addr}, ctx, cancel, nil
+	defer cancel()
+	v, err = get(ctx, &introspect.Client{Addr: addr})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "fleet-telemetry %s: %v\n", cmd, err)
+		return v, 1
+	}
+	if !o.json {
+		human(v)
+		return v, 0
+	}
+	if err := printJSON(os.Stdout, v); err != nil {
+		return v, 1
+	}
+	return v, 0
 }
 
 func printJSON(w io.Writer, v any) error {
@@ -114,12 +133,8 @@ func conns(args []string) int {
 	reverse := c.Bool("reverse", false, "flip the sort key's natural direction")
 	limit := c.Int("limit", netloop.DefaultConnLimit, fmt.Sprintf("at most this many vehicles (up to %d)", netloop.MaxConnLimit))
 	offset := c.Int("offset", 0, "skip this many of the sorted list")
-	pos, code, done := c.parse(args, true)
-	if done {
+	if code, done := c.parseFlags(args, true); done {
 		return code
-	}
-	if len(pos) > 0 {
-		return c.usageError(fmt.Sprintf("unexpected argument %q", pos[0]))
 	}
 	key, err := netloop.ParseConnSort(*sortKey)
 	if err != nil {
@@ -128,23 +143,12 @@ func conns(args []string) int {
 	if *limit <= 0 || *limit > netloop.MaxConnLimit || *offset < 0 {
 		return c.usageError(fmt.Sprintf("-limit must be 1..%d and -offset at least 0", netloop.MaxConnLimit))
 	}
-	cl, ctx, cancel, err := o.client()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "fleet-telemetry conns: %v\n", err)
-		return 2
-	}
-	defer cancel()
-	p, err := cl.Connz(ctx, netloop.ConnQuery{VIN: *vin, Sort: key, Reverse: *reverse, Limit: *limit, Offset: *offset})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "fleet-telemetry conns: %v\n", err)
-		return 1
-	}
-	if o.json {
-		if err := printJSON(os.Stdout, p); err != nil {
-			return 1
-		}
-	} else {
-		printConns(os.Stdout, p, *vin, time.Now())
+	q := netloop.ConnQuery{VIN: *vin, Sort: key, Reverse: *reverse, Limit: *limit, Offset: *offset}
+	p, code := ask(&o, "conns",
+		func(ctx context.Context, cl *introspect.Client) (netloop.ConnPage, error) { return cl.Connz(ctx, q) },
+		func(p netloop.ConnPage) { printConns(os.Stdout, p, *vin, time.Now()) })
+	if code != 0 {
+		return code
 	}
 	if *vin != "" && p.Total == 0 {
 		return 1
@@ -226,32 +230,13 @@ func status(args []string) int {
 	c := newCLI("status", statusUsage)
 	var o introOpts
 	o.register(c)
-	pos, code, done := c.parse(args, true)
-	if done {
+	if code, done := c.parseFlags(args, true); done {
 		return code
 	}
-	if len(pos) > 0 {
-		return c.usageError(fmt.Sprintf("unexpected argument %q", pos[0]))
-	}
-	cl, ctx, cancel, err := o.client()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "fleet-telemetry status: %v\n", err)
-		return 2
-	}
-	defer cancel()
-	v, err := cl.Varz(ctx, false)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "fleet-telemetry status: %v\n", err)
-		return 1
-	}
-	if o.json {
-		if err := printJSON(os.Stdout, v); err != nil {
-			return 1
-		}
-		return 0
-	}
-	printStatus(os.Stdout, v)
-	return 0
+	_, code := ask(&o, "status",
+		func(ctx context.Context, cl *introspect.Client) (introspect.Varz, error) { return cl.Varz(ctx, false) },
+		func(v introspect.Varz) { printStatus(os.Stdout, v) })
+	return code
 }
 
 // printStatus writes the daemon's state for people.

@@ -45,32 +45,29 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
+// commands are the subcommands by name; each takes the arguments after
+// its name and returns the exit code.
+var commands = map[string]func(args []string) int{
+	"serve":          serve,
+	"check-config":   checkConfig,
+	"certs":          certs,
+	"send":           send,
+	"spool":          spoolCmd,
+	"vehicle-config": vehicleConfig,
+	"check-server":   checkServer,
+	"conns":          conns,
+	"status":         status,
+	"version":        version,
+}
+
 func run(args []string) int {
 	if len(args) == 0 {
 		return serve(args)
 	}
-	switch args[0] {
-	case "serve":
-		return serve(args[1:])
-	case "check-config":
-		return checkConfig(args[1:])
-	case "certs":
-		return certs(args[1:])
-	case "send":
-		return send(args[1:])
-	case "spool":
-		return spoolCmd(args[1:])
-	case "vehicle-config":
-		return vehicleConfig(args[1:])
-	case "check-server":
-		return checkServer(args[1:])
-	case "conns":
-		return conns(args[1:])
-	case "status":
-		return status(args[1:])
-	case "version":
-		return version(args[1:])
-	case "help", "-h", "-help", "--help":
+	if cmd, ok := commands[args[0]]; ok {
+		return cmd(args[1:])
+	}
+	if args[0] == "help" || isHelp(args[0]) {
 		fmt.Print(usage)
 		return 0
 	}

@@ -28,12 +28,8 @@ func send(args []string) int {
 	vin := cl.String("vin", devca.DefaultVINs[0], "VIN whose certificate to use")
 	topic := cl.String("topic", "V", "record type: V, alerts, errors or connectivity")
 	n := cl.Int("n", 1, "records to send")
-	pos, code, done := cl.parse(args, false)
-	if done {
+	if code, done := cl.parseFlags(args, false); done {
 		return code
-	}
-	if len(pos) > 0 {
-		return cl.usageError(fmt.Sprintf("unexpected argument %q", pos[0]))
 	}
 	tlsCfg, err := vehicle.TLSFromDir(*dir, *vin)
 	if err != nil {

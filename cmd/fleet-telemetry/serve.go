@@ -89,12 +89,8 @@ func serve(args []string) int {
 	configPath := c.String("config", "", "reference-format JSON config file")
 	dev := c.Bool("dev", false, "run on the embedded dev config: 127.0.0.1:4443, dev certificates in ./var/dev-certs, spool in ./var/spool, records to stdout")
 	showVersion := c.Bool("version", false, "print the version and exit")
-	pos, code, done := c.parse(args, false)
-	if done {
+	if code, done := c.parseFlags(args, false); done {
 		return code
-	}
-	if len(pos) > 0 {
-		return c.usageError(fmt.Sprintf("unexpected argument %q", pos[0]))
 	}
 	bi := readBuildInfo()
 	if *showVersion {

@@ -50,12 +50,8 @@ func vehicleConfig(args []string) int {
 	exp := c.Int64("exp", 0, "when the configuration expires, Unix seconds (default: not set)")
 	check := c.String("check", "", "check this vehicle configuration file instead of making one")
 	listFields := c.Bool("list-fields", false, "print the field names a configuration may stream")
-	pos, code, done := c.parse(args, true)
-	if done {
+	if code, done := c.parseFlags(args, true); done {
 		return code
-	}
-	if len(pos) > 0 {
-		return c.usageError(fmt.Sprintf("unexpected argument %q", pos[0]))
 	}
 	var building []string
 	c.Visit(func(f *flag.Flag) {

@@ -109,6 +109,15 @@ func laneAndSeq(r *http.Request) (lane string, seq uint64, err error) {
 	return lane, seq, nil
 }
 
+// quarantineError answers a failed replay or drop: 404 when the record is
+// not in the quarantine, status otherwise.
+func quarantineError(w http.ResponseWriter, err error, status int) {
+	if errors.Is(err, spool.ErrNotQuarantined) {
+		status = http.StatusNotFound
+	}
+	http.Error(w, err.Error(), status)
+}
+
 func (s *Server) quarantineReplay(w http.ResponseWriter, r *http.Request) {
 	lane, seq, err := laneAndSeq(r)
 	if err != nil {
@@ -121,11 +130,7 @@ func (s *Server) quarantineReplay(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		if err := f.Replay(r.Context(), recordType, seq); err != nil {
-			status := http.StatusBadGateway
-			if errors.Is(err, spool.ErrNotQuarantined) {
-				status = http.StatusNotFound
-			}
-			http.Error(w, err.Error(), status)
+			quarantineError(w, err, http.StatusBadGateway)
 			return
 		}
 		s.log.Info("quarantined record replayed through the admin socket", "lane", lane, "seq", seq)
@@ -146,11 +151,7 @@ func (s *Server) quarantineDrop(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := qs.DropQuarantined(lane, seq); err != nil {
-		status := http.StatusServiceUnavailable
-		if errors.Is(err, spool.ErrNotQuarantined) {
-			status = http.StatusNotFound
-		}
-		http.Error(w, err.Error(), status)
+		quarantineError(w, err, http.StatusServiceUnavailable)
 		return
 	}
 	s.log.Warn("quarantined record dropped through the admin socket", "lane", lane, "seq", seq)

@@ -64,7 +64,7 @@ type MQTT struct {
 // Check reports every mistake of the "mqtt" section (nil: missing).
 func (m *MQTT) Check() error {
 	if m == nil {
-		return errors.New(`records route to "mqtt" but there is no "mqtt" section`)
+		return errNoSection("mqtt")
 	}
 	var errs []error
 	if m.Broker == "" {
@@ -76,18 +76,10 @@ func (m *MQTT) Check() error {
 	if strings.ContainsAny(m.TopicBase, "+#\x00") {
 		errs = append(errs, fmt.Errorf("mqtt.topic_base %q holds an MQTT wildcard (+, #) or U+0000", m.TopicBase))
 	}
-	for _, d := range []struct {
-		key string
-		v   int
-	}{
-		{"connect_timeout_ms", m.ConnectTimeoutMs}, {"publish_timeout_ms", m.PublishTimeoutMs},
-		{"disconnect_timeout_ms", m.DisconnectTimeoutMs}, {"connect_retry_interval_ms", m.ConnectRetryIntervalMs},
-		{"keep_alive_seconds", m.KeepAliveSeconds},
-	} {
-		if d.v < 0 {
-			errs = append(errs, fmt.Errorf("mqtt.%s %d is negative", d.key, d.v))
-		}
-	}
+	errs = append(errs, negatives("mqtt",
+		intKey{"connect_timeout_ms", m.ConnectTimeoutMs}, intKey{"publish_timeout_ms", m.PublishTimeoutMs},
+		intKey{"disconnect_timeout_ms", m.DisconnectTimeoutMs}, intKey{"connect_retry_interval_ms", m.ConnectRetryIntervalMs},
+		intKey{"keep_alive_seconds", m.KeepAliveSeconds})...)
 	return errors.Join(errs...)
 }
 
@@ -159,7 +151,7 @@ func (r *Redis) Check() error {
 // checkSettings is Check without reading the TLS files.
 func (r *Redis) checkSettings() error {
 	if r == nil {
-		return errors.New(`records route to "redis" but there is no "redis" section`)
+		return errNoSection("redis")
 	}
 	var errs []error
 	if len(r.Addrs) == 0 {
@@ -183,14 +175,9 @@ func (r *Redis) checkSettings() error {
 		errs = append(errs, fmt.Errorf("redis.stream.max_len %d is negative", r.Stream.MaxLen))
 	}
 	if p := r.Pool; p != nil {
-		for _, n := range []struct {
-			key string
-			v   int
-		}{{"pool_size", p.PoolSize}, {"min_idle_conns", p.MinIdleConns}, {"max_idle_conns", p.MaxIdleConns}, {"max_active_conns", p.MaxActiveConns}} {
-			if n.v < 0 {
-				errs = append(errs, fmt.Errorf("redis.pool.%s %d is negative", n.key, n.v))
-			}
-		}
+		errs = append(errs, negatives("redis.pool",
+			intKey{"pool_size", p.PoolSize}, intKey{"min_idle_conns", p.MinIdleConns},
+			intKey{"max_idle_conns", p.MaxIdleConns}, intKey{"max_active_conns", p.MaxActiveConns})...)
 		for _, d := range []struct {
 			key string
 			v   int64
@@ -266,7 +253,7 @@ type NATS struct {
 // Check reports the mistakes of the "nats" section (nil: missing).
 func (n *NATS) Check() error {
 	if n == nil {
-		return errors.New(`records route to "nats" but there is no "nats" section`)
+		return errNoSection("nats")
 	}
 	if n.URL == "" {
 		return errors.New("nats.url is required")
@@ -289,7 +276,7 @@ type ZMQ struct {
 // Check reports every mistake of the "zmq" section (nil: missing).
 func (z *ZMQ) Check() error {
 	if z == nil {
-		return errors.New(`records route to "zmq" but there is no "zmq" section`)
+		return errNoSection("zmq")
 	}
 	var errs []error
 	if z.Addr == "" {
@@ -306,6 +293,29 @@ func (z *ZMQ) Check() error {
 		errs = append(errs, zmq.CurveNotSupported(curve...))
 	}
 	return errors.Join(errs...)
+}
+
+// errNoSection is the mistake of a sink that records route to but whose
+// section the file lacks.
+func errNoSection(sink string) error {
+	return fmt.Errorf("records route to %q but there is no %q section", sink, sink)
+}
+
+// intKey is a whole-number key of a section and its value.
+type intKey struct {
+	key string
+	v   int
+}
+
+// negatives reports each key of section whose value is negative.
+func negatives(section string, keys ...intKey) []error {
+	var errs []error
+	for _, k := range keys {
+		if k.v < 0 {
+			errs = append(errs, fmt.Errorf("%s.%s %d is negative", section, k.key, k.v))
+		}
+	}
+	return errs
 }
 
 // maxSinkFileBytes bounds a file a sink section names (a CA bundle, a

@@ -49,57 +49,47 @@ func New() (*CA, error) { return NewNamed(IssuerCN) }
 
 // NewNamed makes a CA with another subject CN (tests use one that maps to
 // no client type).
-func NewNamed(cn string) (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("devca: generate CA key: %w", err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"fleet-telemetry dev CA"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().AddDate(10, 0, 0),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, fmt.Errorf("devca: sign CA: %w", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("devca: parse CA: %w", err)
-	}
-	return &CA{Cert: cert, Key: key, CertPEM: pemBlock("CERTIFICATE", der)}, nil
-}
+func NewNamed(cn string) (*CA, error) { return newCA(cn, time.Now().AddDate(10, 0, 0), nil) }
 
 // NewIntermediate makes an intermediate CA named cn, signed by ca and
 // valid as long as ca is, that may sign end-entity certificates only (path
 // length 0). A server certificate it issues verifies against ca only when
 // the server also sends the intermediate after it.
-func (ca *CA) NewIntermediate(cn string) (*CA, error) {
+func (ca *CA) NewIntermediate(cn string) (*CA, error) { return newCA(cn, ca.Cert.NotAfter, ca) }
+
+// newCA makes a CA named cn, valid from an hour ago to notAfter, signed by
+// parent; without a parent it is self-signed, with one it may sign
+// end-entity certificates only (path length 0).
+func newCA(cn string, notAfter time.Time, parent *CA) (*CA, error) {
+	what := "CA"
+	if parent != nil {
+		what = fmt.Sprintf("intermediate %q", cn)
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("devca: generate intermediate key: %w", err)
+		return nil, fmt.Errorf("devca: generate %s key: %w", what, err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
 		Subject:               pkix.Name{CommonName: cn, Organization: []string{"fleet-telemetry dev CA"}},
 		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              ca.Cert.NotAfter,
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		MaxPathLenZero:        true,
+		MaxPathLenZero:        parent != nil,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	issuer, issuerKey := tmpl, crypto.Signer(key)
+	if parent != nil {
+		issuer, issuerKey = parent.Cert, parent.Key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, &key.PublicKey, issuerKey)
 	if err != nil {
-		return nil, fmt.Errorf("devca: sign intermediate %q: %w", cn, err)
+		return nil, fmt.Errorf("devca: sign %s: %w", what, err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("devca: parse intermediate %q: %w", cn, err)
+		return nil, fmt.Errorf("devca: parse %s: %w", what, err)
 	}
 	return &CA{Cert: cert, Key: key, CertPEM: pemBlock("CERTIFICATE", der)}, nil
 }

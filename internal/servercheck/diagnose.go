@@ -7,6 +7,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/timefmt"
 )
 
 // Input is what Diagnose looks at: the certificates a server sent and the
@@ -59,16 +61,16 @@ func Diagnose(in Input) Diagnosis {
 		}
 		switch {
 		case now.After(c.NotAfter):
-			problem("%s expired on %s, %s ago", what, Stamp(c.NotAfter), span(now.Sub(c.NotAfter)))
+			problem("%s expired on %s, %s ago", what, timefmt.Stamp(c.NotAfter), timefmt.Span(now.Sub(c.NotAfter)))
 		case now.Before(c.NotBefore):
-			problem("%s is not valid before %s, %s from now (a certificate issued with a future date, or a clock that is wrong)", what, Stamp(c.NotBefore), span(c.NotBefore.Sub(now)))
+			problem("%s is not valid before %s, %s from now (a certificate issued with a future date, or a clock that is wrong)", what, timefmt.Stamp(c.NotBefore), timefmt.Span(c.NotBefore.Sub(now)))
 		case c.NotAfter.Sub(now) < 21*24*time.Hour:
-			warning("%s expires on %s, in %s", what, Stamp(c.NotAfter), span(c.NotAfter.Sub(now)))
+			warning("%s expires on %s, in %s", what, timefmt.Stamp(c.NotAfter), timefmt.Span(c.NotAfter.Sub(now)))
 		}
 	}
 	for _, c := range in.CA {
 		if now.After(c.NotAfter) {
-			problem("the ca certificate %s of the vehicle configuration expired on %s", Name(c), Stamp(c.NotAfter))
+			problem("the ca certificate %s of the vehicle configuration expired on %s", Name(c), timefmt.Stamp(c.NotAfter))
 		}
 	}
 
@@ -325,21 +327,6 @@ func usages(c *x509.Certificate) string {
 		return "empty"
 	}
 	return strings.Join(out, ", ")
-}
-
-// Stamp formats a time for messages, in UTC.
-func Stamp(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") }
-
-func span(d time.Duration) string {
-	switch {
-	case d >= 48*time.Hour:
-		return fmt.Sprintf("%d days", d/(24*time.Hour))
-	case d >= 2*time.Hour:
-		return fmt.Sprintf("%d hours", d/time.Hour)
-	case d >= 2*time.Minute:
-		return fmt.Sprintf("%d minutes", d/time.Minute)
-	}
-	return fmt.Sprintf("%d seconds", d/time.Second)
 }
 
 // hostPort joins a hostname and port for dialing.

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/messagetest"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/timefmt"
 )
 
 // pki is two unrelated CAs, each with an intermediate, and certificates
@@ -101,15 +103,6 @@ func certs(cs ...any) []*x509.Certificate {
 	return out
 }
 
-func has(list []string, sub string) bool {
-	for _, s := range list {
-		if strings.Contains(s, sub) {
-			return true
-		}
-	}
-	return false
-}
-
 func TestDiagnose(t *testing.T) {
 	p := newPKI(t)
 	now := time.Now()
@@ -145,7 +138,7 @@ func TestDiagnose(t *testing.T) {
 		{name: "good, no intermediate", served: certs(direct), ca: certs(p.root), chain: 2},
 		{name: "good, ca carries intermediate and root", served: certs(leaf, p.inter), ca: certs(p.inter, p.root), chain: 3},
 		{name: "expired", served: certs(expired, p.inter), ca: certs(p.root), chain: 3,
-			problems: []string{`the server certificate "CN=server" expired on ` + Stamp(now.Add(-10*time.Minute)) + ", 10 minutes ago"}},
+			problems: []string{`the server certificate "CN=server" expired on ` + timefmt.Stamp(now.Add(-10*time.Minute)) + ", 10 minutes ago"}},
 		{name: "not yet valid", served: certs(future, p.inter), ca: certs(p.root), chain: 3,
 			problems: []string{`the server certificate "CN=server" is not valid before `}},
 		{name: "expires soon", served: certs(soon, p.inter), ca: certs(p.root), chain: 3,
@@ -181,22 +174,8 @@ func TestDiagnose(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := Diagnose(Input{Hostname: "localhost", Served: tc.served, CA: tc.ca, SystemRoots: tc.system, Now: now})
-			for _, want := range tc.problems {
-				if !has(d.Problems, want) {
-					t.Errorf("no problem says %q:\n%s", want, strings.Join(d.Problems, "\n"))
-				}
-			}
-			if len(d.Problems) != len(tc.problems) {
-				t.Errorf("%d problems, want %d:\n%s", len(d.Problems), len(tc.problems), strings.Join(d.Problems, "\n"))
-			}
-			for _, want := range tc.warnings {
-				if !has(d.Warnings, want) {
-					t.Errorf("no warning says %q:\n%s", want, strings.Join(d.Warnings, "\n"))
-				}
-			}
-			if len(d.Warnings) != len(tc.warnings) {
-				t.Errorf("%d warnings, want %d:\n%s", len(d.Warnings), len(tc.warnings), strings.Join(d.Warnings, "\n"))
-			}
+			messagetest.Match(t, "problem", d.Problems, tc.problems)
+			messagetest.Match(t, "warning", d.Warnings, tc.warnings)
 			if len(d.Chain) != tc.chain {
 				t.Errorf("verified chain of %d, want %d", len(d.Chain), tc.chain)
 			}
@@ -271,7 +250,7 @@ func TestCheckAgainstServers(t *testing.T) {
 			if !r.OK() || !r.ClientCertRequested || r.Version != v || len(r.Served) != 2 || len(r.Chain) != 3 {
 				t.Fatalf("%+v", r)
 			}
-			if v == tls.VersionTLS12 && (r.HandshakeErr == nil || !has(r.Notes, "without a client certificate the server ended the handshake")) {
+			if v == tls.VersionTLS12 && (r.HandshakeErr == nil || !messagetest.Contains(r.Notes, "without a client certificate the server ended the handshake")) {
 				t.Errorf("TLS 1.2: the refusal is not noted: %+v", r)
 			}
 		})
@@ -283,7 +262,7 @@ func TestCheckAgainstServers(t *testing.T) {
 		})
 		t.Run(name+" with a client certificate it refuses", func(t *testing.T) {
 			r := check(serveTLS(t, server(v, v, tls.RequireAndVerifyClientCert)), &stranger)
-			if r.OK() || r.ClientCertAccepted || !has(r.Problems, "the server refused the client certificate: ") || len(r.Problems) != 1 {
+			if r.OK() || r.ClientCertAccepted || !messagetest.Contains(r.Problems, "the server refused the client certificate: ") || len(r.Problems) != 1 {
 				t.Fatalf("%+v", r)
 			}
 			if len(r.Chain) != 3 {
@@ -292,7 +271,7 @@ func TestCheckAgainstServers(t *testing.T) {
 		})
 		t.Run(name+" not asking for a client certificate", func(t *testing.T) {
 			r := check(serveTLS(t, server(v, v, tls.NoClientCert)), nil)
-			if r.OK() || !has(r.Problems, "the server did not ask for a client certificate") || len(r.Problems) != 1 {
+			if r.OK() || !messagetest.Contains(r.Problems, "the server did not ask for a client certificate") || len(r.Problems) != 1 {
 				t.Fatalf("%+v", r)
 			}
 		})
@@ -308,20 +287,20 @@ func TestCheckAgainstServers(t *testing.T) {
 		cfg.Certificates = []tls.Certificate{bad}
 		r := check(serveTLS(t, cfg), nil)
 		if r.OK() || r.ClientCertRequested || len(r.Problems) != 1 ||
-			!has(r.Problems, "the handshake failed after the server sent its certificates: tls: invalid signature by the server certificate") || len(r.Chain) != 3 {
+			!messagetest.Contains(r.Problems, "the handshake failed after the server sent its certificates: tls: invalid signature by the server certificate") || len(r.Chain) != 3 {
 			t.Fatalf("%+v", r)
 		}
 	})
 	t.Run("TLS 1.1 only", func(t *testing.T) {
 		r := check(serveTLS(t, server(tls.VersionTLS10, tls.VersionTLS11, tls.RequireAnyClientCert)), nil)
-		if r.OK() || !has(r.Problems, "refused the handshake before sending a certificate: remote error: tls: protocol version not supported (it offers no TLS version from 1.2 up") {
+		if r.OK() || !messagetest.Contains(r.Problems, "refused the handshake before sending a certificate: remote error: tls: protocol version not supported (it offers no TLS version from 1.2 up") {
 			t.Fatalf("%+v", r)
 		}
 	})
 	t.Run("server alert", func(t *testing.T) {
 		cfg := &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return nil, errors.New("no") }}
 		r := check(serveTLS(t, cfg), nil)
-		if r.OK() || !has(r.Problems, "refused the handshake before sending a certificate: remote error: tls: internal error") {
+		if r.OK() || !messagetest.Contains(r.Problems, "refused the handshake before sending a certificate: remote error: tls: internal error") {
 			t.Fatalf("%+v", r)
 		}
 	})
@@ -337,13 +316,13 @@ func TestCheckAgainstServers(t *testing.T) {
 	t.Run("not TLS", func(t *testing.T) {
 		addr := serve(t, func(c net.Conn) { c.Write([]byte("SSH-2.0-OpenSSH_9.2\r\n")) })
 		r := check(addr, nil)
-		if r.OK() || !has(r.Problems, `does not speak TLS: it answered with bytes that are not a TLS record ("SSH-2")`) {
+		if r.OK() || !messagetest.Contains(r.Problems, `does not speak TLS: it answered with bytes that are not a TLS record ("SSH-2")`) {
 			t.Fatalf("%+v", r)
 		}
 	})
 	t.Run("closes at once", func(t *testing.T) {
 		r := check(serve(t, func(net.Conn) {}), nil)
-		if r.OK() || !has(r.Problems, "closed the connection during the handshake without sending a certificate") {
+		if r.OK() || !messagetest.Contains(r.Problems, "closed the connection during the handshake without sending a certificate") {
 			t.Fatalf("%+v", r)
 		}
 	})
@@ -353,7 +332,7 @@ func TestCheckAgainstServers(t *testing.T) {
 		defer close(done)
 		start := time.Now()
 		r := Check(context.Background(), Options{Hostname: "localhost", Addr: addr, CA: certs(p.root), Timeout: 300 * time.Millisecond})
-		if r.OK() || !has(r.Problems, "accepted the connection but sent no TLS handshake within 300ms") {
+		if r.OK() || !messagetest.Contains(r.Problems, "accepted the connection but sent no TLS handshake within 300ms") {
 			t.Fatalf("%+v", r)
 		}
 		if d := time.Since(start); d > 3*time.Second {
@@ -374,7 +353,7 @@ func TestCheckAgainstServers(t *testing.T) {
 	})
 	t.Run("does not resolve", func(t *testing.T) {
 		r := Check(context.Background(), Options{Hostname: "no-such-host.invalid", Port: 443, CA: certs(p.root), Timeout: 5 * time.Second})
-		if r.OK() || !has(r.Problems, "no-such-host.invalid") || r.Addr != "no-such-host.invalid:443" {
+		if r.OK() || !messagetest.Contains(r.Problems, "no-such-host.invalid") || r.Addr != "no-such-host.invalid:443" {
 			t.Fatalf("%+v", r)
 		}
 	})

@@ -28,6 +28,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/timefmt"
 )
 
 // DefaultPort is the port a vehicle connects to when the configuration
@@ -144,14 +146,8 @@ func Check(data []byte, now time.Time) Report {
 		}
 	}
 
-	switch v, ok := obj["hostname"].(string); {
-	case obj["hostname"] == nil:
-		c.problem("hostname is missing: the name vehicles connect to, which the server certificate must carry")
-	case !ok:
-		c.problem(fmt.Sprintf("hostname must be a string, not %s", kind(obj["hostname"])))
-	default:
-		c.hostname(v)
-	}
+	required(c, obj, "hostname", "the name vehicles connect to, which the server certificate must carry",
+		"a string", c.hostname)
 
 	if p, present := obj["port"]; present {
 		if n, ok := integer(p); ok {
@@ -161,23 +157,10 @@ func Check(data []byte, now time.Time) Report {
 		}
 	}
 
-	switch v, ok := obj["ca"].(string); {
-	case obj["ca"] == nil:
-		c.problem("ca is missing: the PEM text of the CA certificate(s) that issued the server's certificate chain")
-	case !ok:
-		c.problem(fmt.Sprintf("ca must be a string of PEM text, not %s", kind(obj["ca"])))
-	default:
-		c.ca(v)
-	}
-
-	switch v, ok := obj["fields"].(map[string]any); {
-	case obj["fields"] == nil:
-		c.problem("fields is missing: the vehicle would stream nothing")
-	case !ok:
-		c.problem(fmt.Sprintf(`fields must be an object like {"VehicleSpeed": {"interval_seconds": 10}}, not %s`, kind(obj["fields"])))
-	default:
-		c.fields(v)
-	}
+	required(c, obj, "ca", "the PEM text of the CA certificate(s) that issued the server's certificate chain",
+		"a string of PEM text", func(text string) { c.ca(text) })
+	required(c, obj, "fields", "the vehicle would stream nothing",
+		`an object like {"VehicleSpeed": {"interval_seconds": 10}}`, c.fields)
 
 	if v, present := obj["alert_types"]; present {
 		list, ok := v.([]any)
@@ -202,6 +185,20 @@ func Check(data []byte, now time.Time) Report {
 		}
 	}
 	return c.r
+}
+
+// required checks a key obj must hold: absent or null, it is a problem
+// saying what the key is for (missing); of another type than T, a problem
+// saying what it must be (want, "a string"); else check takes its value.
+func required[T any](c *checker, obj map[string]any, key, missing, want string, check func(T)) {
+	switch v, ok := obj[key].(T); {
+	case obj[key] == nil:
+		c.problem(key + " is missing: " + missing)
+	case !ok:
+		c.problem(fmt.Sprintf("%s must be %s, not %s", key, want, kind(obj[key])))
+	default:
+		check(v)
+	}
 }
 
 // Parse reads the hostname, port (DefaultPort when absent), ca and fields
@@ -360,11 +357,11 @@ func (c *checker) ca(text string) []*x509.Certificate {
 		name := describe(cert)
 		switch {
 		case c.now.After(cert.NotAfter):
-			c.problem(fmt.Sprintf("ca certificate %s expired on %s", name, stamp(cert.NotAfter)))
+			c.problem(fmt.Sprintf("ca certificate %s expired on %s", name, timefmt.Stamp(cert.NotAfter)))
 		case c.now.Before(cert.NotBefore):
-			c.problem(fmt.Sprintf("ca certificate %s is not valid before %s", name, stamp(cert.NotBefore)))
+			c.problem(fmt.Sprintf("ca certificate %s is not valid before %s", name, timefmt.Stamp(cert.NotBefore)))
 		case cert.NotAfter.Sub(c.now) < 30*24*time.Hour:
-			c.warning(fmt.Sprintf("ca certificate %s expires on %s, in %s", name, stamp(cert.NotAfter), span(cert.NotAfter.Sub(c.now))))
+			c.warning(fmt.Sprintf("ca certificate %s expires on %s, in %s", name, timefmt.Stamp(cert.NotAfter), timefmt.Span(cert.NotAfter.Sub(c.now))))
 		}
 		if !cert.IsCA {
 			c.warning(fmt.Sprintf("ca certificate %s is not a CA certificate: a vehicle can trust the server with it only if the server presents exactly this certificate", name))
@@ -512,7 +509,7 @@ func (c *checker) exp(n int64) {
 	case n <= 0:
 		c.problem(fmt.Sprintf("exp %d is not a time: it is Unix seconds", n))
 	case !t.After(c.now):
-		c.problem(fmt.Sprintf("exp %d (%s) is in the past: the configuration has expired", n, stamp(t)))
+		c.problem(fmt.Sprintf("exp %d (%s) is in the past: the configuration has expired", n, timefmt.Stamp(t)))
 	}
 }
 
@@ -609,23 +606,4 @@ func orList(s []string) string {
 		return s[0]
 	}
 	return strings.Join(s[:len(s)-1], ", ") + " or " + s[len(s)-1]
-}
-
-func stamp(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") }
-
-// span says a duration in the largest whole unit that fits: days, hours,
-// minutes or seconds.
-func span(d time.Duration) string {
-	if d < 0 {
-		d = -d
-	}
-	switch {
-	case d >= 48*time.Hour:
-		return fmt.Sprintf("%d days", d/(24*time.Hour))
-	case d >= 2*time.Hour:
-		return fmt.Sprintf("%d hours", d/time.Hour)
-	case d >= 2*time.Minute:
-		return fmt.Sprintf("%d minutes", d/time.Minute)
-	}
-	return fmt.Sprintf("%d seconds", d/time.Second)
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/messagetest"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 )
 
@@ -198,7 +199,7 @@ func TestBuildNamesEveryProblem(t *testing.T) {
 		"alert_types holds an empty name",
 		"is in the past: the configuration has expired",
 	} {
-		if !containsOne(r.Problems, want) {
+		if !messagetest.Contains(r.Problems, want) {
 			t.Errorf("no problem says %q:\n%s", want, strings.Join(r.Problems, "\n"))
 		}
 	}
@@ -209,19 +210,10 @@ func TestBuildNamesEveryProblem(t *testing.T) {
 	// Nothing given: each missing part is named.
 	_, r = Build(Options{Now: now})
 	for _, want := range []string{"hostname is empty", "no ca given", "no fields given"} {
-		if !containsOne(r.Problems, want) {
+		if !messagetest.Contains(r.Problems, want) {
 			t.Errorf("no problem says %q:\n%s", want, strings.Join(r.Problems, "\n"))
 		}
 	}
-}
-
-func containsOne(list []string, sub string) bool {
-	for _, s := range list {
-		if strings.Contains(s, sub) {
-			return true
-		}
-	}
-	return false
 }
 
 func TestCheck(t *testing.T) {
@@ -289,22 +281,8 @@ func TestCheck(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := Check([]byte(tc.file), now)
-			for _, want := range tc.problems {
-				if !containsOne(r.Problems, want) {
-					t.Errorf("no problem says %q:\n%s", want, strings.Join(r.Problems, "\n"))
-				}
-			}
-			if len(r.Problems) != len(tc.problems) {
-				t.Errorf("%d problems, want %d:\n%s", len(r.Problems), len(tc.problems), strings.Join(r.Problems, "\n"))
-			}
-			for _, want := range tc.warnings {
-				if !containsOne(r.Warnings, want) {
-					t.Errorf("no warning says %q:\n%s", want, strings.Join(r.Warnings, "\n"))
-				}
-			}
-			if len(r.Warnings) != len(tc.warnings) {
-				t.Errorf("%d warnings, want %d:\n%s", len(r.Warnings), len(tc.warnings), strings.Join(r.Warnings, "\n"))
-			}
+			messagetest.Match(t, "problem", r.Problems, tc.problems)
+			messagetest.Match(t, "warning", r.Warnings, tc.warnings)
 		})
 	}
 }
