@@ -152,7 +152,7 @@ func printServerCheck(w io.Writer, o servercheck.Options, r *servercheck.Result)
 	case now.Before(leaf.NotBefore):
 		validity = "NOT YET VALID"
 	default:
-		validity = "expires in " + approx(leaf.NotAfter.Sub(now))
+		validity = "expires in " + timefmt.Span(leaf.NotAfter.Sub(now))
 	}
 	names := strings.Join(servercheck.Names(leaf), ", ")
 	if names == "" {
@@ -207,12 +207,4 @@ func containsCert(list []*x509.Certificate, c *x509.Certificate) bool {
 		}
 	}
 	return false
-}
-
-// approx says a duration in days, or hours under two days.
-func approx(d time.Duration) string {
-	if d >= 48*time.Hour {
-		return fmt.Sprintf("%d days", d/(24*time.Hour))
-	}
-	return fmt.Sprintf("%d hours", d/time.Hour)
 }
