@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/tlsrecord"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 )
 
@@ -148,11 +149,11 @@ func TestBadClientHelloRefused(t *testing.T) {
 	}{
 		{"plain HTTP", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), nil},
 		{"alert record first", []byte{21, 3, 1, 0, 2, 2, 40}, nil},
-		{"record over 16 KiB", []byte{22, 3, 1, 0x40, 0x01}, alertRecord(alertRecordOverflow)},
-		{"empty handshake record", []byte{22, 3, 1, 0, 0}, alertRecord(alertDecodeError)},
-		{"ServerHello instead", []byte{22, 3, 1, 0, 4, 2, 0, 0, 0}, alertRecord(alertUnexpectedMessage)},
-		{"ClientHello over 64 KiB", []byte{22, 3, 1, 0, 4, 1, 1, 0, 1}, alertRecord(alertDecodeError)},
-		{"application data inside the ClientHello", appInHello, alertRecord(alertUnexpectedMessage)},
+		{"record over 16 KiB", []byte{22, 3, 1, 0x40, 0x01}, alertRecord(tlsrecord.AlertRecordOverflow)},
+		{"empty handshake record", []byte{22, 3, 1, 0, 0}, alertRecord(tlsrecord.AlertDecodeError)},
+		{"ServerHello instead", []byte{22, 3, 1, 0, 4, 2, 0, 0, 0}, alertRecord(tlsrecord.AlertUnexpectedMessage)},
+		{"ClientHello over 64 KiB", []byte{22, 3, 1, 0, 4, 1, 1, 0, 1}, alertRecord(tlsrecord.AlertDecodeError)},
+		{"application data inside the ClientHello", appInHello, alertRecord(tlsrecord.AlertUnexpectedMessage)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before, running := refusedBadClientHello.Get(), handshakesRunning.Load()

@@ -36,7 +36,7 @@ func (c *conn) onHandshakeBytes(data []byte) gnet.Action {
 		return gnet.None
 	}
 	if len(c.helloBuf)+len(data) > maxHandshakeBuffer {
-		return c.refuseHello(&helloError{alertDecodeError, "more than 64 KiB before the ClientHello ended"})
+		return c.refuseHello(&helloError{tlsrecord.AlertDecodeError, "more than 64 KiB before the ClientHello ended"})
 	}
 	grown := append(c.helloBuf, data...)
 	if !c.srv.chargeHandshake(int64(cap(grown) - cap(c.helloBuf))) {

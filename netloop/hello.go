@@ -1,26 +1,20 @@
 package netloop
 
-import "fmt"
+import (
+	"fmt"
 
-// TLS record and handshake constants the ClientHello reader needs
-// (RFC 8446 §5.1 and §4).
+	"github.com/fleet-telemetry/fleet-telemetry/internal/tlsrecord"
+)
+
+// TLS handshake constants the ClientHello reader needs (RFC 8446 §5.1 and
+// §4); the record layer's own are tlsrecord's.
 const (
-	recordTypeHandshake   = 22
-	recordHeaderLen       = 5
-	handshakeHeaderLen    = 4
-	handshakeClientHello  = 1
-	maxPlaintextRecordLen = 1 << 14
+	recordTypeHandshake  = 22
+	handshakeHeaderLen   = 4
+	handshakeClientHello = 1
 	// maxClientHelloLen is the largest ClientHello accepted: crypto/tls's
 	// own limit for a handshake message.
 	maxClientHelloLen = 1 << 16
-)
-
-// TLS alerts the loop sends before it has a TLS connection (RFC 8446 §6).
-const (
-	alertUnexpectedMessage = 10
-	alertRecordOverflow    = 22
-	alertDecodeError       = 50
-	alertProtocolVersion   = 70
 )
 
 // helloError is a first flight that cannot be a ClientHello; alert (0:
@@ -60,25 +54,25 @@ func newHelloReader() helloReader { return helloReader{msgLeft: -1} }
 func (h *helloReader) scan(stream []byte) (bool, error) {
 	for {
 		if h.body == 0 {
-			if len(stream)-h.off < recordHeaderLen {
+			if len(stream)-h.off < tlsrecord.HeaderLen {
 				return false, nil
 			}
-			hdr := stream[h.off : h.off+recordHeaderLen]
+			hdr := stream[h.off : h.off+tlsrecord.HeaderLen]
 			if hdr[0] != recordTypeHandshake || hdr[1] != 3 {
 				if h.off == 0 {
 					return false, errNotTLS
 				}
-				return false, &helloError{alertUnexpectedMessage, fmt.Sprintf("record type %d inside the ClientHello", hdr[0])}
+				return false, &helloError{tlsrecord.AlertUnexpectedMessage, fmt.Sprintf("record type %d inside the ClientHello", hdr[0])}
 			}
 			n := int(hdr[3])<<8 | int(hdr[4])
-			if n > maxPlaintextRecordLen {
-				return false, &helloError{alertRecordOverflow, fmt.Sprintf("record of %d bytes", n)}
+			if n > tlsrecord.MaxPlaintext {
+				return false, &helloError{tlsrecord.AlertRecordOverflow, fmt.Sprintf("record of %d bytes", n)}
 			}
 			if n == 0 {
 				// RFC 8446 §5.1: no zero-length handshake fragments.
-				return false, &helloError{alertDecodeError, "empty handshake record"}
+				return false, &helloError{tlsrecord.AlertDecodeError, "empty handshake record"}
 			}
-			h.off += recordHeaderLen
+			h.off += tlsrecord.HeaderLen
 			h.body = n
 		}
 		avail := min(h.body, len(stream)-h.off)
@@ -96,11 +90,11 @@ func (h *helloReader) scan(stream []byte) (bool, error) {
 				continue
 			}
 			if h.msgHdr[0] != handshakeClientHello {
-				return false, &helloError{alertUnexpectedMessage, fmt.Sprintf("handshake message %d before a ClientHello", h.msgHdr[0])}
+				return false, &helloError{tlsrecord.AlertUnexpectedMessage, fmt.Sprintf("handshake message %d before a ClientHello", h.msgHdr[0])}
 			}
 			h.msgLeft = int(h.msgHdr[1])<<16 | int(h.msgHdr[2])<<8 | int(h.msgHdr[3])
 			if h.msgLeft > maxClientHelloLen {
-				return false, &helloError{alertDecodeError, fmt.Sprintf("ClientHello of %d bytes", h.msgLeft)}
+				return false, &helloError{tlsrecord.AlertDecodeError, fmt.Sprintf("ClientHello of %d bytes", h.msgLeft)}
 			}
 		}
 		h.msgLeft -= min(h.msgLeft, len(p))
