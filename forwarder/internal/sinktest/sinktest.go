@@ -1,7 +1,8 @@
-// Package sinktest holds the helpers the sink tests (kafka, kinesis, pubsub,
-// stdout) share: the reference vectors of proto/testdata, spool records made
-// from them the way ingest makes them, a spool in a temporary directory, and
-// a forwarder drained through a sink.
+// Package sinktest holds the helpers the sink tests (kafka, kinesis, mqtt,
+// nats, pubsub, redis, stdout, zmq) share: a quiet logger, the reference
+// vectors of proto/testdata, spool records made from them the way ingest
+// makes them, a spool in a temporary directory, and a forwarder drained
+// through a sink.
 package sinktest
 
 import (
@@ -23,6 +24,13 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
+
+// Quiet is the logger of sink tests: it discards everything.
+var Quiet = slog.New(slog.DiscardHandler)
+
+// Namespace is the namespace sink tests encode with (the reference
+// server's default).
+const Namespace = "tesla_telemetry"
 
 // allTopics are the four record types; Drain routes them all by default.
 var allTopics = []string{record.TopicV, record.TopicAlerts, record.TopicErrors, record.TopicConnectivity}
@@ -109,6 +117,14 @@ func Records(t testing.TB, vs []Vector, receivedAtMs int64, clientVersion string
 		recs[i] = Record(v, Envelope(t, v), receivedAtMs, clientVersion)
 	}
 	return recs
+}
+
+// AckedRecords returns the spool records of every acked reference vector,
+// in order, received at 1700000000000 (ms) from vehicles of client version
+// "v1".
+func AckedRecords(t testing.TB) []spool.Record {
+	t.Helper()
+	return Records(t, Acked(t, Vectors(t)), 1700000000000, "v1")
 }
 
 // NewMessage returns an empty protobuf message of the type a record of topic
