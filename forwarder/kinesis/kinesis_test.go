@@ -711,14 +711,7 @@ func TestOversizeRecordQuarantined(t *testing.T) {
 		}
 		return smallV(i)
 	})
-	err := s.Send(context.Background(), recs)
-	var be *forwarder.BatchError
-	if !errors.As(err, &be) || len(be.Failed) != 1 || be.Failed[0].Index != 2 {
-		t.Fatalf("Send = %v, want record 2 refused", err)
-	}
-	if reason, ok := forwarder.IsPermanent(be.Failed[0].Err); !ok || reason != "message_too_large" {
-		t.Fatalf("record 2's error %v is not a permanent message_too_large", be.Failed[0].Err)
-	}
+	sinktest.RefusedAlone(t, s.Send(context.Background(), recs), 2, "message_too_large")
 	if n := len(srv.ReadAll(t, stream)); n != 4 {
 		t.Fatalf("stream holds %d records, want the 4 others", n)
 	}

@@ -499,14 +499,7 @@ func TestOversizeMessageRefusedForGood(t *testing.T) {
 	sink := startSink(t)
 	recs := vRecords(5, 5)
 	recs[2].Payload = vehicle.PayloadWithString(recs[2].VIN, strings.Repeat("x", 11<<20))
-	err := sink.Send(context.Background(), recs)
-	var be *forwarder.BatchError
-	if !errors.As(err, &be) || len(be.Failed) != 1 || be.Failed[0].Index != 2 {
-		t.Fatalf("Send = %v, want record 2 alone refused", err)
-	}
-	if reason, ok := forwarder.IsPermanent(be.Failed[0].Err); !ok || reason != "message_too_large" {
-		t.Fatalf("record 2's error %v is not a permanent message_too_large", be.Failed[0].Err)
-	}
+	sinktest.RefusedAlone(t, sink.Send(context.Background(), recs), 2, "message_too_large")
 	if n := len(srv.Messages()); n != 4 {
 		t.Fatalf("%d messages published, want the 4 others", n)
 	}

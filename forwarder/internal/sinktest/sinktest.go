@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
@@ -222,4 +224,31 @@ func ByType[T any](items []T, typeOf func(T) string) map[string][]T {
 		out[typeOf(it)] = append(out[typeOf(it)], it)
 	}
 	return out
+}
+
+// RefusedAlone checks that err, what a Send returned, is a
+// *forwarder.BatchError naming record i of the batch alone, refused for
+// good (forwarder.Permanent) with reason.
+func RefusedAlone(t testing.TB, err error, i int, reason string) {
+	t.Helper()
+	var be *forwarder.BatchError
+	if !errors.As(err, &be) || len(be.Failed) != 1 || be.Failed[0].Index != i {
+		t.Fatalf("Send = %v, want record %d alone refused", err, i)
+	}
+	if r, ok := forwarder.IsPermanent(be.Failed[0].Err); !ok || r != reason {
+		t.Fatalf("record %d's error %v is not a permanent %s", i, be.Failed[0].Err, reason)
+	}
+}
+
+// SendFailsUncounted checks that sink's Send of recs fails, its broker
+// being down, and leaves the counter published where it was.
+func SendFailsUncounted(t testing.TB, sink forwarder.Sink, recs []spool.Record, published *metrics.Counter) {
+	t.Helper()
+	before := published.Get()
+	if err := sink.Send(context.Background(), recs); err == nil {
+		t.Fatal("Send returned nil while the broker was down")
+	}
+	if d := published.Get() - before; d != 0 {
+		t.Fatalf("%d records counted as published while the broker was down", d)
+	}
 }
