@@ -197,16 +197,9 @@ type entry struct {
 // counted (fleet_forwarder_undecodable_total{forwarder="redis"}). Send may
 // be called from several goroutines.
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
-	buf := make([]byte, 0, forwarder.ValuesSize(batch))
 	entries := make([]entry, 0, len(batch))
-	for i := range batch {
+	for i, payload := range s.opts.Encoder.Values(batch, undecodable, s.log) {
 		r := &batch[i]
-		payload, _, err := s.opts.Encoder.NextValue(&buf, r)
-		if err != nil {
-			undecodable.Inc()
-			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
-			continue
-		}
 		stream := s.topics.Of(s.opts.Encoder, r.Topic)
 		entries = append(entries, entry{at: i, rec: r, payload: payload, typ: string(r.Topic),
 			vinChan: stream + "_{" + r.VIN + "}", stream: stream, m: metricsOf(string(r.Topic))})

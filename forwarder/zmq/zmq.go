@@ -156,18 +156,11 @@ func (s *Sink) own(sock zmq4.Socket) {
 // after it. Records that cannot be decoded are skipped and counted. Send
 // may be called from several goroutines.
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
-	// The socket keeps the frames after Send returns: a buffer of this
-	// Send's own.
-	buf := make([]byte, 0, forwarder.ValuesSize(batch))
+	// The socket keeps the frames after Send returns: Values encodes into
+	// a buffer of this Send's own.
 	msgs := make([]message, 0, len(batch))
-	for i := range batch {
+	for i, value := range s.opts.Encoder.Values(batch, undecodable, s.log) {
 		r := &batch[i]
-		value, _, err := s.opts.Encoder.NextValue(&buf, r)
-		if err != nil {
-			undecodable.Inc()
-			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
-			continue
-		}
 		msgs = append(msgs, message{at: i, seq: r.Seq, topic: []byte(s.topics.Of(s.opts.Encoder, r.Topic)), value: value, m: metricsOf(string(r.Topic))})
 	}
 	if len(msgs) == 0 {
