@@ -70,7 +70,7 @@ func TestCoreSubjectsAndPayloads(t *testing.T) {
 	ch := subscribeAll(t, b.Addr, 1000)
 	s := newSink(t, b.Addr, false)
 	recs := sinktest.AckedRecords(t)
-	before := metricsOf("V").Published.Get()
+	before := counters.Of("V").Published.Get()
 	sp := sinktest.OpenSpool(t, "nats", sinktest.Quiet)
 	sinktest.Append(t, sp, recs)
 	sinktest.Drain(t, sp, s, forwarder.Options{Name: "nats", Logger: sinktest.Quiet}, 30*time.Second)
@@ -115,7 +115,7 @@ func TestCoreSubjectsAndPayloads(t *testing.T) {
 			t.Errorf("record %d: payload differs from the Encoder's", i)
 		}
 	}
-	if d := metricsOf("V").Published.Get() - before; d != uint64(nV) {
+	if d := counters.Of("V").Published.Get() - before; d != uint64(nV) {
 		t.Errorf("nats_produce_total{V} +%d, want +%d", d, nV)
 	}
 }
@@ -182,7 +182,7 @@ func TestSendFailsWhileServerDown(t *testing.T) {
 			for deadline := time.Now().Add(5 * time.Second); s.nc.IsConnected() && time.Now().Before(deadline); {
 				time.Sleep(10 * time.Millisecond)
 			}
-			sinktest.SendFailsUncounted(t, s, recs, metricsOf("V").Published)
+			sinktest.SendFailsUncounted(t, s, recs, counters.Of("V").Published)
 			b.Start()
 			var err error
 			for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {

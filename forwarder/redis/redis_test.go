@@ -128,7 +128,7 @@ func TestVectorsJSONThroughForwarder(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	before := metricsOf("V").Published.Get()
+	before := counters.Of("V").Published.Get()
 	sp := sinktest.OpenSpool(t, "redis", sinktest.Quiet)
 	sinktest.Append(t, sp, recs)
 	sinktest.Drain(t, sp, s, forwarder.Options{Name: "redis", Logger: sinktest.Quiet}, 30*time.Second)
@@ -144,7 +144,7 @@ func TestVectorsJSONThroughForwarder(t *testing.T) {
 			nV++
 		}
 	}
-	if d := metricsOf("V").Published.Get() - before; d != uint64(nV) {
+	if d := counters.Of("V").Published.Get() - before; d != uint64(nV) {
 		t.Errorf("redis_publish_total{V} +%d, want +%d", d, nV)
 	}
 }
@@ -238,7 +238,7 @@ func TestSendFailsWhileRedisDown(t *testing.T) {
 	defer s.Close()
 	recs := sinktest.AckedRecords(t)
 	b.Stop()
-	sinktest.SendFailsUncounted(t, s, recs, metricsOf("V").Published)
+	sinktest.SendFailsUncounted(t, s, recs, counters.Of("V").Published)
 	b.Start()
 	if err := s.Send(context.Background(), recs); err != nil {
 		t.Fatalf("Send after Redis returned: %v", err)

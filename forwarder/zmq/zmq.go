@@ -53,8 +53,6 @@ var (
 // counters are the reference's per-type metrics of this sink.
 var counters = forwarder.NewTypeCounters("zmq_publish_total", "zmq_publish_total_bytes", "zmq_err")
 
-func metricsOf(recordType string) *forwarder.SinkCounters { return counters.Of(recordType) }
-
 // message is one record's two frames.
 type message struct {
 	at    int // index in the batch
@@ -161,7 +159,7 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 	msgs := make([]message, 0, len(batch))
 	for i, value := range s.opts.Encoder.Values(batch, undecodable, s.log) {
 		r := &batch[i]
-		msgs = append(msgs, message{at: i, seq: r.Seq, topic: []byte(s.topics.Of(s.opts.Encoder, r.Topic)), value: value, m: metricsOf(string(r.Topic))})
+		msgs = append(msgs, message{at: i, seq: r.Seq, topic: []byte(s.topics.Of(s.opts.Encoder, r.Topic)), value: value, m: counters.Of(string(r.Topic))})
 	}
 	if len(msgs) == 0 {
 		return nil

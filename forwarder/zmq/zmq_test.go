@@ -55,7 +55,7 @@ func TestFramesToLibzmqSubscriber(t *testing.T) {
 			sub := brokertest.StartZMQSubscriber(t, "tcp://"+s.Addr())
 			recs := sinktest.AckedRecords(t)
 			skip := joined(t, s, sub, recs[0])
-			before := metricsOf("V").Published.Get()
+			before := counters.Of("V").Published.Get()
 			sp := sinktest.OpenSpool(t, "zmq", sinktest.Quiet)
 			sinktest.Append(t, sp, recs)
 			sinktest.Drain(t, sp, s, forwarder.Options{Name: "zmq", Logger: sinktest.Quiet}, 30*time.Second)
@@ -101,7 +101,7 @@ func TestFramesToLibzmqSubscriber(t *testing.T) {
 					t.Errorf("message %d: payload differs from the Encoder's", i)
 				}
 			}
-			if d := metricsOf("V").Published.Get() - before; d != uint64(nV) {
+			if d := counters.Of("V").Published.Get() - before; d != uint64(nV) {
 				t.Errorf("zmq_publish_total{V} +%d, want +%d", d, nV)
 			}
 		})
