@@ -30,6 +30,14 @@ func openSpool(t *testing.T, dir string, consumers ...string) *spool.Spool {
 	return sp
 }
 
+// openVLane opens a spool in a temporary directory whose one cursor is the
+// V lane of the forwarder name, and returns it with the lane's name.
+func openVLane(t *testing.T, name string) (*spool.Spool, string) {
+	t.Helper()
+	lane := LaneName(name, "V")
+	return openSpool(t, t.TempDir(), lane), lane
+}
+
 // commitWaiter collects commit results; buffered so Committed never blocks.
 type commitWaiter chan error
 
@@ -257,8 +265,7 @@ func TestNewRequiresNameAndTypes(t *testing.T) {
 // including when the last records are all of other types.
 func TestLaneTakesItsTypeAndPassesTheRest(t *testing.T) {
 	const name = "skip"
-	lane := LaneName(name, "V")
-	sp := openSpool(t, t.TempDir(), lane)
+	sp, lane := openVLane(t, name)
 	seqs := appendRecs(t, sp, "V", "alerts", "V", "errors", "connectivity", "V", "alerts", "alerts")
 	sink := &testSink{}
 	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V"}, BatchRecords: 3})
@@ -337,7 +344,7 @@ func TestStuckLaneDoesNotHoldBackTheOthers(t *testing.T) {
 // it took is ever sent twice.
 func TestOnlyUnconfirmedRecordsAreSentAgain(t *testing.T) {
 	const name = "partial"
-	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
+	sp, _ := openVLane(t, name)
 	seqs := appendRecs(t, sp, repeat("V", 10)...)
 	sent0 := counter("sent", name).Get()
 	// The first call fails every third record; later calls take all.
@@ -375,8 +382,7 @@ func TestOnlyUnconfirmedRecordsAreSentAgain(t *testing.T) {
 // the lane goes on. Replay sends it again once the sink takes it.
 func TestRefusedRecordIsQuarantinedAlone(t *testing.T) {
 	const name = "poison"
-	lane := LaneName(name, "V")
-	sp := openSpool(t, t.TempDir(), lane)
+	sp, lane := openVLane(t, name)
 	seqs := appendRecs(t, sp, repeat("V", 6)...)
 	poison := seqs[2]
 	var mu sync.Mutex
@@ -445,7 +451,7 @@ func TestRefusedRecordIsQuarantinedAlone(t *testing.T) {
 // failed breaks the order contract: counted.
 func TestOutOfOrderConfirmationIsCounted(t *testing.T) {
 	const name = "order"
-	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
+	sp, _ := openVLane(t, name)
 	appendFor(t, sp, []string{"A", "A", "B"}, repeat("V", 3))
 	before := counter("out_of_order", name).Get()
 	sink := &testSink{result: func(call int, batch []spool.Record) []error {
@@ -476,8 +482,7 @@ func TestRunReturnsNilOnCancelWhileFailing(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name := "cancel-" + tc.name
-			lane := LaneName(name, "V")
-			sp := openSpool(t, t.TempDir(), lane)
+			sp, lane := openVLane(t, name)
 			appendRecs(t, sp, "V", "V")
 			sink := &testSink{result: failAll(errors.New("down"))}
 			f := newForwarder(t, sp, sink, Options{Name: name, MinBackoff: tc.min, MaxBackoff: tc.max})
@@ -499,8 +504,7 @@ func TestRunReturnsNilOnCancelWhileFailing(t *testing.T) {
 // last move is committed on the way out.
 func TestRunStopsOnCancelWithBacklog(t *testing.T) {
 	const name = "backlog"
-	lane := LaneName(name, "V")
-	sp := openSpool(t, t.TempDir(), lane)
+	sp, lane := openVLane(t, name)
 	seqs := appendRecs(t, sp, repeat("V", 50)...)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -524,8 +528,7 @@ func TestRunStopsOnCancelWithBacklog(t *testing.T) {
 // Run delivers records appended while it is running.
 func TestRunFollowsAppends(t *testing.T) {
 	const name = "follow"
-	lane := LaneName(name, "V")
-	sp := openSpool(t, t.TempDir(), lane)
+	sp, lane := openVLane(t, name)
 	sink := &testSink{}
 	f := newForwarder(t, sp, sink, Options{Name: name})
 	stop := run(t, f)
@@ -570,7 +573,7 @@ func TestIdleLanePassesOtherTypesUnread(t *testing.T) {
 // spinning on the closed commit channel.
 func TestRunReturnsErrorWhenSpoolClosed(t *testing.T) {
 	const name = "closed"
-	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
+	sp, _ := openVLane(t, name)
 	appendRecs(t, sp, "V")
 	sink := &testSink{}
 	f := newForwarder(t, sp, sink, Options{Name: name, Topics: []string{"V", "alerts"}})
@@ -699,8 +702,7 @@ func TestForwarderCursorSplitIntoLanes(t *testing.T) {
 // the batch that happens to include them).
 func TestDrainStopsAtLastSeqOfCall(t *testing.T) {
 	const name = "drain"
-	lane := LaneName(name, "V")
-	sp := openSpool(t, t.TempDir(), lane)
+	sp, lane := openVLane(t, name)
 	seqs := appendRecs(t, sp, repeat("V", 5)...)
 	target := seqs[4]
 	var more []uint64
@@ -723,7 +725,7 @@ func TestDrainStopsAtLastSeqOfCall(t *testing.T) {
 
 func TestDrainEmptyAndCaughtUp(t *testing.T) {
 	const name = "drain-empty"
-	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
+	sp, _ := openVLane(t, name)
 	sink := &testSink{}
 	f := newForwarder(t, sp, sink, Options{Name: name})
 	drain(t, f) // empty spool
@@ -744,8 +746,7 @@ func TestDrainEmptyAndCaughtUp(t *testing.T) {
 // Drain returns ctx's error when it cannot finish, and leaves the cursor.
 func TestDrainTimesOutWhileFailing(t *testing.T) {
 	const name = "drain-timeout"
-	lane := LaneName(name, "V")
-	sp := openSpool(t, t.TempDir(), lane)
+	sp, lane := openVLane(t, name)
 	appendRecs(t, sp, "V", "V")
 	sink := &testSink{result: failAll(errors.New("down"))}
 	f := newForwarder(t, sp, sink, Options{Name: name})
@@ -766,7 +767,7 @@ func TestDrainTimesOutWhileFailing(t *testing.T) {
 
 func TestBatchesRespectBatchRecords(t *testing.T) {
 	const name = "batch-records"
-	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
+	sp, _ := openVLane(t, name)
 	seqs := appendRecs(t, sp, repeat("V", 23)...)
 	sink := &testSink{}
 	drain(t, newForwarder(t, sp, sink, Options{Name: name, BatchRecords: 5}))
@@ -784,7 +785,7 @@ func TestBatchesRespectBatchRecords(t *testing.T) {
 
 func TestBatchesRespectBatchBytes(t *testing.T) {
 	const name = "batch-bytes"
-	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
+	sp, _ := openVLane(t, name)
 	seqs := appendRecs(t, sp, repeat("V", 10)...)
 	// Each encoded record is a little over 100 bytes (100-byte payload).
 	sink := &testSink{}
@@ -859,8 +860,7 @@ func TestRetryWaitBounds(t *testing.T) {
 // never ahead of what the sink confirmed.
 func TestLaneMovesRideTheCommits(t *testing.T) {
 	const name = "ride"
-	lane := LaneName(name, "V")
-	sp := openSpool(t, t.TempDir(), lane)
+	sp, lane := openVLane(t, name)
 	var mu sync.Mutex
 	var ahead []string
 	sink := &testSink{hook: func(call int, batch []spool.Record) {
@@ -892,7 +892,7 @@ func TestLaneMovesRideTheCommits(t *testing.T) {
 // a full batch goes at once; Drain does not linger.
 func TestLingerWaitsForAFullBatch(t *testing.T) {
 	const name = "linger"
-	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
+	sp, _ := openVLane(t, name)
 	sink := &testSink{}
 	f := newForwarder(t, sp, sink, Options{Name: name, BatchRecords: 10, Linger: time.Hour})
 	stop := run(t, f)
@@ -927,7 +927,7 @@ func TestLingerWaitsForAFullBatch(t *testing.T) {
 // once, also when a batch is taken in part.
 func TestDeliveredHearsOfEveryRecordOnce(t *testing.T) {
 	const name = "delivered"
-	sp := openSpool(t, t.TempDir(), LaneName(name, "V"))
+	sp, _ := openVLane(t, name)
 	seqs := appendRecs(t, sp, repeat("V", 8)...)
 	var mu sync.Mutex
 	heard := map[uint64]int{}

@@ -6,14 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/testseed"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
@@ -95,18 +94,7 @@ func (s *modelSink) send(batch []spool.Record) error {
 // VIN's V records were delivered in order, apart from copies a crash
 // sends again. A failure prints the seed.
 func TestLaneModel(t *testing.T) {
-	seeds := []uint64{uint64(time.Now().UnixNano()), 1, 2}
-	if env := os.Getenv("FORWARDER_SEED"); env != "" {
-		v, err := strconv.ParseUint(env, 10, 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seeds = []uint64{v}
-	}
-	if *modelSeed != 0 {
-		seeds = []uint64{*modelSeed}
-	}
-	for _, seed := range seeds {
+	for _, seed := range testseed.Seeds(t, *modelSeed, "FORWARDER_SEED", 1, 2) {
 		for _, crashes := range []bool{false, true} {
 			t.Run(fmt.Sprintf("seed=%d/crashes=%v", seed, crashes), func(t *testing.T) {
 				runLaneModel(t, seed, crashes)

@@ -5,11 +5,10 @@ import (
 	"errors"
 	"flag"
 	"math/rand/v2"
-	"os"
 	"slices"
-	"strconv"
 	"testing"
-	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/testseed"
 )
 
 var modelSeed = flag.Uint64("spool.seed", 0, "run TestModel with this seed only (also SPOOL_SEED)")
@@ -23,18 +22,7 @@ type modelRec struct {
 // model and compares them after every step. A failure prints the seed;
 // rerun it with -spool.seed=N or SPOOL_SEED=N.
 func TestModel(t *testing.T) {
-	seeds := []uint64{uint64(time.Now().UnixNano()), 1, 2, 3}
-	if env := os.Getenv("SPOOL_SEED"); env != "" {
-		v, err := strconv.ParseUint(env, 10, 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seeds = []uint64{v}
-	}
-	if *modelSeed != 0 {
-		seeds = []uint64{*modelSeed}
-	}
-	for _, seed := range seeds {
+	for _, seed := range testseed.Seeds(t, *modelSeed, "SPOOL_SEED", 1, 2, 3) {
 		runModel(t, seed)
 	}
 }

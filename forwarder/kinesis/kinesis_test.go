@@ -52,6 +52,16 @@ func decode(t *testing.T, topic string, b []byte) proto.Message {
 }
 
 // newSink builds a sink for endpoint from the test environment.
+// startV starts kinesalite with one stream, <namespace>_V, of shards shards
+// and returns the server and the stream's name.
+func startV(t *testing.T, shards int32) (*kinesistest.Server, string) {
+	t.Helper()
+	srv := kinesistest.Start(t)
+	stream := namespace + "_V"
+	srv.CreateStream(t, stream, shards)
+	return srv, stream
+}
+
 func newSink(t *testing.T, endpoint string, o Options) *Sink {
 	t.Helper()
 	kinesistest.SetEnv(t)
@@ -462,9 +472,7 @@ func counter(name, stream string) uint64 {
 // Records a PutRecords result marks failed are sent again on their own, not
 // with the whole batch, until Kinesis takes them; every record is stored.
 func TestPartialFailureRetriesOnlyFailedRecords(t *testing.T) {
-	srv := kinesistest.Start(t)
-	stream := namespace + "_V"
-	srv.CreateStream(t, stream, 2)
+	srv, stream := startV(t, 2)
 	proxy := newFaultProxy(t, srv.Endpoint)
 	proxy.setFail(failures)
 	s := newSink(t, proxy.srv.URL, Options{MaxRetries: 0})
@@ -581,9 +589,7 @@ func equalData(a, b [][]byte) bool {
 // sends only the reported records again, and once Kinesis takes the record
 // the spool is drained: nothing is lost, nothing stored twice.
 func TestPersistentFailureReportsRecordAndForwarderRetries(t *testing.T) {
-	srv := kinesistest.Start(t)
-	stream := namespace + "_V"
-	srv.CreateStream(t, stream, 1)
+	srv, stream := startV(t, 1)
 	proxy := newFaultProxy(t, srv.Endpoint)
 	recs := testRecords(10, "V", smallV) // VINs 0..6, then 0..2
 	s := newSink(t, proxy.srv.URL, Options{MaxRetries: 0, RecordAttempts: 3})
@@ -644,9 +650,7 @@ func TestPersistentFailureReportsRecordAndForwarderRetries(t *testing.T) {
 // confirmed, and in the stream each VIN's records are in spool order,
 // each exactly once.
 func TestPartialFailuresKeepEachVINInOrder(t *testing.T) {
-	srv := kinesistest.Start(t)
-	stream := namespace + "_V"
-	srv.CreateStream(t, stream, 2)
+	srv, stream := startV(t, 2)
 	proxy := newFaultProxy(t, srv.Endpoint)
 	proxy.setFail(failures)
 	s := newSink(t, proxy.srv.URL, Options{MaxRetries: 0, RecordAttempts: 1})
@@ -699,9 +703,7 @@ func countFailed(calls []putCall) int {
 // sent; through a forwarder it is quarantined and the records around it
 // are stored.
 func TestOversizeRecordQuarantined(t *testing.T) {
-	srv := kinesistest.Start(t)
-	stream := namespace + "_V"
-	srv.CreateStream(t, stream, 1)
+	srv, stream := startV(t, 1)
 	s := newSink(t, srv.Endpoint, Options{MaxRetries: 0})
 	recs := testRecords(5, "V", func(i int) []byte {
 		if i == 2 {
@@ -709,14 +711,7 @@ func TestOversizeRecordQuarantined(t *testing.T) {
 		}
 		return smallV(i)
 	})
-	err := s.Send(context.Background(), recs)
-	var be *forwarder.BatchError
-	if !errors.As(err, &be) || len(be.Failed) != 1 || be.Failed[0].Index != 2 {
-		t.Fatalf("Send = %v, want record 2 refused", err)
-	}
-	if reason, ok := forwarder.IsPermanent(be.Failed[0].Err); !ok || reason != "message_too_large" {
-		t.Fatalf("record 2's error %v is not a permanent message_too_large", be.Failed[0].Err)
-	}
+	sinktest.RefusedAlone(t, s.Send(context.Background(), recs), 2, "message_too_large")
 	if n := len(srv.ReadAll(t, stream)); n != 4 {
 		t.Fatalf("stream holds %d records, want the 4 others", n)
 	}
@@ -746,8 +741,7 @@ func callLens(calls []putCall) []int {
 
 // max_retries bounds the AWS client's retries of a failed call.
 func TestMaxRetriesBoundsCallAttempts(t *testing.T) {
-	srv := kinesistest.Start(t)
-	srv.CreateStream(t, namespace+"_V", 1)
+	srv, stream := startV(t, 1)
 	proxy := newFaultProxy(t, srv.Endpoint)
 	proxy.setStatus(http.StatusInternalServerError)
 	recs := testRecords(2, "V", smallV)
@@ -766,7 +760,7 @@ func TestMaxRetriesBoundsCallAttempts(t *testing.T) {
 	if err := s.Send(context.Background(), recs); err != nil {
 		t.Fatalf("Send after recovery: %v", err)
 	}
-	if n := len(srv.ReadAll(t, namespace+"_V")); n != 2 {
+	if n := len(srv.ReadAll(t, stream)); n != 2 {
 		t.Errorf("stream holds %d records, want 2", n)
 	}
 }
@@ -774,9 +768,7 @@ func TestMaxRetriesBoundsCallAttempts(t *testing.T) {
 // Large records are spread over calls of at most 5 MiB that the real
 // server accepts.
 func TestLargeRecordsSplitByBytes(t *testing.T) {
-	srv := kinesistest.Start(t)
-	stream := namespace + "_V"
-	srv.CreateStream(t, stream, 1)
+	srv, stream := startV(t, 1)
 	proxy := newFaultProxy(t, srv.Endpoint)
 	s := newSink(t, proxy.srv.URL, Options{MaxRetries: 0})
 	big := strings.Repeat("x", 900_000)
@@ -806,8 +798,7 @@ func TestLargeRecordsSplitByBytes(t *testing.T) {
 
 // A record whose payload cannot be decoded is skipped, not retried forever.
 func TestUndecodableRecordSkipped(t *testing.T) {
-	srv := kinesistest.Start(t)
-	srv.CreateStream(t, namespace+"_V", 1)
+	srv, stream := startV(t, 1)
 	s := newSink(t, srv.Endpoint, Options{MaxRetries: 0})
 	recs := testRecords(3, "V", smallV)
 	recs[1].Payload = []byte{0xff, 0xff, 0xff}
@@ -815,7 +806,7 @@ func TestUndecodableRecordSkipped(t *testing.T) {
 	if err := s.Send(context.Background(), recs); err != nil {
 		t.Fatalf("Send: %v", err)
 	}
-	if n := len(srv.ReadAll(t, namespace+"_V")); n != 2 {
+	if n := len(srv.ReadAll(t, stream)); n != 2 {
 		t.Errorf("stream holds %d records, want 2", n)
 	}
 	if d := metrics.GetOrCreateCounter(`fleet_forwarder_undecodable_total{forwarder="kinesis"}`).Get() - before; d != 1 {

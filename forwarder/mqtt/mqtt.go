@@ -70,8 +70,6 @@ var (
 // counters are the reference's per-type metrics of this sink.
 var counters = forwarder.NewTypeCounters("mqtt_publish_total", "mqtt_publish_total_bytes", "mqtt_err")
 
-func metricsOf(recordType string) *forwarder.SinkCounters { return counters.Of(recordType) }
-
 // Sink publishes records to an MQTT broker. Send is driven by one forwarder;
 // Close is called once Send no longer runs.
 type Sink struct {
@@ -184,7 +182,7 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 	for i := range batch {
 		r := &batch[i]
 		recordType := string(r.Topic)
-		m := metricsOf(recordType)
+		m := counters.Of(recordType)
 		msgs, refused, err := Encode(recordType, r.VIN, s.opts.TopicBase, r.Payload)
 		if err != nil {
 			undecodable.Inc()

@@ -60,8 +60,6 @@ var (
 // counters are the per-type metrics of the reference's NATS fork.
 var counters = forwarder.NewTypeCounters("nats_produce_total", "nats_produce_total_bytes", "")
 
-func metricsOf(recordType string) *forwarder.SinkCounters { return counters.Of(recordType) }
-
 // Sink publishes records to NATS. Send is driven by one forwarder; Close is
 // called once Send no longer runs.
 type Sink struct {
@@ -190,7 +188,7 @@ func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
 			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
 			continue
 		}
-		p := sent{at: i, seq: r.Seq, subj: Subject(s.opts.Encoder.Namespace, r.VIN, string(r.Topic)), size: len(data), m: metricsOf(string(r.Topic))}
+		p := sent{at: i, seq: r.Seq, subj: Subject(s.opts.Encoder.Namespace, r.VIN, string(r.Topic)), size: len(data), m: counters.Of(string(r.Topic))}
 		if s.js != nil {
 			p.fut, err = s.js.PublishAsync(p.subj, data)
 		} else {

@@ -67,6 +67,16 @@ func adminClient(t *testing.T) *ps.Client {
 
 func topicPath(topic string) string { return "projects/" + project + "/topics/" + topic }
 
+// deleteTopic deletes the topic of recordType, <namespace>_<recordType>,
+// through admin.
+func deleteTopic(t *testing.T, admin *ps.Client, recordType string) {
+	t.Helper()
+	req := &pubsubpb.DeleteTopicRequest{Topic: topicPath(namespace + "_" + recordType)}
+	if err := admin.TopicAdminClient.DeleteTopic(context.Background(), req); err != nil {
+		t.Fatalf("DeleteTopic %s: %v", req.Topic, err)
+	}
+}
+
 func topicExists(t *testing.T, c *ps.Client, topic string) bool {
 	t.Helper()
 	_, err := c.TopicAdminClient.GetTopic(context.Background(), &pubsubpb.GetTopicRequest{Topic: topicPath(topic)})
@@ -121,6 +131,17 @@ func receive(t *testing.T, c *ps.Client, subID string, n int, timeout time.Durat
 	return got
 }
 
+// startSink is newSink with a start timeout of 10 s; it fails the test
+// when New fails.
+func startSink(t *testing.T) *Sink {
+	t.Helper()
+	s, err := newSink(t, 10*time.Second)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return s
+}
+
 func newSink(t *testing.T, startTimeout time.Duration) (*Sink, error) {
 	t.Helper()
 	s, err := New(context.Background(), Options{
@@ -143,10 +164,7 @@ func newSink(t *testing.T, startTimeout time.Duration) (*Sink, error) {
 func TestReferenceVectorsArriveByteCompatible(t *testing.T) {
 	fake(t)
 	admin := adminClient(t)
-	sink, err := newSink(t, 10*time.Second)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	sink := startSink(t)
 	subs := map[string]string{}
 	for _, topic := range allTopics {
 		subs[topic] = subscribe(t, admin, namespace+"_"+topic)
@@ -227,9 +245,7 @@ func TestNewCreatesMissingTopics(t *testing.T) {
 			t.Fatalf("topic %s_%s exists before New", namespace, topic)
 		}
 	}
-	if _, err := newSink(t, 10*time.Second); err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	startSink(t)
 	for _, topic := range allTopics {
 		if !topicExists(t, admin, namespace+"_"+topic) {
 			t.Errorf("topic %s_%s missing after New", namespace, topic)
@@ -292,10 +308,7 @@ func TestPublishFailureIsRetriedNotLost(t *testing.T) {
 	ff.n.Store(2)
 	fake(t, pstest.ServerReactorOption{FuncName: "Publish", Reactor: ff})
 	admin := adminClient(t)
-	sink, err := newSink(t, 10*time.Second)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	sink := startSink(t)
 	sub := subscribe(t, admin, namespace+"_"+record.TopicV)
 	acked := sinktest.Acked(t, sinktest.Vectors(t))
 	recs := sinktest.Records(t, acked, time.Now().UnixMilli(), "")
@@ -333,17 +346,12 @@ func TestPublishFailureIsRetriedNotLost(t *testing.T) {
 func TestSendFailsWhenTopicVanished(t *testing.T) {
 	fake(t)
 	admin := adminClient(t)
-	sink, err := newSink(t, 10*time.Second)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	if err := admin.TopicAdminClient.DeleteTopic(context.Background(), &pubsubpb.DeleteTopicRequest{Topic: topicPath(namespace + "_V")}); err != nil {
-		t.Fatalf("DeleteTopic: %v", err)
-	}
+	sink := startSink(t)
+	deleteTopic(t, admin, "V")
 	recs := sinktest.Records(t, sinktest.Acked(t, sinktest.Vectors(t)), time.Now().UnixMilli(), "")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	err = sink.Send(ctx, recs)
+	err := sink.Send(ctx, recs)
 	if err == nil {
 		t.Fatal("Send returned nil although topic tesla_telemetry_V is gone")
 	}
@@ -384,10 +392,7 @@ func vRecords(n, vins int) []spool.Record {
 // topic holds each VIN's records in spool order, each once.
 func TestPartialPublishFailuresKeepEachVINInOrder(t *testing.T) {
 	srv := fake(t, pstest.ServerReactorOption{FuncName: "Publish", Reactor: &failEvery{k: 3}})
-	sink, err := newSink(t, 10*time.Second)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	sink := startSink(t)
 	// Batches of 300: without waves the client would publish a batch in
 	// requests of 100 messages, of which some fail and later ones do not.
 	recs := vRecords(600, 4)
@@ -429,13 +434,8 @@ func TestPartialPublishFailuresKeepEachVINInOrder(t *testing.T) {
 func TestDeletedTopicHoldsOnlyItsLane(t *testing.T) {
 	srv := fake(t)
 	admin := adminClient(t)
-	sink, err := newSink(t, 10*time.Second)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	if err := admin.TopicAdminClient.DeleteTopic(context.Background(), &pubsubpb.DeleteTopicRequest{Topic: topicPath(namespace + "_alerts")}); err != nil {
-		t.Fatalf("DeleteTopic: %v", err)
-	}
+	sink := startSink(t)
+	deleteTopic(t, admin, "alerts")
 	recs := vRecords(10, 2)
 	now := time.Now()
 	for i := range 5 {
@@ -496,20 +496,10 @@ func TestDeletedTopicHoldsOnlyItsLane(t *testing.T) {
 // is Send's own verdict), and the records around it are published.
 func TestOversizeMessageRefusedForGood(t *testing.T) {
 	srv := fake(t)
-	sink, err := newSink(t, 10*time.Second)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	sink := startSink(t)
 	recs := vRecords(5, 5)
 	recs[2].Payload = vehicle.PayloadWithString(recs[2].VIN, strings.Repeat("x", 11<<20))
-	err = sink.Send(context.Background(), recs)
-	var be *forwarder.BatchError
-	if !errors.As(err, &be) || len(be.Failed) != 1 || be.Failed[0].Index != 2 {
-		t.Fatalf("Send = %v, want record 2 alone refused", err)
-	}
-	if reason, ok := forwarder.IsPermanent(be.Failed[0].Err); !ok || reason != "message_too_large" {
-		t.Fatalf("record 2's error %v is not a permanent message_too_large", be.Failed[0].Err)
-	}
+	sinktest.RefusedAlone(t, sink.Send(context.Background(), recs), 2, "message_too_large")
 	if n := len(srv.Messages()); n != 4 {
 		t.Fatalf("%d messages published, want the 4 others", n)
 	}

@@ -101,8 +101,6 @@ var (
 // counters are the reference's per-type metrics of this sink.
 var counters = forwarder.NewTypeCounters("redis_publish_total", "redis_publish_total_bytes", "redis_err")
 
-func metricsOf(recordType string) *forwarder.SinkCounters { return counters.Of(recordType) }
-
 // clientLog routes go-redis's own log lines (failed dials while Redis is
 // down, ...) to slog, one line per event, instead of the standard logger.
 type clientLog struct{ log *slog.Logger }
@@ -197,19 +195,12 @@ type entry struct {
 // counted (fleet_forwarder_undecodable_total{forwarder="redis"}). Send may
 // be called from several goroutines.
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
-	buf := make([]byte, 0, forwarder.ValuesSize(batch))
 	entries := make([]entry, 0, len(batch))
-	for i := range batch {
+	for i, payload := range s.opts.Encoder.Values(batch, undecodable, s.log) {
 		r := &batch[i]
-		payload, _, err := s.opts.Encoder.NextValue(&buf, r)
-		if err != nil {
-			undecodable.Inc()
-			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
-			continue
-		}
 		stream := s.topics.Of(s.opts.Encoder, r.Topic)
 		entries = append(entries, entry{at: i, rec: r, payload: payload, typ: string(r.Topic),
-			vinChan: stream + "_{" + r.VIN + "}", stream: stream, m: metricsOf(string(r.Topic))})
+			vinChan: stream + "_{" + r.VIN + "}", stream: stream, m: counters.Of(string(r.Topic))})
 	}
 	errs := make([]error, len(batch))
 	var down error // a chunk failed whole: the rest are not tried

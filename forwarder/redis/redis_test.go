@@ -2,8 +2,6 @@ package redis
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,10 +15,6 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/internal/brokertest"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
-
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-const ns = "tesla_telemetry"
 
 // client is the test's own client of the broker.
 func client(t *testing.T, addr string) *goredis.Client {
@@ -60,10 +54,6 @@ func subscription(t *testing.T, c *goredis.Client, channels ...string) func(n in
 	}
 }
 
-func records(t *testing.T) []spool.Record {
-	return sinktest.Records(t, sinktest.Acked(t, sinktest.Vectors(t)), 1700000000000, "v1")
-}
-
 // The reference's channel semantics against a real redis-server: expired
 // leases are removed from the subscriber set (score < now), every live
 // member gets the record, then the VIN channel; the payload is the
@@ -71,9 +61,9 @@ func records(t *testing.T) []spool.Record {
 func TestSubscriberSetAndVINChannel(t *testing.T) {
 	b := brokertest.Redis(t, false)
 	c := client(t, b.Addr)
-	recs := records(t)
+	recs := sinktest.AckedRecords(t)
 	r := recs[0]
-	vinChan := ns + "_" + string(r.Topic) + "_{" + r.VIN + "}"
+	vinChan := sinktest.Namespace + "_" + string(r.Topic) + "_{" + r.VIN + "}"
 	set := "consumer_" + vinChan
 	ctx := context.Background()
 	if err := c.ZAdd(ctx, set, goredis.Z{Score: 99, Member: "expired"}, goredis.Z{Score: 100, Member: "at-boundary"},
@@ -81,9 +71,9 @@ func TestSubscriberSetAndVINChannel(t *testing.T) {
 		t.Fatal(err)
 	}
 	collect := subscription(t, c, "expired", "at-boundary", "future", vinChan)
-	enc := forwarder.Encoder{Namespace: ns}
+	enc := forwarder.Encoder{Namespace: sinktest.Namespace}
 	s, err := New(Options{Addrs: []string{b.Addr}, PublishVINTopics: true, SubscriberSetPrefix: "consumer",
-		Encoder: enc, Logger: quiet, Now: func() time.Time { return time.Unix(100, 0) }})
+		Encoder: enc, Logger: sinktest.Quiet, Now: func() time.Time { return time.Unix(100, 0) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,12 +107,12 @@ func TestSubscriberSetAndVINChannel(t *testing.T) {
 func TestVectorsJSONThroughForwarder(t *testing.T) {
 	b := brokertest.Redis(t, false)
 	c := client(t, b.Addr)
-	recs := records(t)
-	enc := forwarder.Encoder{Namespace: ns, JSON: true}
+	recs := sinktest.AckedRecords(t)
+	enc := forwarder.Encoder{Namespace: sinktest.Namespace, JSON: true}
 	var channels []string
 	want := map[string][]string{}
 	for i := range recs {
-		ch := ns + "_" + string(recs[i].Topic) + "_{" + recs[i].VIN + "}"
+		ch := sinktest.Namespace + "_" + string(recs[i].Topic) + "_{" + recs[i].VIN + "}"
 		if _, ok := want[ch]; !ok {
 			channels = append(channels, ch)
 		}
@@ -133,15 +123,15 @@ func TestVectorsJSONThroughForwarder(t *testing.T) {
 		want[ch] = append(want[ch], string(v))
 	}
 	collect := subscription(t, c, channels...)
-	s, err := New(Options{Addrs: []string{b.Addr}, PublishVINTopics: true, Encoder: enc, Logger: quiet})
+	s, err := New(Options{Addrs: []string{b.Addr}, PublishVINTopics: true, Encoder: enc, Logger: sinktest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	before := metricsOf("V").Published.Get()
-	sp := sinktest.OpenSpool(t, "redis", quiet)
+	before := counters.Of("V").Published.Get()
+	sp := sinktest.OpenSpool(t, "redis", sinktest.Quiet)
 	sinktest.Append(t, sp, recs)
-	sinktest.Drain(t, sp, s, forwarder.Options{Name: "redis", Logger: quiet}, 30*time.Second)
+	sinktest.Drain(t, sp, s, forwarder.Options{Name: "redis", Logger: sinktest.Quiet}, 30*time.Second)
 	got := collect(len(recs), 10*time.Second)
 	for ch, w := range want {
 		if strings.Join(got[ch], "\n") != strings.Join(w, "\n") {
@@ -154,7 +144,7 @@ func TestVectorsJSONThroughForwarder(t *testing.T) {
 			nV++
 		}
 	}
-	if d := metricsOf("V").Published.Get() - before; d != uint64(nV) {
+	if d := counters.Of("V").Published.Get() - before; d != uint64(nV) {
 		t.Errorf("redis_publish_total{V} +%d, want +%d", d, nV)
 	}
 }
@@ -164,9 +154,9 @@ func TestVectorsJSONThroughForwarder(t *testing.T) {
 func TestStreamMode(t *testing.T) {
 	b := brokertest.Redis(t, false)
 	c := client(t, b.Addr)
-	recs := records(t)
-	enc := forwarder.Encoder{Namespace: ns}
-	s, err := New(Options{Addrs: []string{b.Addr}, Stream: &Stream{MaxLen: 1000}, Encoder: enc, Logger: quiet})
+	recs := sinktest.AckedRecords(t)
+	enc := forwarder.Encoder{Namespace: sinktest.Namespace}
+	s, err := New(Options{Addrs: []string{b.Addr}, Stream: &Stream{MaxLen: 1000}, Encoder: enc, Logger: sinktest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +166,7 @@ func TestStreamMode(t *testing.T) {
 	}
 	byStream := map[string][]goredis.XMessage{}
 	for _, typ := range []string{"V", "alerts", "errors", "connectivity"} {
-		msgs, err := c.XRange(context.Background(), ns+"_"+typ, "-", "+").Result()
+		msgs, err := c.XRange(context.Background(), sinktest.Namespace+"_"+typ, "-", "+").Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,7 +177,7 @@ func TestStreamMode(t *testing.T) {
 		typ := string(recs[i].Topic)
 		msgs := byStream[typ]
 		if next[typ] >= len(msgs) {
-			t.Fatalf("stream %s_%s has %d entries; record %d is missing", ns, typ, len(msgs), i)
+			t.Fatalf("stream %s_%s has %d entries; record %d is missing", sinktest.Namespace, typ, len(msgs), i)
 		}
 		m := msgs[next[typ]]
 		next[typ]++
@@ -213,7 +203,7 @@ func TestStreamMode(t *testing.T) {
 	if err := s.Send(context.Background(), many); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := c.XLen(context.Background(), ns+"_V").Result(); n > 1200 {
+	if n, _ := c.XLen(context.Background(), sinktest.Namespace+"_V").Result(); n > 1200 {
 		t.Errorf("stream holds %d entries with MAXLEN ~ 1000", n)
 	}
 }
@@ -227,7 +217,7 @@ func TestNewRefuses(t *testing.T) {
 	}
 	port := brokertest.FreePort(t)
 	start := time.Now()
-	_, err := New(Options{Addrs: []string{"127.0.0.1:" + strconv.Itoa(port)}, PublishVINTopics: true, Logger: quiet})
+	_, err := New(Options{Addrs: []string{"127.0.0.1:" + strconv.Itoa(port)}, PublishVINTopics: true, Logger: sinktest.Quiet})
 	if err == nil || !strings.Contains(err.Error(), "PING") {
 		t.Errorf("nothing listening: %v", err)
 	}
@@ -240,21 +230,15 @@ func TestNewRefuses(t *testing.T) {
 // it is back the same batch goes through.
 func TestSendFailsWhileRedisDown(t *testing.T) {
 	b := brokertest.Redis(t, false)
-	s, err := New(Options{Addrs: []string{b.Addr}, PublishVINTopics: true, Encoder: forwarder.Encoder{Namespace: ns},
-		PublishTimeout: time.Second, Logger: quiet})
+	s, err := New(Options{Addrs: []string{b.Addr}, PublishVINTopics: true, Encoder: forwarder.Encoder{Namespace: sinktest.Namespace},
+		PublishTimeout: time.Second, Logger: sinktest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	recs := records(t)
+	recs := sinktest.AckedRecords(t)
 	b.Stop()
-	before := metricsOf("V").Published.Get()
-	if err := s.Send(context.Background(), recs); err == nil {
-		t.Fatal("Send returned nil while Redis was down")
-	}
-	if d := metricsOf("V").Published.Get() - before; d != 0 {
-		t.Fatalf("redis_publish_total{V} +%d while Redis was down", d)
-	}
+	sinktest.SendFailsUncounted(t, s, recs, counters.Of("V").Published)
 	b.Start()
 	if err := s.Send(context.Background(), recs); err != nil {
 		t.Fatalf("Send after Redis returned: %v", err)

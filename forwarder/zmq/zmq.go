@@ -53,8 +53,6 @@ var (
 // counters are the reference's per-type metrics of this sink.
 var counters = forwarder.NewTypeCounters("zmq_publish_total", "zmq_publish_total_bytes", "zmq_err")
 
-func metricsOf(recordType string) *forwarder.SinkCounters { return counters.Of(recordType) }
-
 // message is one record's two frames.
 type message struct {
 	at    int // index in the batch
@@ -156,19 +154,12 @@ func (s *Sink) own(sock zmq4.Socket) {
 // after it. Records that cannot be decoded are skipped and counted. Send
 // may be called from several goroutines.
 func (s *Sink) Send(ctx context.Context, batch []spool.Record) error {
-	// The socket keeps the frames after Send returns: a buffer of this
-	// Send's own.
-	buf := make([]byte, 0, forwarder.ValuesSize(batch))
+	// The socket keeps the frames after Send returns: Values encodes into
+	// a buffer of this Send's own.
 	msgs := make([]message, 0, len(batch))
-	for i := range batch {
+	for i, value := range s.opts.Encoder.Values(batch, undecodable, s.log) {
 		r := &batch[i]
-		value, _, err := s.opts.Encoder.NextValue(&buf, r)
-		if err != nil {
-			undecodable.Inc()
-			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
-			continue
-		}
-		msgs = append(msgs, message{at: i, seq: r.Seq, topic: []byte(s.topics.Of(s.opts.Encoder, r.Topic)), value: value, m: metricsOf(string(r.Topic))})
+		msgs = append(msgs, message{at: i, seq: r.Seq, topic: []byte(s.topics.Of(s.opts.Encoder, r.Topic)), value: value, m: counters.Of(string(r.Topic))})
 	}
 	if len(msgs) == 0 {
 		return nil

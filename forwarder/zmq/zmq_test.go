@@ -2,8 +2,6 @@ package zmq
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -17,17 +15,9 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-const ns = "tesla_telemetry"
-
-func records(t *testing.T) []spool.Record {
-	return sinktest.Records(t, sinktest.Acked(t, sinktest.Vectors(t)), 1700000000000, "v1")
-}
-
 func newSink(t *testing.T, enc forwarder.Encoder) *Sink {
 	t.Helper()
-	s, err := New(Options{Addr: "tcp://127.0.0.1:0", Encoder: enc, Logger: quiet})
+	s, err := New(Options{Addr: "tcp://127.0.0.1:0", Encoder: enc, Logger: sinktest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,10 +32,10 @@ func newSink(t *testing.T, enc forwarder.Encoder) *Sink {
 func TestFramesToLibzmqSubscriber(t *testing.T) {
 	for _, js := range []bool{false, true} {
 		t.Run(map[bool]string{false: "protobuf", true: "json"}[js], func(t *testing.T) {
-			enc := forwarder.Encoder{Namespace: ns, JSON: js}
+			enc := forwarder.Encoder{Namespace: sinktest.Namespace, JSON: js}
 			s := newSink(t, enc)
 			sub := brokertest.StartZMQSubscriber(t, "tcp://"+s.Addr())
-			recs := records(t)
+			recs := sinktest.AckedRecords(t)
 			skip, ok := sub.Join(15*time.Second, func(int) {
 				if err := s.Send(context.Background(), recs[:1]); err != nil {
 					t.Fatal(err)
@@ -54,10 +44,10 @@ func TestFramesToLibzmqSubscriber(t *testing.T) {
 			if !ok {
 				t.Fatal("the subscriber never received a probe")
 			}
-			before := metricsOf("V").Published.Get()
-			sp := sinktest.OpenSpool(t, "zmq", quiet)
+			before := counters.Of("V").Published.Get()
+			sp := sinktest.OpenSpool(t, "zmq", sinktest.Quiet)
 			sinktest.Append(t, sp, recs)
-			sinktest.Drain(t, sp, s, forwarder.Options{Name: "zmq", Logger: quiet}, 30*time.Second)
+			sinktest.Drain(t, sp, s, forwarder.Options{Name: "zmq", Logger: sinktest.Quiet}, 30*time.Second)
 			var got [][][]byte
 			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 				if got = sub.Messages()[skip:]; len(got) >= len(recs) {
@@ -77,14 +67,15 @@ func TestFramesToLibzmqSubscriber(t *testing.T) {
 					nV++
 				}
 				want, _, _ := enc.AppendValue(nil, &recs[i])
-				k := next[ns+"_"+typ]
-				next[ns+"_"+typ]++
-				if k >= len(byTopic[ns+"_"+typ]) {
-					t.Fatalf("record %d: no message on %s_%s left", i, ns, typ)
+				topic := sinktest.Namespace + "_" + typ
+				k := next[topic]
+				next[topic]++
+				if k >= len(byTopic[topic]) {
+					t.Fatalf("record %d: no message on %s left", i, topic)
 				}
-				got := byTopic[ns+"_"+typ]
+				got := byTopic[topic]
 				i := k
-				if len(got[i]) != 2 || string(got[i][0]) != ns+"_"+typ {
+				if len(got[i]) != 2 || string(got[i][0]) != topic {
 					t.Fatalf("message %d: %d frames, topic %q", i, len(got[i]), got[i][0])
 				}
 				if js || typ == "V" {
@@ -99,7 +90,7 @@ func TestFramesToLibzmqSubscriber(t *testing.T) {
 					t.Errorf("message %d: payload differs from the Encoder's", i)
 				}
 			}
-			if d := metricsOf("V").Published.Get() - before; d != uint64(nV) {
+			if d := counters.Of("V").Published.Get() - before; d != uint64(nV) {
 				t.Errorf("zmq_publish_total{V} +%d, want +%d", d, nV)
 			}
 		})
@@ -109,8 +100,8 @@ func TestFramesToLibzmqSubscriber(t *testing.T) {
 // Without a subscriber PUB drops: Send does not block, and the forwarder
 // passes the records (best effort).
 func TestNoSubscriberDoesNotBlock(t *testing.T) {
-	s := newSink(t, forwarder.Encoder{Namespace: ns})
-	recs := records(t)
+	s := newSink(t, forwarder.Encoder{Namespace: sinktest.Namespace})
+	recs := sinktest.AckedRecords(t)
 	many := make([]spool.Record, 0, 20*len(recs))
 	for range 20 {
 		many = append(many, recs...)
@@ -125,10 +116,10 @@ func TestNoSubscriberDoesNotBlock(t *testing.T) {
 // A bind error stops the start; it names the address.
 func TestBindError(t *testing.T) {
 	addr := "tcp://" + e2e.PortInUse(t)
-	if _, err := New(Options{Addr: addr, Logger: quiet}); err == nil || !strings.Contains(err.Error(), addr) {
+	if _, err := New(Options{Addr: addr, Logger: sinktest.Quiet}); err == nil || !strings.Contains(err.Error(), addr) {
 		t.Fatalf("binding a port in use: %v", err)
 	}
-	if _, err := New(Options{Addr: "nonsense", Logger: quiet}); err == nil {
+	if _, err := New(Options{Addr: "nonsense", Logger: sinktest.Quiet}); err == nil {
 		t.Fatal("a bad endpoint bound")
 	}
 	if _, err := New(Options{}); err == nil {
@@ -139,13 +130,13 @@ func TestBindError(t *testing.T) {
 // Close ends the socket's goroutine; a Send afterwards fails instead of
 // hanging.
 func TestSendAfterClose(t *testing.T) {
-	s, err := New(Options{Addr: "tcp://127.0.0.1:0", Encoder: forwarder.Encoder{Namespace: ns}, Logger: quiet})
+	s, err := New(Options{Addr: "tcp://127.0.0.1:0", Encoder: forwarder.Encoder{Namespace: sinktest.Namespace}, Logger: sinktest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
 	s.Close()
-	if err := s.Send(context.Background(), records(t)); err == nil {
+	if err := s.Send(context.Background(), sinktest.AckedRecords(t)); err == nil {
 		t.Fatal("Send after Close returned nil")
 	}
 }

@@ -1,13 +1,15 @@
-// Package sinktest holds the helpers the sink tests (kafka, kinesis, pubsub,
-// stdout) share: the reference vectors of proto/testdata, spool records made
-// from them the way ingest makes them, a spool in a temporary directory, and
-// a forwarder drained through a sink.
+// Package sinktest holds the helpers the sink tests (kafka, kinesis, mqtt,
+// nats, pubsub, redis, stdout, zmq) share: a quiet logger, the reference
+// vectors of proto/testdata, spool records made from them the way ingest
+// makes them, a spool in a temporary directory, and a forwarder drained
+// through a sink.
 package sinktest
 
 import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleet-telemetry/fleet-telemetry/forwarder"
@@ -23,6 +26,13 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/proto/record"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
+
+// Quiet is the logger of sink tests: it discards everything.
+var Quiet = slog.New(slog.DiscardHandler)
+
+// Namespace is the namespace sink tests encode with (the reference
+// server's default).
+const Namespace = "tesla_telemetry"
 
 // allTopics are the four record types; Drain routes them all by default.
 var allTopics = []string{record.TopicV, record.TopicAlerts, record.TopicErrors, record.TopicConnectivity}
@@ -109,6 +119,14 @@ func Records(t testing.TB, vs []Vector, receivedAtMs int64, clientVersion string
 		recs[i] = Record(v, Envelope(t, v), receivedAtMs, clientVersion)
 	}
 	return recs
+}
+
+// AckedRecords returns the spool records of every acked reference vector,
+// in order, received at 1700000000000 (ms) from vehicles of client version
+// "v1".
+func AckedRecords(t testing.TB) []spool.Record {
+	t.Helper()
+	return Records(t, Acked(t, Vectors(t)), 1700000000000, "v1")
 }
 
 // NewMessage returns an empty protobuf message of the type a record of topic
@@ -206,4 +224,31 @@ func ByType[T any](items []T, typeOf func(T) string) map[string][]T {
 		out[typeOf(it)] = append(out[typeOf(it)], it)
 	}
 	return out
+}
+
+// RefusedAlone checks that err, what a Send returned, is a
+// *forwarder.BatchError naming record i of the batch alone, refused for
+// good (forwarder.Permanent) with reason.
+func RefusedAlone(t testing.TB, err error, i int, reason string) {
+	t.Helper()
+	var be *forwarder.BatchError
+	if !errors.As(err, &be) || len(be.Failed) != 1 || be.Failed[0].Index != i {
+		t.Fatalf("Send = %v, want record %d alone refused", err, i)
+	}
+	if r, ok := forwarder.IsPermanent(be.Failed[0].Err); !ok || r != reason {
+		t.Fatalf("record %d's error %v is not a permanent %s", i, be.Failed[0].Err, reason)
+	}
+}
+
+// SendFailsUncounted checks that sink's Send of recs fails, its broker
+// being down, and leaves the counter published where it was.
+func SendFailsUncounted(t testing.TB, sink forwarder.Sink, recs []spool.Record, published *metrics.Counter) {
+	t.Helper()
+	before := published.Get()
+	if err := sink.Send(context.Background(), recs); err == nil {
+		t.Fatal("Send returned nil while the broker was down")
+	}
+	if d := published.Get() - before; d != 0 {
+		t.Fatalf("%d records counted as published while the broker was down", d)
+	}
 }
