@@ -19,11 +19,11 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
-	flatbuffers "github.com/google/flatbuffers/go"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope/envelopetest"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 	"github.com/fleet-telemetry/fleet-telemetry/wsframe"
 )
@@ -299,12 +299,12 @@ func TestEmptyFrameAndClientAckAckedOnce(t *testing.T) {
 	c := e.dial(t, vinA)
 	c.WriteFrame(ws.OpBinary, true, nil)
 	expectAck(t, c, "", "")
-	c.WriteFrame(ws.OpBinary, true, envelopeWithoutUnion("no-union", "V", envelope.TypeStream))
+	c.WriteFrame(ws.OpBinary, true, envelopetest.WithoutMessage("no-union", "V", envelope.TypeStream))
 	expectAck(t, c, "", "")
 	ack := envelope.AppendAck(nil, []byte("client-ack"), []byte("V"), []byte("m-client-ack"))
 	c.WriteFrame(ws.OpBinary, true, ack)
 	expectAck(t, c, "client-ack", "")
-	c.WriteFrame(ws.OpBinary, true, envelopeWithoutUnion("client-ack-bare", "V", envelope.TypeStreamAck))
+	c.WriteFrame(ws.OpBinary, true, envelopetest.WithoutMessage("client-ack-bare", "V", envelope.TypeStreamAck))
 	expectAck(t, c, "client-ack-bare", "")
 	// The next reply belongs to the next record: nothing was acked twice.
 	c.Send(newRecord(vinA, "V", "next"))
@@ -312,19 +312,6 @@ func TestEmptyFrameAndClientAckAckedOnce(t *testing.T) {
 	if n := len(spooled(t, e.sp)); n != 1 {
 		t.Fatalf("spool holds %d records, want 1", n)
 	}
-}
-
-// envelopeWithoutUnion builds an envelope with a txid, a topic and a
-// message type but no message table.
-func envelopeWithoutUnion(txid, topic string, typ envelope.MessageType) []byte {
-	b := flatbuffers.NewBuilder(64)
-	tx, tp := b.CreateByteVector([]byte(txid)), b.CreateByteVector([]byte(topic))
-	b.StartObject(5)
-	b.PrependUOffsetTSlot(0, tx, 0)
-	b.PrependUOffsetTSlot(1, tp, 0)
-	b.PrependByteSlot(2, byte(typ), 0)
-	b.Finish(b.EndObject())
-	return b.FinishedBytes()
 }
 
 // bigRecord returns a V record whose envelope is exactly size bytes.
