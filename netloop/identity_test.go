@@ -8,11 +8,11 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/testkit"
 )
 
 func oid(last ...int) asn1.ObjectIdentifier {
@@ -129,7 +129,7 @@ func TestEngineeringBundleReplacesProduction(t *testing.T) {
 
 func TestQuietHandshakeErrorsStillCounted(t *testing.T) {
 	for _, quiet := range []bool{false, true} {
-		var logs lockedLog
+		var logs testkit.LockedBuffer
 		e := newTestEnv(t, allTopics, func(o *Options) {
 			o.QuietHandshakeErrors = quiet
 			o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
@@ -155,21 +155,4 @@ func TestQuietHandshakeErrorsStillCounted(t *testing.T) {
 			}
 		}
 	}
-}
-
-type lockedLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -19,11 +19,11 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
-	flatbuffers "github.com/google/flatbuffers/go"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope/envelopetest"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 	"github.com/fleet-telemetry/fleet-telemetry/wsframe"
 )
@@ -43,22 +43,46 @@ type testEnv struct {
 	certs string
 }
 
-func newTestEnv(t *testing.T, routed []string, tweak func(*Options)) *testEnv {
+// devServerTLS writes a development CA with certificates for vins to
+// dir/certs and returns that directory and the server's mutual-TLS config
+// built from it.
+func devServerTLS(t *testing.T, dir string, vins ...string) (certs string, cfg *tls.Config) {
 	t.Helper()
-	dir := t.TempDir()
-	certs := filepath.Join(dir, "certs")
-	if _, err := devca.WriteDir(certs, []string{vinA, vinB}); err != nil {
+	certs = filepath.Join(dir, "certs")
+	if _, err := devca.WriteDir(certs, vins); err != nil {
 		t.Fatal(err)
 	}
 	d := devca.Dir{Path: certs}
-	tlsCfg, err := NewTLSConfig(TLSOptions{CertFile: d.File(devca.ServerCertFile), KeyFile: d.File(devca.ServerKeyFile), CAFile: d.File(devca.CACertFile)})
+	cfg, err := NewTLSConfig(TLSOptions{CertFile: d.File(devca.ServerCertFile), KeyFile: d.File(devca.ServerKeyFile), CAFile: d.File(devca.CACertFile)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sp, err := spool.Open(spool.Options{Dir: filepath.Join(dir, "spool"), Consumers: []string{"test"}})
+	return certs, cfg
+}
+
+// openTestSpool opens a spool in dir/spool with o's other settings. It is
+// closed when the test ends, after the test's defers and the cleanups
+// registered later (the servers writing to it) have run.
+func openTestSpool(t *testing.T, dir string, o spool.Options) *spool.Spool {
+	t.Helper()
+	o.Dir = filepath.Join(dir, "spool")
+	sp, err := spool.Open(o)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if err := sp.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return sp
+}
+
+func newTestEnv(t *testing.T, routed []string, tweak func(*Options)) *testEnv {
+	t.Helper()
+	dir := t.TempDir()
+	certs, tlsCfg := devServerTLS(t, dir, vinA, vinB)
+	sp := openTestSpool(t, dir, spool.Options{Consumers: []string{"test"}})
 	o := Options{Addr: "127.0.0.1:0", TLS: tlsCfg, Spool: sp, RoutedTopics: routed, Loops: 2}
 	if tweak != nil {
 		tweak(&o)
@@ -74,9 +98,6 @@ func newTestEnv(t *testing.T, routed []string, tweak func(*Options)) *testEnv {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := srv.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
-		if err := sp.Close(); err != nil {
 			t.Error(err)
 		}
 	})
@@ -299,12 +320,12 @@ func TestEmptyFrameAndClientAckAckedOnce(t *testing.T) {
 	c := e.dial(t, vinA)
 	c.WriteFrame(ws.OpBinary, true, nil)
 	expectAck(t, c, "", "")
-	c.WriteFrame(ws.OpBinary, true, envelopeWithoutUnion("no-union", "V", envelope.TypeStream))
+	c.WriteFrame(ws.OpBinary, true, envelopetest.WithoutMessage("no-union", "V", envelope.TypeStream))
 	expectAck(t, c, "", "")
 	ack := envelope.AppendAck(nil, []byte("client-ack"), []byte("V"), []byte("m-client-ack"))
 	c.WriteFrame(ws.OpBinary, true, ack)
 	expectAck(t, c, "client-ack", "")
-	c.WriteFrame(ws.OpBinary, true, envelopeWithoutUnion("client-ack-bare", "V", envelope.TypeStreamAck))
+	c.WriteFrame(ws.OpBinary, true, envelopetest.WithoutMessage("client-ack-bare", "V", envelope.TypeStreamAck))
 	expectAck(t, c, "client-ack-bare", "")
 	// The next reply belongs to the next record: nothing was acked twice.
 	c.Send(newRecord(vinA, "V", "next"))
@@ -312,19 +333,6 @@ func TestEmptyFrameAndClientAckAckedOnce(t *testing.T) {
 	if n := len(spooled(t, e.sp)); n != 1 {
 		t.Fatalf("spool holds %d records, want 1", n)
 	}
-}
-
-// envelopeWithoutUnion builds an envelope with a txid, a topic and a
-// message type but no message table.
-func envelopeWithoutUnion(txid, topic string, typ envelope.MessageType) []byte {
-	b := flatbuffers.NewBuilder(64)
-	tx, tp := b.CreateByteVector([]byte(txid)), b.CreateByteVector([]byte(topic))
-	b.StartObject(5)
-	b.PrependUOffsetTSlot(0, tx, 0)
-	b.PrependUOffsetTSlot(1, tp, 0)
-	b.PrependByteSlot(2, byte(typ), 0)
-	b.Finish(b.EndObject())
-	return b.FinishedBytes()
 }
 
 // bigRecord returns a V record whose envelope is exactly size bytes.
@@ -707,20 +715,8 @@ func TestStartPortInUse(t *testing.T) {
 // must start at once all the same.
 func TestRestartOnPortWithTimeWait(t *testing.T) {
 	dir := t.TempDir()
-	certs := filepath.Join(dir, "certs")
-	if _, err := devca.WriteDir(certs, []string{vinA}); err != nil {
-		t.Fatal(err)
-	}
-	d := devca.Dir{Path: certs}
-	tlsCfg, err := NewTLSConfig(TLSOptions{CertFile: d.File(devca.ServerCertFile), KeyFile: d.File(devca.ServerKeyFile), CAFile: d.File(devca.CACertFile)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp, err := spool.Open(spool.Options{Dir: filepath.Join(dir, "spool"), Consumers: []string{"test"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
+	_, tlsCfg := devServerTLS(t, dir, vinA)
+	sp := openTestSpool(t, dir, spool.Options{Consumers: []string{"test"}})
 	o := Options{Addr: "127.0.0.1:0", TLS: tlsCfg, Spool: sp, RoutedTopics: allTopics, Loops: 1}
 	for round := range 2 {
 		srv, err := New(o)

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -16,6 +15,8 @@ import (
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/testkit"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 )
 
@@ -70,39 +71,16 @@ func TestRecordLayerNativeAndCryptoTLS(t *testing.T) {
 // (s_client's "K" command: update_requested) between two requests, so the
 // server must answer with its own and switch both keys.
 func TestRecordLayerWithOpenSSLEverySuiteAndKeyUpdate(t *testing.T) {
-	if _, err := exec.LookPath("openssl"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("openssl is missing (.ci/run installs it)")
-		}
-		t.Skip("openssl not installed")
-	}
+	openssl := e2e.NeedTool(t, "openssl", "openssl")
 	e := newTestEnv(t, allTopics, nil)
 	d := devca.Dir{Path: e.certs}
 	for _, suite := range []string{"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"} {
 		t.Run(suite, func(t *testing.T) {
 			native := recordLayerNative.Get()
-			cmd := exec.Command("openssl", "s_client", "-connect", e.addr(), "-tls1_3", "-ciphersuites", suite,
+			client := testkit.StartProcess(t, exec.Command(openssl, "s_client", "-connect", e.addr(), "-tls1_3", "-ciphersuites", suite,
 				"-cert", d.VehicleCertFile(vinA), "-key", d.VehicleKeyFile(vinA),
-				"-CAfile", d.File(devca.CACertFile), "-servername", "localhost", "-verify_return_error", "-msg")
-			stdin, err := cmd.StdinPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			out := &lockedLog{}
-			cmd.Stderr = out
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() {
-				stdin.Close()
-				_ = cmd.Process.Kill()
-				_ = cmd.Wait()
-			}()
-			go func() { _, _ = io.Copy(out, stdout) }()
+				"-CAfile", d.File(devca.CACertFile), "-servername", "localhost", "-verify_return_error", "-msg"))
+			stdin, out := client.Stdin, &client.Out
 			// waitLine waits for what in the output after the previous
 			// match (the response body ends without a newline).
 			seen := 0

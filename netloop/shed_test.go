@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
 
-	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 	"github.com/fleet-telemetry/fleet-telemetry/wsframe"
@@ -24,20 +22,8 @@ import (
 // missing from the spool.
 func TestSpoolFullShedsWith1013(t *testing.T) {
 	dir := t.TempDir()
-	certs := filepath.Join(dir, "certs")
-	if _, err := devca.WriteDir(certs, []string{vinA}); err != nil {
-		t.Fatal(err)
-	}
-	d := devca.Dir{Path: certs}
-	tlsCfg, err := NewTLSConfig(TLSOptions{CertFile: d.File(devca.ServerCertFile), KeyFile: d.File(devca.ServerKeyFile), CAFile: d.File(devca.CACertFile)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp, err := spool.Open(spool.Options{Dir: filepath.Join(dir, "spool"), Consumers: []string{"c"}, MaxBytes: 20 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
+	certs, tlsCfg := devServerTLS(t, dir, vinA)
+	sp := openTestSpool(t, dir, spool.Options{Consumers: []string{"c"}, MaxBytes: 20 << 10})
 	srv, err := New(Options{Addr: "127.0.0.1:0", TLS: tlsCfg, Spool: sp, RoutedTopics: allTopics, Loops: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -131,34 +117,44 @@ func TestConnectionLimitRefusesWithoutStopping(t *testing.T) {
 // message are shed with 1013 once their buffers together pass the budget;
 // the memory they hold stays under it, and a small vehicle is still served.
 func TestPartialMessageBudget(t *testing.T) {
-	const budget = 2 << 20
+	// The header announces 1,000,000 bytes; only 800,000 follow.
+	frame := wsframe.AppendMaskedFrame(nil, ws.OpBinary, true, make([]byte, 1_000_000), testMask)
+	expectShedOverBudget(t, 2<<20, 0, frame[:len(frame)-200_000])
+}
+
+// expectShedOverBudget has 8 vehicles, one after the other, each write
+// unfinished (frames of a message that never ends) to a server whose
+// connections may hold budget bytes in all. Those that pass the budget
+// must be closed with 1013, what the connections hold must stay within
+// budget+slack, at least one must be shed, and a small vehicle must still
+// be served afterwards.
+func expectShedOverBudget(t *testing.T, budget, slack int64, unfinished []byte) {
+	t.Helper()
 	e := newTestEnv(t, allTopics, func(o *Options) { o.MaxBufferedBytes = budget })
 	var shed int
 	for i := range 8 {
 		c := e.dial(t, vinA)
-		// The header announces 1,000,000 bytes; only 800,000 follow.
-		frame := wsframe.AppendMaskedFrame(nil, ws.OpBinary, true, make([]byte, 1_000_000), [4]byte{1, 2, 3, 4})
 		if err := c.Conn().SetWriteDeadline(time.Now().Add(5 * time.Second)); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.Conn().Write(frame[:len(frame)-200_000]); err != nil {
+		if _, err := c.Conn().Write(unfinished); err != nil {
 			shed++
 			continue
 		}
 		_, err := c.ReadReply(300 * time.Millisecond)
 		var ce *vehicle.CloseError
 		if errors.As(err, &ce) {
-			if ce.Code != ws.StatusCode(1013) {
+			if ce.Code != statusTryAgainLater {
 				t.Fatalf("connection %d closed with %d, want 1013", i, ce.Code)
 			}
 			shed++
 		}
-		if got := totalBuffered.Load(); got > budget {
-			t.Fatalf("partial messages hold %d bytes, budget %d", got, budget)
+		if got := totalBuffered.Load(); got > budget+slack {
+			t.Fatalf("connections hold %d bytes, budget %d (+%d)", got, budget, slack)
 		}
 	}
 	if shed == 0 {
-		t.Fatal("8 × 800 KB partial messages fit a 2 MiB budget: nothing was shed")
+		t.Fatalf("8 unfinished messages of %d bytes fit a budget of %d: nothing was shed", len(unfinished), budget)
 	}
 	t.Logf("%d of 8 connections shed", shed)
 	small := e.dial(t, vinB)

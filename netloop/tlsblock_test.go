@@ -6,10 +6,8 @@ import (
 	"errors"
 	"io"
 	"net"
-	"path/filepath"
 	"testing"
 
-	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 )
 
@@ -40,15 +38,7 @@ func (f *feedConn) Read(p []byte) (int, error) {
 // partially received record is kept until the rest arrives. If a Go upgrade
 // changes this, this test fails before vehicles do.
 func TestTLSSurvivesWouldBlock(t *testing.T) {
-	certs := filepath.Join(t.TempDir(), "certs")
-	if _, err := devca.WriteDir(certs, []string{vinA}); err != nil {
-		t.Fatal(err)
-	}
-	d := devca.Dir{Path: certs}
-	srvCfg, err := NewTLSConfig(TLSOptions{CertFile: d.File(devca.ServerCertFile), KeyFile: d.File(devca.ServerKeyFile), CAFile: d.File(devca.CACertFile)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	certs, srvCfg := devServerTLS(t, t.TempDir(), vinA)
 	cliCfg, err := vehicle.TLSFromDir(certs, vinA)
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/testkit"
 )
 
 const (
@@ -72,23 +74,6 @@ func crashRecord(tok uint64) *Record {
 	}
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestCrashDurability kills a child appending as fast as it can at random
 // moments and checks every record it reported durable is there, with logs
 // grown as written and with preallocated logs (whose unwritten tail is
@@ -113,7 +98,7 @@ func testCrashDurability(t *testing.T, prealloc bool) {
 		if prealloc {
 			cmd.Env = append(cmd.Env, crashPreallocEnv+"=1")
 		}
-		var stdout lockedBuffer
+		var stdout testkit.LockedBuffer
 		var stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		if err := cmd.Start(); err != nil {

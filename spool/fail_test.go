@@ -12,6 +12,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/testkit"
 )
 
 // diskFullFS fails the given operations on files whose names end in suffix
@@ -184,7 +185,7 @@ func TestSetCursorFailedCommitIsBusy(t *testing.T) {
 // retrying a failed flush) is paused before its retry, 10 ms doubling to
 // the maximum; after a quiet spell the pauses start small again.
 func TestBackgroundErrorsPaced(t *testing.T) {
-	var buf lockedBuffer
+	var buf testkit.LockedBuffer
 	b := backgroundErrorLog{log: slog.New(slog.NewTextHandler(&buf, nil)), interval: time.Hour, maxPause: 40 * time.Millisecond}
 	pauses := func(n int) (took time.Duration, paused uint64) {
 		p0, t0 := backgroundErrorPauses.Get(), time.Now()
@@ -214,7 +215,7 @@ func TestBackgroundErrorsPaced(t *testing.T) {
 // counted but logged at most once per interval, the next line saying how
 // many were left out.
 func TestBackgroundErrorsThrottled(t *testing.T) {
-	var buf lockedBuffer
+	var buf testkit.LockedBuffer
 	b := backgroundErrorLog{log: slog.New(slog.NewTextHandler(&buf, nil)), interval: time.Hour}
 	before := backgroundErrors.Get()
 	for i := 0; i < 1000; i++ {

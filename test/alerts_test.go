@@ -6,19 +6,15 @@ import (
 	"path/filepath"
 	"regexp"
 	"testing"
+
+	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 )
 
 // TestAlertRules: deploy/prometheus-alerts.yml is valid for promtool, its
 // unit tests (deploy/prometheus-alerts.test.yml) pass, and every metric it
 // names is one the daemon exports.
 func TestAlertRules(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("promtool is missing (.ci/run installs it)")
-		}
-		t.Skip("promtool not installed")
-	}
+	promtool := e2e.NeedTool(t, "promtool", "prometheus")
 	rules := filepath.Join(repoRoot, "deploy", "prometheus-alerts.yml")
 	for _, args := range [][]string{{"check", "rules", rules}, {"test", "rules", filepath.Join(repoRoot, "deploy", "prometheus-alerts.test.yml")}} {
 		if out, err := exec.Command(promtool, args...).CombinedOutput(); err != nil {

@@ -2,7 +2,6 @@ package test
 
 import (
 	"io"
-	"net"
 	"net/http"
 	"os/exec"
 	"strconv"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/testkit"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 )
 
@@ -36,16 +36,12 @@ func metricsBody(t *testing.T, logs string) string {
 // names on both, and `promtool check metrics` on the scrape.
 func TestMetricsScrapePassesPromtoolAndStatsdGetsThem(t *testing.T) {
 	promtool := e2e.NeedTool(t, "promtool", "prometheus")
-	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
+	udp := testkit.ListenUDP(t)
 
 	dir := t.TempDir()
 	configPath, certs := writeConfig(t, dir)
 	editConfig(t, configPath, func(c *config.Config) {
-		c.Monitoring.Statsd = &config.Statsd{Host: udp.LocalAddr().String(), Prefix: "ft.", FlushPeriod: 100}
+		c.Monitoring.Statsd = &config.Statsd{Host: udp.Addr(), Prefix: "ft.", FlushPeriod: 100}
 	})
 	d := startDaemon(t, configPath)
 	defer d.stop(t)
@@ -90,18 +86,8 @@ func TestMetricsScrapePassesPromtoolAndStatsdGetsThem(t *testing.T) {
 	// two V records may come in one push or two.
 	want := map[string]float64{"ft.record_total.V": 2, "ft.unauthorized_sender_id_total": 1}
 	got := map[string]float64{}
-	buf := make([]byte, 64<<10)
-	deadline := time.Now().Add(10 * time.Second)
-	for done := false; !done; {
-		if time.Now().After(deadline) {
-			t.Fatalf("statsd counters %v, want %v", got, want)
-		}
-		_ = udp.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		n, _, err := udp.ReadFrom(buf)
-		if err != nil {
-			continue
-		}
-		for _, l := range strings.Split(string(buf[:n]), "\n") {
+	if !udp.ReadUntil(time.Now().Add(10*time.Second), func(datagram []byte) bool {
+		for _, l := range strings.Split(string(datagram), "\n") {
 			name, rest, ok := strings.Cut(l, ":")
 			v, isCounter := strings.CutSuffix(rest, "|c")
 			if _, wanted := want[name]; !ok || !isCounter || !wanted {
@@ -113,12 +99,15 @@ func TestMetricsScrapePassesPromtoolAndStatsdGetsThem(t *testing.T) {
 			}
 			got[name] += f
 		}
-		done = true
+		done := true
 		for name, w := range want {
 			if got[name] > w {
 				t.Fatalf("statsd %s: %v, want %v", name, got[name], w)
 			}
 			done = done && got[name] == w
 		}
+		return done
+	}) {
+		t.Fatalf("statsd counters %v, want %v", got, want)
 	}
 }

@@ -1,15 +1,12 @@
 package test
 
 import (
-	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -17,12 +14,13 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
-	flatbuffers "github.com/google/flatbuffers/go"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/testkit"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/vehicle"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
+	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope/envelopetest"
 )
 
 // TestReferenceKeysFromTheConfigFile drives the parity keys through the
@@ -205,7 +203,7 @@ func TestReferenceAnswersEndToEnd(t *testing.T) {
 	expectNext()
 
 	// Message type 4 without its union table: one ack, no txid, no topic.
-	r = reply("no union", envelopeWithoutUnion("no-union", "V", envelope.TypeStream))
+	r = reply("no union", envelopetest.WithoutMessage("no-union", "V", envelope.TypeStream))
 	if !r.Ack || r.TxID != "" || r.Topic != "" {
 		t.Errorf("type 4 without a message: reply %+v, want an ack with no txid and no topic", r)
 	}
@@ -248,19 +246,6 @@ func TestReferenceAnswersEndToEnd(t *testing.T) {
 		}
 	}
 	d.stop(t)
-}
-
-// envelopeWithoutUnion builds an envelope with a txid, a topic and a
-// message type but no message table.
-func envelopeWithoutUnion(txid, topic string, typ envelope.MessageType) []byte {
-	b := flatbuffers.NewBuilder(64)
-	tx, tp := b.CreateByteVector([]byte(txid)), b.CreateByteVector([]byte(topic))
-	b.StartObject(5)
-	b.PrependUOffsetTSlot(0, tx, 0)
-	b.PrependUOffsetTSlot(1, tp, 0)
-	b.PrependByteSlot(2, byte(typ), 0)
-	b.Finish(b.EndObject())
-	return b.FinishedBytes()
 }
 
 // TestProfilerEndpointsEndToEnd: the reference's /gc_stats and
@@ -311,7 +296,7 @@ func TestProfilerEndpointsEndToEnd(t *testing.T) {
 		}
 	}
 	d.stop(t)
-	checkCPUProfile(t, profile)
+	testkit.CheckCPUProfile(t, profile)
 
 	editConfig(t, configPath, func(c *config.Config) { c.Monitoring = &config.Monitoring{ProfilerPort: pprofPort} })
 	d = startDaemon(t, configPath)
@@ -319,25 +304,4 @@ func TestProfilerEndpointsEndToEnd(t *testing.T) {
 		t.Errorf("/live_profiler without monitoring.profiling_path: %d %q, want 405", code, body)
 	}
 	d.stop(t)
-}
-
-// checkCPUProfile checks that path holds a whole gzipped pprof CPU
-// profile: its string table names the "cpu" sample type in "nanoseconds".
-func checkCPUProfile(t *testing.T, path string) {
-	t.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	zr, err := gzip.NewReader(bytes.NewReader(raw))
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	b, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatalf("%s is cut short: %v", path, err)
-	}
-	if !bytes.Contains(b, []byte("cpu")) || !bytes.Contains(b, []byte("nanoseconds")) {
-		t.Fatalf("%s is not a CPU profile", path)
-	}
 }

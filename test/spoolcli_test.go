@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/testkit"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/envelope"
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
@@ -166,25 +166,7 @@ type cliSent struct{ vin, topic string }
 type cliTailProc struct {
 	cmd    *exec.Cmd
 	lines  chan string
-	stderr *cliSyncBuffer
-}
-
-// cliSyncBuffer is a bytes.Buffer the process writes while the test reads.
-type cliSyncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *cliSyncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *cliSyncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	stderr *testkit.LockedBuffer
 }
 
 func startCLITail(t *testing.T, args ...string) *cliTailProc {
@@ -194,7 +176,7 @@ func startCLITail(t *testing.T, args ...string) *cliTailProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tp := &cliTailProc{cmd: cmd, lines: make(chan string, 1000), stderr: &cliSyncBuffer{}}
+	tp := &cliTailProc{cmd: cmd, lines: make(chan string, 1000), stderr: &testkit.LockedBuffer{}}
 	cmd.Stderr = tp.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

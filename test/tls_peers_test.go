@@ -6,11 +6,11 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/devca"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/testkit"
 )
 
 // Independent TLS 1.3 implementations (OpenSSL's s_client, GnuTLS's
@@ -39,54 +39,23 @@ func startRecordPathDaemon(t *testing.T, cryptoTLS bool) (*daemon, relSetup) {
 
 // tlsPeer is a TLS client process driven through its stdin.
 type tlsPeer struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	mu     sync.Mutex
-	out    strings.Builder
-	exited chan struct{}
-}
-
-func (p *tlsPeer) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *tlsPeer) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
+	t *testing.T
+	*testkit.Process
 }
 
 func startTLSPeer(t *testing.T, path string, args ...string) *tlsPeer {
 	t.Helper()
-	p := &tlsPeer{t: t, cmd: exec.Command(path, args...), exited: make(chan struct{})}
-	var err error
-	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	p.cmd.Stdout, p.cmd.Stderr = p, p
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		_ = p.cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		p.stdin.Close()
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	})
-	return p
+	return &tlsPeer{t: t, Process: testkit.StartProcess(t, exec.Command(path, args...))}
 }
+
+// output is all the peer has printed so far.
+func (p *tlsPeer) output() string { return p.Out.String() }
 
 // send writes one line of input (the peer reads each as one command or
 // one write: callers wait for its effect before the next).
 func (p *tlsPeer) send(s string) {
-	if _, err := io.WriteString(p.stdin, s); err != nil {
-		p.t.Fatalf("write to %s: %v\n%s", p.cmd.Path, err, p.output())
+	if _, err := io.WriteString(p.Stdin, s); err != nil {
+		p.t.Fatalf("write to %s: %v\n%s", p.Cmd.Path, err, p.output())
 	}
 }
 
@@ -106,7 +75,7 @@ func (p *tlsPeer) waitCount(what string, n int) {
 func (p *tlsPeer) waitExit() {
 	p.t.Helper()
 	select {
-	case <-p.exited:
+	case <-p.Exited():
 	case <-time.After(15 * time.Second):
 		p.t.Fatalf("the peer is still connected; output:\n%s", p.output())
 	}

@@ -11,13 +11,6 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 )
 
-// promtoolPath finds promtool, skipping the test when it is absent outside
-// CI (.ci/run installs Debian's prometheus package, which ships it).
-func promtoolPath(t *testing.T) string {
-	t.Helper()
-	return e2e.NeedTool(t, "promtool", "prometheus")
-}
-
 func registerAwkward() {
 	// Names the linter dislikes unless typed with care, as the reference
 	// names them.
@@ -55,7 +48,7 @@ func TestExpositionPassesPromtool(t *testing.T) {
 	if strings.Contains(out, "vmrange") {
 		t.Error("vmrange buckets left in the exposition")
 	}
-	cmd := exec.Command(promtoolPath(t), "check", "metrics")
+	cmd := exec.Command(e2e.NeedTool(t, "promtool", "prometheus"), "check", "metrics")
 	cmd.Stdin = strings.NewReader(out)
 	res, err := cmd.CombinedOutput()
 	if err != nil {

@@ -1,62 +1,46 @@
 package metricsexport
 
 import (
-	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/testkit"
 )
 
 // listen opens a StatsD stand-in on 127.0.0.1 and returns a function that
 // collects every line received until want appears (or the deadline).
 func listen(t *testing.T) (string, func(want ...string) []string) {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
+	l := testkit.ListenUDP(t)
 	var lines []string
-	return pc.LocalAddr().String(), func(want ...string) []string {
+	hasAll := func(want []string) bool {
+		for _, w := range want {
+			if !slices.Contains(lines, w) {
+				return false
+			}
+		}
+		return true
+	}
+	return l.Addr(), func(want ...string) []string {
 		t.Helper()
-		buf := make([]byte, 64<<10)
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			missing := false
-			for _, w := range want {
-				if !contains(lines, w) {
-					missing = true
-				}
-			}
-			if !missing {
-				return lines
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("statsd lines %q lack some of %q", lines, want)
-			}
-			_ = pc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-			n, _, err := pc.ReadFrom(buf)
-			if err != nil {
-				continue
-			}
-			if n > maxPacket {
-				t.Errorf("datagram of %d bytes", n)
-			}
-			lines = append(lines, strings.Split(string(buf[:n]), "\n")...)
+		if hasAll(want) {
+			return lines
 		}
-	}
-}
-
-func contains(lines []string, w string) bool {
-	for _, l := range lines {
-		if l == w {
-			return true
+		if !l.ReadUntil(time.Now().Add(5*time.Second), func(datagram []byte) bool {
+			if len(datagram) > maxPacket {
+				t.Errorf("datagram of %d bytes", len(datagram))
+			}
+			lines = append(lines, strings.Split(string(datagram), "\n")...)
+			return hasAll(want)
+		}) {
+			t.Fatalf("statsd lines %q lack some of %q", lines, want)
 		}
+		return lines
 	}
-	return false
 }
 
 func TestStatsdPusherSendsCountersAsIncreasesAndGauges(t *testing.T) {

@@ -2,18 +2,16 @@ package profiler
 
 import (
 	"bytes"
-	"compress/gzip"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protowire"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/testkit"
 )
 
 func serve(t *testing.T, o Options) (*Profiler, *httptest.Server) {
@@ -105,56 +103,12 @@ func TestLiveProfiler(t *testing.T) {
 	if code, body := get(t, http.MethodGet, url+"?mode=off"); code != http.StatusOK {
 		t.Fatalf("mode=off: %d %s", code, body)
 	}
-	checkCPUProfile(t, path)
+	testkit.CheckCPUProfile(t, path)
 	if code, _ := get(t, http.MethodGet, url+"?mode=off"); code != http.StatusNotModified {
 		t.Fatalf("mode=off twice: %d, want 304", code)
 	}
 	// On again: a new profile replaces the file.
 	if code, _ := get(t, http.MethodGet, url+"?mode=on"); code != http.StatusOK {
 		t.Fatalf("mode=on again: %d", code)
-	}
-}
-
-// checkCPUProfile checks that path holds a gzipped pprof profile of CPU
-// samples: its string table (field 6 of perftools.profiles.Profile) names
-// "cpu" and "nanoseconds".
-func checkCPUProfile(t *testing.T, path string) {
-	t.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	zr, err := gzip.NewReader(bytes.NewReader(raw))
-	if err != nil {
-		t.Fatalf("%s is not gzip: %v", path, err)
-	}
-	b, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	strs := map[string]bool{}
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			t.Fatalf("%s: not a protobuf", path)
-		}
-		b = b[n:]
-		if num == 6 && typ == protowire.BytesType {
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				t.Fatalf("%s: bad string", path)
-			}
-			strs[string(v)] = true
-			b = b[n:]
-			continue
-		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			t.Fatalf("%s: bad field %d", path, num)
-		}
-		b = b[n:]
-	}
-	if !strs["cpu"] || !strs["nanoseconds"] {
-		t.Fatalf("%s is not a CPU profile (strings %v)", path, strs)
 	}
 }

@@ -102,30 +102,14 @@ func TestRFC8448ServerRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	payload := make([]byte, 50)
-	for i := range payload {
-		payload[i] = byte(i)
-	}
 	if got, want := server.seal(nil, typeHandshake, unhex(t, rfc8448.ticket)), unhex(t, rfc8448.ticketRecord); !bytes.Equal(got, want) {
 		t.Fatalf("NewSessionTicket record:\n got % x\nwant % x", got, want)
 	}
 	if server.WriteSeq() != 1 {
 		t.Fatalf("WriteSeq %d after the ticket", server.WriteSeq())
 	}
-	if got, want := server.Seal(nil, payload), unhex(t, rfc8448.serverData); !bytes.Equal(got, want) {
-		t.Fatalf("application data record:\n got % x\nwant % x", got, want)
-	}
-	if got, want := server.SealAlert(nil, AlertCloseNotify), unhex(t, rfc8448.serverAlert); !bytes.Equal(got, want) {
-		t.Fatalf("close_notify record:\n got % x\nwant % x", got, want)
-	}
-	in := unhex(t, rfc8448.clientData)
-	n, data, err := server.Open(in)
-	if err != nil || n != len(in) || !bytes.Equal(data, payload) {
-		t.Fatalf("client's application data: %d of %d bytes, % x, %v", n, len(in), data, err)
-	}
-	if _, _, err := server.Open(unhex(t, rfc8448.clientAlert)); !errors.Is(err, ErrCloseNotify) {
-		t.Fatalf("client's close_notify: %v", err)
-	}
+	expectRFC8448Sealed(t, server, rfc8448.serverData, rfc8448.serverAlert)
+	expectRFC8448Opened(t, server, "client's", rfc8448.clientData, rfc8448.clientAlert)
 }
 
 // The client's side (the same code with the secrets swapped): its records
@@ -135,16 +119,7 @@ func TestRFC8448ClientRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	payload := make([]byte, 50)
-	for i := range payload {
-		payload[i] = byte(i)
-	}
-	if got, want := client.Seal(nil, payload), unhex(t, rfc8448.clientData); !bytes.Equal(got, want) {
-		t.Fatalf("application data record:\n got % x\nwant % x", got, want)
-	}
-	if got, want := client.SealAlert(nil, AlertCloseNotify), unhex(t, rfc8448.clientAlert); !bytes.Equal(got, want) {
-		t.Fatalf("close_notify record:\n got % x\nwant % x", got, want)
-	}
+	expectRFC8448Sealed(t, client, rfc8448.clientData, rfc8448.clientAlert)
 	// The ticket decrypts to the RFC's message (a server-side Conn refuses
 	// a NewSessionTicket, so through the read half directly).
 	rec := unhex(t, rfc8448.ticketRecord)
@@ -156,12 +131,41 @@ func TestRFC8448ClientRecords(t *testing.T) {
 	if err != nil || !bytes.Equal(plain, append(unhex(t, rfc8448.ticket), typeHandshake)) {
 		t.Fatalf("NewSessionTicket: % x, %v", plain, err)
 	}
-	in := unhex(t, rfc8448.serverData)
-	n, data, err := client.Open(in)
-	if err != nil || n != len(in) || !bytes.Equal(data, payload) {
-		t.Fatalf("server's application data: %d of %d bytes, % x, %v", n, len(in), data, err)
+	expectRFC8448Opened(t, client, "server's", rfc8448.serverData, rfc8448.serverAlert)
+}
+
+// rfc8448Payload is the application data each side sends in the RFC's
+// trace: the bytes 0 to 49.
+func rfc8448Payload() []byte {
+	p := make([]byte, 50)
+	for i := range p {
+		p[i] = byte(i)
 	}
-	if _, _, err := client.Open(unhex(t, rfc8448.serverAlert)); !errors.Is(err, ErrCloseNotify) {
-		t.Fatalf("server's close_notify: %v", err)
+	return p
+}
+
+// expectRFC8448Sealed checks that c seals the RFC's application data and
+// then a close_notify as the records dataHex and alertHex, byte for byte.
+func expectRFC8448Sealed(t *testing.T, c *Conn, dataHex, alertHex string) {
+	t.Helper()
+	if got, want := c.Seal(nil, rfc8448Payload()), unhex(t, dataHex); !bytes.Equal(got, want) {
+		t.Fatalf("application data record:\n got % x\nwant % x", got, want)
+	}
+	if got, want := c.SealAlert(nil, AlertCloseNotify), unhex(t, alertHex); !bytes.Equal(got, want) {
+		t.Fatalf("close_notify record:\n got % x\nwant % x", got, want)
+	}
+}
+
+// expectRFC8448Opened checks that c opens the peer's records dataHex (the
+// RFC's application data, whole) and then alertHex (its close_notify).
+func expectRFC8448Opened(t *testing.T, c *Conn, peer, dataHex, alertHex string) {
+	t.Helper()
+	in := unhex(t, dataHex)
+	n, data, err := c.Open(in)
+	if err != nil || n != len(in) || !bytes.Equal(data, rfc8448Payload()) {
+		t.Fatalf("%s application data: %d of %d bytes, % x, %v", peer, n, len(in), data, err)
+	}
+	if _, _, err := c.Open(unhex(t, alertHex)); !errors.Is(err, ErrCloseNotify) {
+		t.Fatalf("%s close_notify: %v", peer, err)
 	}
 }

@@ -12,14 +12,8 @@ import (
 	"time"
 
 	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
+	"github.com/fleet-telemetry/fleet-telemetry/internal/testkit"
 )
-
-// needOpenSSL returns the openssl binary's path, skipping the test when it
-// is missing (failing in CI, whose .ci/run installs it).
-func needOpenSSL(t *testing.T) string {
-	t.Helper()
-	return e2e.NeedTool(t, "openssl", "openssl")
-}
 
 // tapConn keeps every byte a connection read and wrote.
 type tapConn struct {
@@ -49,23 +43,6 @@ func (c *tapConn) lens() (read, written int) {
 	return len(c.read), len(c.written)
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // splitRecords cuts whole records off p.
 func splitRecords(p []byte) [][]byte {
 	var recs [][]byte
@@ -89,7 +66,7 @@ func splitRecords(p []byte) [][]byte {
 // write the same bytes as crypto/tls did (the KeyUpdate answer included),
 // every suite.
 func TestEverySuiteWritesWhatCryptoTLSWrites(t *testing.T) {
-	openssl := needOpenSSL(t)
+	openssl := e2e.NeedTool(t, "openssl", "openssl")
 	cert, err := diffCert()
 	if err != nil {
 		t.Fatal(err)
@@ -108,21 +85,8 @@ func TestEverySuiteWritesWhatCryptoTLSWrites(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ln.Close()
-			cmd := exec.Command(openssl, "s_client", "-connect", ln.Addr().String(), "-tls1_3", "-ciphersuites", s.name, "-msg")
-			stdin, err := cmd.StdinPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			out := &lockedBuffer{}
-			cmd.Stdout, cmd.Stderr = out, out
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() {
-				stdin.Close()
-				_ = cmd.Process.Kill()
-				_ = cmd.Wait()
-			}()
+			client := testkit.StartProcess(t, exec.Command(openssl, "s_client", "-connect", ln.Addr().String(), "-tls1_3", "-ciphersuites", s.name, "-msg"))
+			stdin, out := client.Stdin, &client.Out
 			ln.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
 			raw, err := ln.Accept()
 			if err != nil {

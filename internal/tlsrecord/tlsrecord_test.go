@@ -259,9 +259,10 @@ func TestKeyUpdateWithCryptoTLS(t *testing.T) {
 	}
 }
 
-// peer returns a client-side Conn for s (the secrets swapped), to feed s
-// records crypto/tls would not send.
-func peers(t *testing.T, suite uint16) (server, client *Conn) {
+// peers returns a server-side Conn and a client-side one on the same
+// secrets (swapped), to feed the server records crypto/tls would not send
+// and to benchmark both directions.
+func peers(t testing.TB, suite uint16) (server, client *Conn) {
 	t.Helper()
 	s, err := suiteByID(suite)
 	if err != nil {
