@@ -19,13 +19,6 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/proto/pb"
 )
 
-func redisClient(t *testing.T, addr string) *goredis.Client {
-	t.Helper()
-	c := goredis.NewClient(&goredis.Options{Addr: addr})
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // The real daemon with the reference integration config's "redis" section
 // (publish_vin_topics, subscriber_set_prefix "consumer"): every acked V
 // record reaches tesla_telemetry_V_{<VIN>} and the channels leased in
@@ -36,7 +29,7 @@ func redisClient(t *testing.T, addr string) *goredis.Client {
 func TestRedisEndToEnd(t *testing.T) {
 	b := brokertest.Redis(t, false)
 	cli := brokertest.Require(t, "redis-cli", "redis-tools")
-	c := redisClient(t, b.Addr)
+	c := brokertest.RedisClient(t, b.Addr)
 	ctx := context.Background()
 	leased := "consumer_tesla_telemetry_V_{" + vins[0] + "}"
 	now := time.Now().Unix()
@@ -132,7 +125,7 @@ func TestRedisOutageStreamMode(t *testing.T) {
 	})
 	d, out := outageUnderLoad(t, setup, b, "redis")
 	acked := out.acked
-	c := redisClient(t, b.Addr)
+	c := brokertest.RedisClient(t, b.Addr)
 	inStream := newTxSet()
 	read := func() {
 		inStream = newTxSet()

@@ -16,14 +16,6 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
-// client is the test's own client of the broker.
-func client(t *testing.T, addr string) *goredis.Client {
-	t.Helper()
-	c := goredis.NewClient(&goredis.Options{Addr: addr})
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // subscription subscribes to channels and returns a function collecting
 // what arrived: channel → payloads.
 func subscription(t *testing.T, c *goredis.Client, channels ...string) func(n int, timeout time.Duration) map[string][]string {
@@ -60,7 +52,7 @@ func subscription(t *testing.T, c *goredis.Client, channels ...string) func(n in
 // Encoder's bytes.
 func TestSubscriberSetAndVINChannel(t *testing.T) {
 	b := brokertest.Redis(t, false)
-	c := client(t, b.Addr)
+	c := brokertest.RedisClient(t, b.Addr)
 	recs := sinktest.AckedRecords(t)
 	r := recs[0]
 	vinChan := sinktest.Namespace + "_" + string(r.Topic) + "_{" + r.VIN + "}"
@@ -106,7 +98,7 @@ func TestSubscriberSetAndVINChannel(t *testing.T) {
 // redis_publish_total counts them.
 func TestVectorsJSONThroughForwarder(t *testing.T) {
 	b := brokertest.Redis(t, false)
-	c := client(t, b.Addr)
+	c := brokertest.RedisClient(t, b.Addr)
 	recs := sinktest.AckedRecords(t)
 	enc := forwarder.Encoder{Namespace: sinktest.Namespace, JSON: true}
 	var channels []string
@@ -153,7 +145,7 @@ func TestVectorsJSONThroughForwarder(t *testing.T) {
 // txid, receivedat and payload, trimmed about MAXLEN.
 func TestStreamMode(t *testing.T) {
 	b := brokertest.Redis(t, false)
-	c := client(t, b.Addr)
+	c := brokertest.RedisClient(t, b.Addr)
 	recs := sinktest.AckedRecords(t)
 	enc := forwarder.Encoder{Namespace: sinktest.Namespace}
 	s, err := New(Options{Addrs: []string{b.Addr}, Stream: &Stream{MaxLen: 1000}, Encoder: enc, Logger: sinktest.Quiet})
