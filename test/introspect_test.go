@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleet-telemetry/fleet-telemetry/internal/config"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/e2e"
 	"github.com/fleet-telemetry/fleet-telemetry/internal/introspect"
 	"github.com/fleet-telemetry/fleet-telemetry/netloop"
@@ -185,5 +186,37 @@ func TestConnzVarzAndTheirCLIViews(t *testing.T) {
 	getJSON(t, base+"/varz", &after)
 	if after.Connections.Vehicles != 1 || after.History != nil {
 		t.Errorf("after one left: %+v (history only on request: %v)", after.Connections, after.History != nil)
+	}
+}
+
+// With monitoring.introspection false the metrics port serves /metrics
+// only: /connz, /varz and the status page (which list VINs) answer 404,
+// and the CLIs that read them say why.
+func TestIntrospectionOff(t *testing.T) {
+	dir := t.TempDir()
+	configPath, certs := writeConfig(t, dir)
+	off := false
+	editConfig(t, configPath, func(c *config.Config) { c.Monitoring.Introspection = &off })
+	d := startDaemon(t, configPath)
+	defer d.stop(t)
+	maddr := metricsAddr(t, d.logText())
+	e2e.SendAndAck(t, e2e.Dial(t, d.addr, certs, vins[0]), []*envelope.StreamMessage{newRecord(vins[0], "V", "intro-off")})
+	for path, want := range map[string]int{"/metrics": 200, "/connz": 404, "/varz": 404, "/": 404} {
+		resp, err := http.Get("http://" + maddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s: %s, want %d", path, resp.Status, want)
+		}
+		if path != "/metrics" && strings.Contains(string(body), vins[0]) {
+			t.Errorf("%s names the connected VIN", path)
+		}
+	}
+	_, errs, code := runBinary(t, dir, binary, "conns", "-addr", maddr)
+	if code == 0 || !strings.Contains(errs, "monitoring.introspection") {
+		t.Errorf("conns with introspection off: exit %d, stderr %q", code, errs)
 	}
 }

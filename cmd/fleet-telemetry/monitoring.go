@@ -17,10 +17,10 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/internal/profiler"
 )
 
-// startMonitoring serves /metrics and intro's routes (/connz, /varz and
-// the status page at /) on the metrics port, and /debug/pprof/, /gc_stats
-// and /live_profiler on the profiler port, and pushes to StatsD as the
-// "monitoring" section asks. The returned function stops them (a live CPU
+// startMonitoring serves /metrics and, unless monitoring.introspection is
+// false, intro's routes (/connz, /varz and the status page at /) on the
+// metrics port, and /debug/pprof/, /gc_stats and /live_profiler on the
+// profiler port, and pushes to StatsD as the "monitoring" section asks. The returned function stops them (a live CPU
 // profile still running is finished, so its file is whole).
 func startMonitoring(m *config.Monitoring, intro *introspect.Handler, log *slog.Logger) (func(), error) {
 	var servers []*http.Server
@@ -66,12 +66,14 @@ func startMonitoring(m *config.Monitoring, intro *introspect.Handler, log *slog.
 			w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 			_ = metricsexport.WriteExposition(w, metricHelp)
 		})
-		intro.Register(mux)
+		if m.IntrospectionOn() {
+			intro.Register(mux)
+		}
 		if err := serve("metrics", m.PrometheusMetricsHost, m.PrometheusMetricsPort, mux); err != nil {
 			stop()
 			return nil, err
 		}
-		if !isLoopback(m.PrometheusMetricsHost) {
+		if m.IntrospectionOn() && !isLoopback(m.PrometheusMetricsHost) {
 			log.Warn("the monitoring port lists the connected vehicles' VINs (/connz and the status page at /) and listens beyond this host; "+
 				"restrict who can reach it", "host", m.PrometheusMetricsHost, "port", m.PrometheusMetricsPort)
 		}

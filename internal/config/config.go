@@ -154,7 +154,15 @@ type Monitoring struct {
 	// Statsd pushes the metrics to a StatsD server (the reference's
 	// monitoring.statsd).
 	Statsd *Statsd `json:"statsd,omitzero"`
+	// Introspection, false, leaves /connz, /varz and the status page (which
+	// list the connected vehicles' VINs) off the metrics port; absent or
+	// true, they are served there (see IntrospectionOn).
+	Introspection *bool `json:"introspection,omitzero"`
 }
+
+// IntrospectionOn reports whether the metrics port also serves /connz,
+// /varz and the status page: unless introspection is set to false.
+func (m *Monitoring) IntrospectionOn() bool { return m.Introspection == nil || *m.Introspection }
 
 // Statsd is the "monitoring.statsd" section, as in the reference.
 type Statsd struct {

@@ -70,6 +70,9 @@ func (c *Client) get(ctx context.Context, path string, q url.Values, dst any) er
 		return fmt.Errorf("introspect: %w", err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return fmt.Errorf("introspect: GET %s: %s: the daemon does not serve it (monitoring.introspection is false?)", u.String(), resp.Status)
+	}
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 		return fmt.Errorf("introspect: GET %s: %s: %s", u.String(), resp.Status, strings.TrimSpace(string(b)))
