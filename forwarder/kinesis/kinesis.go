@@ -249,18 +249,10 @@ func tooLarge(e entry) error {
 // returns.
 func (s *Sink) encode(batch []spool.Record) map[int]entry {
 	entries := make(map[int]entry, len(batch))
-	buf := make([]byte, 0, forwarder.ValuesSize(batch))
-	for i := range batch {
-		r := &batch[i]
-		data, _, err := s.opts.Encoder.NextValue(&buf, r)
-		if err != nil {
-			// The record was validated before it was acked: a bug or a
-			// damaged spool. Skipping beats blocking the sink.
-			s.undecodable.Inc()
-			s.log.Error("record cannot be encoded; skipped", "seq", r.Seq, "vin", r.VIN, "topic", string(r.Topic), "err", err)
-			continue
-		}
-		entries[i] = entry{at: i, seq: r.Seq, key: r.VIN, data: data}
+	// A record that cannot be encoded was validated before it was acked: a
+	// bug or a damaged spool. Skipping it beats blocking the sink.
+	for i, data := range s.opts.Encoder.Values(batch, s.undecodable, s.log) {
+		entries[i] = entry{at: i, seq: batch[i].Seq, key: batch[i].VIN, data: data}
 	}
 	return entries
 }
