@@ -256,11 +256,11 @@ func (s *Sink) sendChunk(ctx context.Context, chunk []entry) []error {
 		e := &chunk[i]
 		if s.opts.SubscriberSetPrefix != "" {
 			for _, ch := range members[s.setKey(e)] {
-				pubs = append(pubs, publish{pipe.Publish(rctx, ch, e.payload), i})
+				pubs = append(pubs, publish{keyedPublish(rctx, pipe, ch, e.payload), i})
 			}
 		}
 		if s.opts.PublishVINTopics {
-			pubs = append(pubs, publish{pipe.Publish(rctx, e.vinChan, e.payload), i})
+			pubs = append(pubs, publish{keyedPublish(rctx, pipe, e.vinChan, e.payload), i})
 		}
 		if s.opts.Stream != nil {
 			adds = append(adds, pipe.XAdd(rctx, &goredis.XAddArgs{
@@ -298,6 +298,19 @@ func (s *Sink) sendChunk(ctx context.Context, chunk []entry) []error {
 		}
 	}
 	return errs
+}
+
+// keyedPublish queues PUBLISH channel message on pipe, routed by a cluster
+// client to the master of the channel's hash slot, as if the channel were
+// a key. PUBLISH names no key, so go-redis would spread a pipeline's
+// PUBLISHes over the masters in turn; each master then forwards its own to
+// the subscribers' nodes over its own cluster-bus link, and two records
+// of one channel could arrive swapped. One node per channel keeps each
+// VIN's records in order. A client of one Redis ignores the routing.
+func keyedPublish(ctx context.Context, pipe goredis.Pipeliner, channel string, message []byte) *goredis.IntCmd {
+	cmd := pipe.Publish(ctx, channel, message)
+	cmd.SetFirstKeyPos(1)
+	return cmd
 }
 
 // setKey is the subscriber set of a record: <prefix>_<namespace>_<type>_{<VIN>}.

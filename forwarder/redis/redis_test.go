@@ -16,9 +16,16 @@ import (
 	"github.com/fleet-telemetry/fleet-telemetry/spool"
 )
 
+// subscriber is a client that subscribes: *goredis.Client, or
+// *goredis.ClusterClient (which subscribes on one node; a PUBLISH on any
+// node reaches it over the cluster bus).
+type subscriber interface {
+	Subscribe(ctx context.Context, channels ...string) *goredis.PubSub
+}
+
 // subscription subscribes to channels and returns a function collecting
 // what arrived: channel → payloads.
-func subscription(t *testing.T, c *goredis.Client, channels ...string) func(n int, timeout time.Duration) map[string][]string {
+func subscription(t *testing.T, c subscriber, channels ...string) func(n int, timeout time.Duration) map[string][]string {
 	t.Helper()
 	ps := c.Subscribe(context.Background(), channels...)
 	if _, err := ps.Receive(context.Background()); err != nil { // the subscription's confirmation
@@ -156,6 +163,26 @@ func TestStreamMode(t *testing.T) {
 	if err := s.Send(context.Background(), recs); err != nil {
 		t.Fatal(err)
 	}
+	checkStreams(t, c, enc, recs)
+	// MAXLEN ~ trims whole macro nodes: far past the bound, the stream
+	// stays near it.
+	many := make([]spool.Record, 0, 3000)
+	for range 3000 / len(recs) {
+		many = append(many, recs...)
+	}
+	if err := s.Send(context.Background(), many); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := c.XLen(context.Background(), sinktest.Namespace+"_V").Result(); n > 1200 {
+		t.Errorf("stream holds %d entries with MAXLEN ~ 1000", n)
+	}
+}
+
+// checkStreams checks that the streams <namespace>_<type> hold recs, each
+// type's in their order, each entry with its record's vin, txid,
+// receivedat and the Encoder's payload.
+func checkStreams(t *testing.T, c goredis.Cmdable, enc forwarder.Encoder, recs []spool.Record) {
+	t.Helper()
 	byStream := map[string][]goredis.XMessage{}
 	for _, typ := range []string{"V", "alerts", "errors", "connectivity"} {
 		msgs, err := c.XRange(context.Background(), sinktest.Namespace+"_"+typ, "-", "+").Result()
@@ -186,17 +213,10 @@ func TestStreamMode(t *testing.T) {
 			t.Errorf("record %d: stream payload differs from the Encoder's", i)
 		}
 	}
-	// MAXLEN ~ trims whole macro nodes: far past the bound, the stream
-	// stays near it.
-	many := make([]spool.Record, 0, 3000)
-	for range 3000 / len(recs) {
-		many = append(many, recs...)
-	}
-	if err := s.Send(context.Background(), many); err != nil {
-		t.Fatal(err)
-	}
-	if n, _ := c.XLen(context.Background(), sinktest.Namespace+"_V").Result(); n > 1200 {
-		t.Errorf("stream holds %d entries with MAXLEN ~ 1000", n)
+	for typ, msgs := range byStream {
+		if len(msgs) != next[typ] {
+			t.Errorf("stream %s_%s has %d entries, want %d", sinktest.Namespace, typ, len(msgs), next[typ])
+		}
 	}
 }
 
